@@ -1,0 +1,21 @@
+"""Choosing the device: CUDA when present, else the CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from nestir.errors import NestirError
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` or ``"auto"`` picks :func:`default_device`; a CUDA request without CUDA is an error."""
+    if device is None or device == "auto":
+        return default_device()
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NestirError("device 'cuda' requested but CUDA is not available; use --device cpu")
+    return dev

@@ -1,0 +1,238 @@
+"""Lowering to ONNX: each IR op becomes ONNX nodes directly, with compact dense initializers.
+
+Graphs with opaque nodes go through ``torch.onnx.export`` of the torch lowering instead."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from nestir.errors import LoweringError
+from nestir.graph import Graph, Node
+
+from .lower_torch import lower_torch, prepare
+
+IR_VERSION = 8  # onnxruntime rejects the IR version newer onnx writes by default
+
+
+class _Emitter:
+    def __init__(self, opset: int) -> None:
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.names: set[str] = set()
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.names:
+            i += 1
+            name = f"{base}_{i}"
+        self.names.add(name)
+        return name
+
+    def const(self, base: str, value: Any, dtype: Any = np.float32) -> str:
+        name = self.fresh(base)
+        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr.astype(dtype)), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], base: str, **attrs: Any) -> str:
+        out = self.fresh(base)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+
+def _conv_attrs(a: dict[str, Any]) -> dict[str, Any]:
+    pads = list(a["padding"])
+    return {"strides": list(a["stride"]), "pads": pads + pads, "dilations": list(a["dilation"])}
+
+
+def _act(e: _Emitter, n: Node, x: str) -> str:
+    k, a, nm = n.attrs["kind"], n.attrs, n.name
+    simple = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "hardswish": "HardSwish"}
+    if k in simple:
+        return e.op(simple[k], [x], nm)
+    if k == "relu6":
+        return e.op("Clip", [x, e.const(nm + "_lo", 0.0), e.const(nm + "_hi", 6.0)], nm)
+    if k == "leaky_relu":
+        return e.op("LeakyRelu", [x], nm, alpha=float(a.get("slope", 0.01)))
+    if k == "elu":
+        return e.op("Elu", [x], nm, alpha=float(a.get("alpha", 1.0)))
+    if k == "hardsigmoid":
+        return e.op("HardSigmoid", [x], nm, alpha=1.0 / 6.0, beta=0.5)
+    if k == "silu":
+        return e.op("Mul", [x, e.op("Sigmoid", [x], nm + "_sig")], nm)
+    if k == "gelu":
+        half = e.op("Mul", [x, e.const(nm + "_half", 0.5)], nm + "_h")
+        if a.get("approximate", "none") == "tanh":
+            cube = e.op("Mul", [e.op("Mul", [x, x], nm + "_x2"), x], nm + "_x3")
+            inner = e.op("Add", [x, e.op("Mul", [cube, e.const(nm + "_c", 0.044715)], nm + "_cx3")], nm + "_in")
+            t = e.op("Tanh", [e.op("Mul", [inner, e.const(nm + "_k", math.sqrt(2 / math.pi))], nm + "_s")], nm + "_t")
+        else:
+            t = e.op("Erf", [e.op("Mul", [x, e.const(nm + "_r", 1 / math.sqrt(2))], nm + "_s")], nm + "_t")
+        return e.op("Mul", [half, e.op("Add", [t, e.const(nm + "_one", 1.0)], nm + "_1p")], nm)
+    raise LoweringError(f"node '{nm}': no ONNX lowering for activation '{k}'")
+
+
+def _conv(e: _Emitter, n: Node, x: str) -> str:
+    p, a, nm = n.params, n.attrs, n.name
+    w = p["weight"] * p["mask"]
+    b = p.get("bias")
+    if "area" not in p:
+        ins = [x, e.const(nm + "_weight", w)] + ([e.const(nm + "_bias", b)] if b is not None else [])
+        return e.op("Conv", ins, nm, group=int(a["groups"]), **_conv_attrs(a))
+    n_out, n_in = w.shape[:2]
+    w2 = w.transpose(0, 1).reshape(n_in * n_out, 1, *w.shape[2:])
+    c = e.op("Conv", [x, e.const(nm + "_pweight", w2)], nm + "_c", group=int(n_in), **_conv_attrs(a))
+    spatial = list((n.shape or ())[2:])
+    shape = e.const(nm + "_shape", np.array([0, n_in, n_out, *spatial]), np.int64)
+    c5 = e.op("Reshape", [c, shape], nm + "_c5")
+    masked = e.op("Mul", [c5, e.const(nm + "_area", p["area"].float())], nm + "_m")
+    out = e.op("ReduceSum", [masked, e.const(nm + "_axes", np.array([1]), np.int64)], nm + "_sum", keepdims=0)
+    if b is None:
+        return out
+    return e.op("Add", [out, e.const(nm + "_bias", b.reshape(-1, *([1] * len(spatial))))], nm)
+
+
+def _pool(e: _Emitter, n: Node, x: str, src: Node) -> str:
+    a, nm = n.attrs, n.name
+    if n.op == "adaptive_pool":
+        spatial = list((src.shape or ())[2:])
+        outs = list(a["output_size"])
+        if all(o == 1 for o in outs):
+            return e.op("GlobalMaxPool" if a["mode"] == "max" else "GlobalAveragePool", [x], nm)
+        if any(s % o for s, o in zip(spatial, outs, strict=True)):
+            raise LoweringError(f"node '{nm}': adaptive pooling {spatial}->{outs} is not a plain pooling")
+        k = [s // o for s, o in zip(spatial, outs, strict=True)]
+        kind = "MaxPool" if a["mode"] == "max" else "AveragePool"
+        return e.op(kind, [x], nm, kernel_shape=k, strides=k)
+    pads = list(a["padding"]) * 2
+    common = {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]), "pads": pads,
+              "ceil_mode": int(a["ceil_mode"])}
+    if a["mode"] == "max":
+        return e.op("MaxPool", [x], nm, dilations=list(a["dilation"]), **common)
+    if a.get("divisor"):
+        raise LoweringError(f"node '{nm}': avg pooling with divisor_override has no ONNX equivalent")
+    return e.op("AveragePool", [x], nm, count_include_pad=int(a["count_include_pad"]), **common)
+
+
+def _emit(e: _Emitter, n: Node, g: Graph, env: dict[str, str]) -> str:
+    xs = [env[i] for i in n.inputs]
+    p, a, nm = n.params, n.attrs, n.name
+    if n.op == "linear":
+        w = p["weight"] * p["mask"]
+        if len(g[n.inputs[0]].shape or ()) == 2:
+            ins = [xs[0], e.const(nm + "_weight", w)] + ([e.const(nm + "_bias", p["bias"])] if "bias" in p else [])
+            return e.op("Gemm", ins, nm, transB=1)
+        y = e.op("MatMul", [xs[0], e.const(nm + "_weightT", w.T)], nm + "_mm")
+        return e.op("Add", [y, e.const(nm + "_bias", p["bias"])], nm) if "bias" in p else y
+    if n.op == "conv":
+        return _conv(e, n, xs[0])
+    if n.op == "batchnorm":
+        c = p["running_mean"].shape[0]
+        scale = p.get("weight", torch.ones(c))
+        shift = p.get("bias", torch.zeros(c))
+        ins = [xs[0], e.const(nm + "_scale", scale), e.const(nm + "_shift", shift),
+               e.const(nm + "_mean", p["running_mean"]), e.const(nm + "_var", p["running_var"])]
+        return e.op("BatchNormalization", ins, nm, epsilon=float(a["eps"]))
+    if n.op == "layernorm":
+        c = (n.shape or ())[-1]
+        ins = [xs[0], e.const(nm + "_scale", p.get("weight", torch.ones(c))),
+               e.const(nm + "_shift", p.get("bias", torch.zeros(c)))]
+        return e.op("LayerNormalization", ins, nm, axis=-1, epsilon=float(a["eps"]))
+    if n.op == "act":
+        return _act(e, n, xs[0])
+    if n.op == "identity":
+        return xs[0]
+    if n.op in ("pool", "adaptive_pool"):
+        return _pool(e, n, xs[0], g[n.inputs[0]])
+    if n.op == "flatten":
+        return e.op("Flatten", xs, nm, axis=1)
+    if n.op == "reshape":
+        return e.op("Reshape", [xs[0], e.const(nm + "_shape", np.array([-1, *a["rest"]]), np.int64)], nm)
+    if n.op == "mean":
+        axes = e.const(nm + "_axes", np.array(a["dims"]), np.int64)
+        return e.op("ReduceMean", [xs[0], axes], nm, keepdims=int(a["keepdim"]))
+    if n.op == "binary":
+        kind = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}[a["kind"]]
+        if len(xs) == 1:
+            s = e.const(nm + "_scalar", np.array(a["scalar"]))
+            xs = [s, xs[0]] if a.get("scalar_first") else [xs[0], s]
+        return e.op(kind, xs, nm)
+    if n.op == "cat":
+        return e.op("Concat", xs, nm, axis=int(a["dim"]))
+    if n.op == "const":
+        return e.const(nm, p["value"])
+    raise LoweringError(f"node '{nm}' ({n.describe()}): no direct ONNX lowering for op '{n.op}'")
+
+
+def build_model(g: Graph, opset: int = 18) -> onnx.ModelProto:
+    e = _Emitter(opset)
+    env: dict[str, str] = {}
+    inputs, outputs = [], []
+    for n in g:
+        if n.op == "input":
+            name = "input" if len(g.inputs) == 1 else n.name
+            e.names.add(name)
+            env[n.name] = name
+            dims = ["batch", *list((n.shape or ())[1:])]
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
+        elif n.op == "output":
+            for k, i in enumerate(n.inputs):
+                name = "output" if k == 0 else f"output_{k}"
+                e.nodes.append(helper.make_node("Identity", [env[i]], [name], name=name))
+                dims = ["batch", *list((g[i].shape or ())[1:])]
+                outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
+        else:
+            env[n.name] = _emit(e, n, g, env)
+    graph = helper.make_graph(e.nodes, g.name, inputs, outputs, e.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="nestir")
+    model.ir_version = IR_VERSION
+    return model
+
+
+def _export_via_torch(g: Graph, path: str, opset: int) -> None:
+    module = lower_torch(g, compact=False)
+    xs = tuple(torch.zeros(2, *(n.shape or ())[1:]) for n in g.inputs)
+    names = ["input"] if len(xs) == 1 else [n.name for n in g.inputs]
+    batch = torch.export.Dim("batch", min=1)
+    dyn = {name: {0: batch} for name in (["input"] if len(xs) == 1 else names)}
+    try:
+        prog = torch.onnx.export(module, xs, dynamo=True, input_names=names, dynamic_shapes=dyn,
+                                 opset_version=opset, verbose=False)
+    except Exception as e:
+        ops = ", ".join(n.name for n in g if n.op == "opaque")
+        raise LoweringError(f"ONNX export through torch failed for the graph with opaque node(s) {ops}: "
+                            f"{str(e).splitlines()[0]}") from e
+    model = prog.model_proto  # type: ignore[union-attr]
+    model.ir_version = min(model.ir_version, 10)
+    _save(model, path)
+
+
+def _save(model: onnx.ModelProto, path: str) -> None:
+    onnx.checker.check_model(model)
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, path)  # never leave a half-written model behind
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def lower_onnx(graph: Graph, path: str, *, compact: bool = True, opset: int = 18) -> None:
+    """Write ``graph`` as an ONNX file (input ``input``, dynamic batch, checker-valid)."""
+    g = prepare(graph, compact)
+    if any(n.op == "opaque" for n in g):
+        return _export_via_torch(g, path, opset)
+    _save(build_model(g, opset), path)

@@ -1,0 +1,26 @@
+"""nestir: a compiler for neural-network architectures (trace, grow/prune passes, lower)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import EditError, LoweringError, NestirError, PassError, ShapeError, TraceError, VerifyError
+from .frontend import opaque_nodes, trace
+from .graph import Graph, Node
+from .stats import stats
+from .verify import verify
+
+__version__ = "0.1.0"
+
+
+def apply(graph: Graph, pipeline: Any, data: Any = None, loss: Any = None, device: Any = None, **kw: Any) -> Graph:
+    """Run a pipeline of passes on a copy of ``graph`` (see :func:`nestir.pipeline.apply`)."""
+    from .pipeline import apply as _apply
+
+    return _apply(graph, pipeline, data, loss=loss, device=device, **kw)
+
+
+__all__ = [
+    "EditError", "Graph", "LoweringError", "NestirError", "Node", "PassError", "ShapeError", "TraceError",
+    "VerifyError", "apply", "opaque_nodes", "stats", "trace", "verify",
+]

@@ -1,0 +1,116 @@
+"""The ``nestir`` command line: inspect, export, apply, synthesize, prune-baseline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from .errors import NestirError
+from .loading import load_model, parse_shape
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="zoo name (e.g. lenet-5), path/to/file.py:factory or package.module:factory")
+    p.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28 (zoo models know theirs)")
+    p.add_argument("--leaf", action="append", default=[], metavar="CLASS",
+                   help="keep submodules of this class name opaque (for untraceable code); repeatable")
+
+
+def traced(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .frontend import trace
+
+    model, shape = load_model(args.model)
+    if args.input_shape:
+        shape = parse_shape(args.input_shape)
+    if shape is None:
+        raise NestirError(f"the input shape of '{args.model}' is unknown: pass --input-shape, e.g. 1,28,28")
+    leaves = tuple({type(m) for m in model.modules() if type(m).__name__ in set(args.leaf)})
+    missing = set(args.leaf) - {c.__name__ for c in leaves}
+    if missing:
+        raise NestirError(f"--leaf {', '.join(sorted(missing))}: no submodule of that class in the model")
+    return trace(model, torch.rand(2, *shape), leaf_modules=leaves, name=args.model), shape
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .frontend import opaque_nodes
+    from .stats import format_table, stats
+
+    g, shape = traced(args)
+    print(f"{args.model}: input {shape}, {len(g)} IR nodes")
+    print(format_table(stats(g, compact=False)))
+    info = g.groups()
+    print(f"neuron groups: {len(info.groups)} ({len(info.resizable())} resizable)")
+    for grp in info.groups.values():
+        state = "resizable" if grp.resizable else f"frozen: {grp.reason or 'no producer'}"
+        print(f"  group {grp.id}: width {grp.width}, producers {', '.join(grp.producers) or '-'} ({state})")
+    for line in opaque_nodes(g):
+        print(f"opaque: {line}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    g, _ = traced(args)
+    if not args.onnx and not args.torch:
+        raise NestirError("export needs --onnx PATH and/or --torch PATH")
+    if args.onnx:
+        g.to_onnx(args.onnx)
+        print(f"wrote {args.onnx}")
+    if args.torch:
+        from .serialize import save_graph
+
+        save_graph(g, args.torch)
+        print(f"wrote {args.torch}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nestir", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument("-v", "--verbose", action="store_true", help="log pass details")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("inspect", help="trace a model and print its IR table")
+    _model_args(s)
+    s.set_defaults(func=cmd_inspect)
+    s = sub.add_parser("export", help="trace a model and write it as ONNX (and/or an IR file)")
+    _model_args(s)
+    s.add_argument("--onnx", help="ONNX output path")
+    s.add_argument("--torch", help="IR output path (.pt, loadable with weights_only=True)")
+    s.set_defaults(func=cmd_export)
+    try:
+        from .cli_run import add_commands
+    except ImportError:  # pragma: no cover - during partial installs
+        add_commands = None
+    if add_commands is not None:
+        add_commands(sub, _model_args)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except NestirError as e:
+        if args.debug:
+            raise
+        print(f"nestir: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nestir: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"nestir: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Dead-neuron analysis and elimination: the compiler's DCE, exactly function-preserving."""
+
+from __future__ import annotations
+
+import torch
+
+from .edit import remove_neurons
+from .graph import Graph
+from .groups import Group, GroupInfo, analyze
+
+
+def _out_dead(graph: Graph, info: GroupInfo, grp: Group) -> torch.Tensor:
+    """Neurons none of whose consumer columns is live."""
+    used = torch.zeros(grp.width, dtype=torch.bool)
+    for name in grp.consumers:
+        node = graph[name]
+        mask = node.params["mask"]
+        live = mask.flatten(2).any(2) if mask.dim() > 2 else mask  # (out, in)
+        col_live = live.any(0)
+        if "area" in node.params:
+            col_live = col_live & node.params["area"].flatten(1).any(1).to(col_live.device)
+        for off, r, w in info.columns(name, grp.id):
+            used |= col_live[off: off + w * r].view(w, r).any(1).cpu()
+    return ~used
+
+
+def _in_dead(graph: Graph, grp: Group) -> torch.Tensor:
+    """Neurons with no live input connection in any producer (their value is a constant)."""
+    dead = torch.ones(grp.width, dtype=torch.bool)
+    for name in grp.producers:
+        m = graph[name].params["mask"]
+        dead &= ~m.flatten(1).any(1).cpu()
+    return dead
+
+
+def _consumer_inputs(graph: Graph, names: list[str]) -> dict[str, torch.Tensor]:
+    from nestir.backends.executor import IRModule
+
+    shapes = [tuple(n.shape or ()) for n in graph.inputs]
+    probe = graph.copy()
+    mod = IRModule(probe).eval()
+    srcs = {c: probe[c].inputs[0] for c in names}
+    mod.capture = {"values": set(srcs.values()), "value_tensors": {}}
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn((2, *s[1:]), generator=gen).to(probe.device) for s in shapes]
+    with torch.no_grad():
+        mod(*xs)
+    return {c: mod.capture["value_tensors"][s] for c, s in srcs.items()}
+
+
+def _fold(graph: Graph, info: GroupInfo, grp: Group, idx: list[int], staged: dict) -> list[int]:
+    """Fold the constant outputs of neurons ``idx`` into each consumer's bias; returns the
+    neurons that could be folded exactly everywhere."""
+    values = _consumer_inputs(graph, grp.consumers)
+    ok = []
+    for k in idx:
+        adds: list[tuple[str, torch.Tensor]] = []
+        for name in grp.consumers:
+            node, x = graph[name], values[name]
+            w = node.params["weight"] * node.params["mask"]
+            for off, r, _ in info.columns(name, grp.id):
+                cols = slice(off + k * r, off + (k + 1) * r)
+                if node.op == "linear":
+                    v = x[..., cols]
+                    c = v.reshape(-1, r)[0]
+                    if not torch.allclose(v.reshape(-1, r), c.expand_as(v.reshape(-1, r)), atol=0, rtol=1e-6):
+                        break
+                    adds.append((name, w[:, cols] @ c))
+                else:
+                    v = x[:, cols]
+                    c = v.flatten()[0]
+                    pad_free = all(p == 0 for p in node.attrs["padding"]) and "area" not in node.params
+                    if not pad_free or not torch.allclose(v, c.expand_as(v), atol=0, rtol=1e-6):
+                        break
+                    adds.append((name, c * w[:, cols].flatten(1).sum(1)))
+            else:
+                continue
+            break
+        else:
+            ok.append(k)
+            for name, delta in adds:
+                b = staged.get(name)
+                if b is None:
+                    b = graph[name].params.get("bias")
+                    b = torch.zeros_like(delta) if b is None else b.clone()
+                staged[name] = b + delta
+    return ok
+
+
+@torch.no_grad()
+def eliminate_dead_neurons(graph: Graph, *, fold_constants: bool = True) -> bool:
+    """Remove neurons with no live output, and (``fold_constants``) neurons with no live input
+    after folding their constant output into the consumers' biases. Groups normalized by a
+    LayerNorm are left alone (removing a neuron there changes the normalization). Repeats until
+    nothing changes; returns whether anything was removed."""
+    changed = False
+    while True:
+        info = analyze(graph)
+        removed = False
+        for grp in list(info.groups.values()):
+            if not grp.resizable or grp.mixing or grp.width <= 1:
+                continue
+            dead = _out_dead(graph, info, grp)
+            const = _in_dead(graph, grp) & ~dead
+            idx = dead.nonzero().flatten().tolist()
+            if fold_constants and bool(const.any()):
+                staged: dict[str, torch.Tensor] = {}
+                folded = _fold(graph, info, grp, const.nonzero().flatten().tolist(), staged)
+                if folded and len(idx) + len(folded) < grp.width:
+                    for name, b in staged.items():
+                        graph[name].params["bias"] = b
+                    idx += folded
+            if idx and len(idx) >= grp.width:
+                idx = idx[: grp.width - 1]
+            if idx:
+                remove_neurons(graph, grp.id, idx, info=info)
+                removed = changed = True
+                break  # group ids change after an edit: analyze again
+        if not removed:
+            return changed

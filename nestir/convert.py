@@ -1,0 +1,210 @@
+"""Rules that turn one torch.fx node into one IR node (or mark it opaque)."""
+
+from __future__ import annotations
+
+import copy
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .graph import Node
+
+ACT_MODULES: dict[type, str] = {
+    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu", nn.SiLU: "silu",
+    nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
+    nn.ELU: "elu",
+}
+ACT_FUNCS: dict[Any, str] = {
+    F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.leaky_relu: "leaky_relu", F.gelu: "gelu",
+    F.silu: "silu", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
+    F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.elu: "elu", torch.relu_: "relu",
+}
+ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+BINARY_FUNCS: dict[Any, str] = {
+    operator.add: "add", operator.iadd: "add", torch.add: "add", operator.sub: "sub", operator.isub: "sub",
+    torch.sub: "sub", operator.mul: "mul", operator.imul: "mul", torch.mul: "mul",
+    operator.truediv: "div", operator.itruediv: "div", torch.div: "div",
+}
+BINARY_METHODS = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul": "mul", "mul_": "mul",
+                   "div": "div", "div_": "div"}
+IDENTITY_METHODS = {"contiguous", "clone"}
+RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze"}
+RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.squeeze}
+
+
+def _pair(v: Any, nd: int) -> tuple[int, ...]:
+    if isinstance(v, (tuple, list)):
+        return tuple(int(x) for x in v)
+    return (int(v),) * nd
+
+
+def axis_for(shape: tuple[int, ...] | None, default: int = 1) -> int | None:
+    if shape is None or len(shape) < 2:
+        return None
+    return default if default >= 0 else len(shape) + default
+
+
+def conv_attrs(stride: Any, padding: Any, dilation: Any, groups: int, kernel: tuple[int, ...]) -> dict | None:
+    """Normalized conv hyper-parameters, or None where padding cannot be expressed symmetrically."""
+    nd = len(kernel)
+    dil = _pair(dilation, nd)
+    if isinstance(padding, str):
+        if padding == "valid":
+            pad = (0,) * nd
+        else:  # "same"
+            totals = [d * (k - 1) for d, k in zip(dil, kernel, strict=True)]
+            if any(t % 2 for t in totals):
+                return None
+            pad = tuple(t // 2 for t in totals)
+    else:
+        pad = _pair(padding, nd)
+    return {"stride": _pair(stride, nd), "padding": pad, "dilation": dil, "groups": int(groups)}
+
+
+def linear_node(name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> Node:
+    params = {"weight": weight.detach().clone().float(), "mask": torch.ones(weight.shape, dtype=torch.bool)}
+    if bias is not None:
+        params["bias"] = bias.detach().clone().float()
+    return Node(name, "linear", params=params)
+
+
+def conv_node(name: str, weight: torch.Tensor, bias: torch.Tensor | None, attrs: dict) -> Node:
+    node = linear_node(name, weight, bias)
+    node.op = "conv"
+    node.attrs = attrs
+    return node
+
+
+def module_node(name: str, mod: nn.Module) -> Node | None:
+    """An IR node for a known leaf module, or None when it must stay opaque."""
+    if isinstance(mod, nn.Linear):
+        return linear_node(name, mod.weight, mod.bias)
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d)) and type(mod) in (nn.Conv1d, nn.Conv2d):
+        if mod.padding_mode != "zeros":
+            return None
+        attrs = conv_attrs(mod.stride, mod.padding, mod.dilation, mod.groups, tuple(mod.kernel_size))
+        return None if attrs is None else conv_node(name, mod.weight, mod.bias, attrs)
+    if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if mod.running_mean is None or mod.running_var is None:
+            return None
+        params = {"running_mean": mod.running_mean.detach().clone().float(),
+                  "running_var": mod.running_var.detach().clone().float()}
+        if mod.affine:
+            params["weight"] = mod.weight.detach().clone().float()
+            params["bias"] = mod.bias.detach().clone().float()
+        momentum = 0.1 if mod.momentum is None else float(mod.momentum)
+        return Node(name, "batchnorm", attrs={"eps": float(mod.eps), "momentum": momentum}, params=params)
+    if isinstance(mod, nn.LayerNorm):
+        if len(mod.normalized_shape) != 1:
+            return None
+        params = {}
+        if mod.weight is not None:
+            params["weight"] = mod.weight.detach().clone().float()
+        if mod.bias is not None:
+            params["bias"] = mod.bias.detach().clone().float()
+        return Node(name, "layernorm", attrs={"eps": float(mod.eps)}, params=params)
+    kind = ACT_MODULES.get(type(mod))
+    if kind is not None:
+        attrs: dict[str, Any] = {"kind": kind}
+        if kind == "leaky_relu":
+            attrs["slope"] = float(mod.negative_slope)  # type: ignore[attr-defined]
+        elif kind == "gelu":
+            attrs["approximate"] = mod.approximate  # type: ignore[attr-defined]
+        elif kind == "elu":
+            attrs["alpha"] = float(mod.alpha)  # type: ignore[attr-defined]
+        return Node(name, "act", attrs=attrs)
+    if type(mod) is nn.Dropout:
+        return Node(name, "identity", attrs={"p": float(mod.p)})
+    if isinstance(mod, (nn.Identity, nn.Dropout1d, nn.Dropout2d)):
+        return Node(name, "identity", attrs={"p": 0.0})
+    if isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d)) and not mod.return_indices:
+        nd = 1 if isinstance(mod, nn.MaxPool1d) else 2
+        return pool_node(name, "max", nd, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
+                         mod.ceil_mode, True, None)
+    if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d)):
+        nd = 1 if isinstance(mod, nn.AvgPool1d) else 2
+        div = getattr(mod, "divisor_override", None)
+        return pool_node(name, "avg", nd, mod.kernel_size, mod.stride, mod.padding, 1, mod.ceil_mode,
+                         mod.count_include_pad, div)
+    if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)):
+        if getattr(mod, "return_indices", False):
+            return None
+        nd = 1 if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)) else 2
+        if mod.output_size is None or (isinstance(mod.output_size, tuple) and None in mod.output_size):
+            return None
+        mode = "max" if "Max" in type(mod).__name__ else "avg"
+        return Node(name, "adaptive_pool",
+                    attrs={"mode": mode, "dims": nd, "output_size": _pair(mod.output_size, nd)})
+    return None
+
+
+def pool_node(name: str, mode: str, nd: int, kernel: Any, stride: Any, padding: Any, dilation: Any,
+              ceil_mode: bool, count_include_pad: bool, divisor: Any) -> Node:
+    k = _pair(kernel, nd)
+    s = k if stride is None or stride == [] or stride == () else _pair(stride, nd)
+    attrs = {"mode": mode, "dims": nd, "kernel": k, "stride": s, "padding": _pair(padding, nd),
+             "dilation": _pair(dilation, nd), "ceil_mode": bool(ceil_mode),
+             "count_include_pad": bool(count_include_pad), "divisor": divisor}
+    return Node(name, "pool", attrs=attrs)
+
+
+def function_node(name: str, node: fx.Node, kw: dict[str, Any] | None, refs: list[Any]) -> Node | None:
+    """An IR node for a known function call; ``refs`` holds the tensor-valued args in order."""
+    t = node.target
+    kind = ACT_FUNCS.get(t)
+    if kind is not None:
+        attrs: dict[str, Any] = {"kind": kind}
+        if kw is not None and kind == "leaky_relu":
+            attrs["slope"] = float(kw.get("negative_slope", 0.01))
+        if kw is not None and kind == "gelu":
+            attrs["approximate"] = kw.get("approximate", "none")
+        if kw is not None and kind == "elu":
+            attrs["alpha"] = float(kw.get("alpha", 1.0))
+        return Node(name, "act", attrs=attrs)
+    if kw is None:
+        return None
+    if t is F.dropout or t is F.dropout2d or t is F.dropout1d:
+        return Node(name, "identity", attrs={"p": float(kw.get("p", 0.5)) if t is F.dropout else 0.0})
+    if t is F.max_pool2d or t is F.max_pool1d:
+        if kw.get("return_indices"):
+            return None
+        nd = 2 if t is F.max_pool2d else 1
+        return pool_node(name, "max", nd, kw["kernel_size"], kw.get("stride"), kw.get("padding", 0),
+                         kw.get("dilation", 1), kw.get("ceil_mode", False), True, None)
+    if t is F.avg_pool2d or t is F.avg_pool1d:
+        nd = 2 if t is F.avg_pool2d else 1
+        return pool_node(name, "avg", nd, kw["kernel_size"], kw.get("stride"), kw.get("padding", 0), 1,
+                         kw.get("ceil_mode", False), kw.get("count_include_pad", True),
+                         kw.get("divisor_override"))
+    if t in (F.adaptive_avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool1d):
+        if kw.get("return_indices"):
+            return None
+        nd = 2 if t in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d) else 1
+        mode = "max" if t in (F.adaptive_max_pool2d, F.adaptive_max_pool1d) else "avg"
+        return Node(name, "adaptive_pool",
+                    attrs={"mode": mode, "dims": nd, "output_size": _pair(kw["output_size"], nd)})
+    return None
+
+
+def is_param_ref(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and not isinstance(value, fx.Proxy)
+
+
+def opaque_node(name: str, node: fx.Node, fn: Any, kind: str, args: Any, kwargs: Any, label: str) -> Node:
+    if isinstance(fn, nn.Module):
+        fn = copy.deepcopy(fn)
+    return Node(name, "opaque", attrs={"fn": fn, "kind": kind, "args": args, "kwargs": kwargs, "label": label})
+
+
+def target_label(node: fx.Node, root: nn.Module) -> str:
+    if node.op == "call_module":
+        return type(root.get_submodule(str(node.target))).__name__
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    t = node.target
+    mod = getattr(t, "__module__", None) or ""
+    return f"{mod}.{getattr(t, '__name__', repr(t))}".lstrip(".")

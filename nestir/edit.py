@@ -1,0 +1,241 @@
+"""Atomic edit primitives: each checks and stages every change first, then commits, so a failed
+edit leaves the graph exactly as it was."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import EditError
+from .graph import Graph
+from .groups import Group, GroupInfo, analyze
+
+# For each node kind, which params carry a neuron on which dim, as a producer and as an index
+# (per-neuron or consumer) node; and the fill value of a new entry.
+_PRODUCER = {"weight": 0, "mask": 0, "bias": 0, "area": 1}
+_CONSUMER = {"weight": 1, "mask": 1, "area": 0}
+_PER_NEURON_FILL = {"running_mean": 0.0, "running_var": 1.0, "weight": 1.0, "bias": 0.0}
+
+
+@dataclass
+class _Staged:
+    params: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    attrs: dict[str, dict] = field(default_factory=dict)
+
+    def get(self, graph: Graph, node: str, key: str) -> torch.Tensor:
+        return self.params.get(node, {}).get(key, graph[node].params[key])
+
+    def put(self, node: str, key: str, t: torch.Tensor) -> None:
+        self.params.setdefault(node, {})[key] = t
+
+    def commit(self, graph: Graph) -> None:
+        for name, ps in self.params.items():
+            graph[name].params.update(ps)
+        for name, shape in self.shapes.items():
+            graph[name].shape = shape
+        for name, at in self.attrs.items():
+            graph[name].attrs.update(at)
+
+
+def _insert(t: torch.Tensor, dim: int, pos: int, new: torch.Tensor) -> torch.Tensor:
+    return torch.cat([t.narrow(dim, 0, pos), new.to(t.dtype), t.narrow(dim, pos, t.shape[dim] - pos)], dim)
+
+
+def _filler(t: torch.Tensor, dim: int, n: int, value: float | bool) -> torch.Tensor:
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.full(shape, value, dtype=t.dtype, device=t.device)
+
+
+def _group(graph: Graph, gid: int, info: GroupInfo | None) -> tuple[GroupInfo, Group]:
+    info = info or analyze(graph)
+    if gid not in info.groups:
+        raise EditError(f"no neuron group {gid}")
+    grp = info.groups[gid]
+    if not grp.resizable:
+        raise EditError(f"neuron group {gid} ({', '.join(grp.values[:3])}) cannot be resized: "
+                        f"{grp.reason or 'it has no parametric producer'}")
+    return info, grp
+
+
+def _shapes(graph: Graph, info: GroupInfo, gid: int, delta_per_repeat: int, st: _Staged) -> None:
+    for name in info.groups[gid].values:
+        node = graph[name]
+        lay = info.layouts[name] or []
+        grow = sum(r for g, r in lay if g == gid) * delta_per_repeat
+        shape = list(node.shape or ())
+        shape[node.axis] += grow  # type: ignore[index]
+        st.shapes[name] = tuple(shape)
+
+
+def add_neurons(
+    graph: Graph,
+    gid: int,
+    count: int,
+    *,
+    rows: dict[str, dict[str, torch.Tensor]] | None = None,
+    cols: dict[str, dict[str, torch.Tensor]] | None = None,
+    info: GroupInfo | None = None,
+) -> list[int]:
+    """Append ``count`` neurons to group ``gid``; returns their indices in the group.
+
+    ``rows[producer]`` may give the new ``weight``/``bias``/``mask`` rows (default: zero weight,
+    zero bias, live mask) and ``rows[per_neuron_node]`` its entries (default: identity BN/LN, zero
+    depthwise kernels). ``cols[consumer]`` may give the new ``weight``/``mask`` columns, shape
+    (out, count*repeat, *kernel) (default zero weight, live mask: the function is unchanged).
+    """
+    if count <= 0:
+        raise EditError(f"add_neurons needs a positive count, got {count}")
+    info, grp = _group(graph, gid, info)
+    rows, cols = rows or {}, cols or {}
+    st = _Staged()
+    for name in grp.producers:
+        node = graph[name]
+        given = rows.get(name, {})
+        for key, dim in _PRODUCER.items():
+            if key not in node.params:
+                continue
+            t = node.params[key]
+            fill = True if t.dtype == torch.bool else 0.0
+            new = given.get(key, _filler(t, dim, count, fill))
+            _check(name, key, new, t, dim, count)
+            st.put(name, key, _insert(t, dim, t.shape[dim], new))
+    for name in grp.per_neuron:
+        node = graph[name]
+        given = rows.get(name, {})
+        for g, off, _r, w in reversed(_segs(info, name)):
+            if g != gid:
+                continue
+            for key, t in node.params.items():
+                cur = st.get(graph, name, key)
+                if node.op == "conv":
+                    fill = True if t.dtype == torch.bool else 0.0
+                else:
+                    fill = _PER_NEURON_FILL[key]
+                new = given.get(key, _filler(cur, 0, count, fill))
+                _check(name, key, new, cur, 0, count)
+                st.put(name, key, _insert(cur, 0, off + w, new))
+        if node.op == "conv":
+            st.attrs[name] = {"groups": node.attrs["groups"] + count}
+    for name in grp.consumers:
+        node = graph[name]
+        given = cols.get(name, {})
+        for g, off, r, w in reversed(_segs(info, name)):
+            if g != gid:
+                continue
+            for key, dim in _CONSUMER.items():
+                if key not in node.params:
+                    continue
+                cur = st.get(graph, name, key)
+                fill = True if cur.dtype == torch.bool else 0.0
+                new = given.get(key, _filler(cur, dim, count * r, fill))
+                _check(name, key, new, cur, dim, count * r)
+                st.put(name, key, _insert(cur, dim, off + w * r, new))
+    _shapes(graph, info, gid, count, st)
+    st.commit(graph)
+    return list(range(grp.width, grp.width + count))
+
+
+def remove_neurons(graph: Graph, gid: int, indices: Sequence[int], *, info: GroupInfo | None = None) -> None:
+    """Remove the neurons ``indices`` of group ``gid`` from every producer, per-neuron node and
+    consumer. Refuses to remove every neuron of a group."""
+    info, grp = _group(graph, gid, info)
+    drop = sorted(set(int(i) for i in indices))
+    if not drop:
+        return
+    if drop[0] < 0 or drop[-1] >= grp.width:
+        raise EditError(f"neuron index out of range for group {gid} of width {grp.width}: {drop}")
+    if len(drop) >= grp.width:
+        raise EditError(f"refusing to remove all {grp.width} neurons of group {gid} "
+                        f"({', '.join(grp.values[:3])}): the network would be disconnected")
+    keep = torch.tensor([i for i in range(grp.width) if i not in set(drop)])
+    st = _Staged()
+    for name in grp.producers:
+        for key, dim in _PRODUCER.items():
+            if key in graph[name].params:
+                t = graph[name].params[key]
+                st.put(name, key, t.index_select(dim, keep.to(t.device)))
+    for name in grp.per_neuron + grp.consumers:
+        node = graph[name]
+        dims = _CONSUMER if name in grp.consumers else {k: 0 for k in node.params}
+        for key, dim in dims.items():
+            if key not in node.params:
+                continue
+            t = node.params[key]
+            idx = _keep_index(_segs(info, name), gid, keep, t.shape[dim])
+            st.put(name, key, t.index_select(dim, idx.to(t.device)))
+        if name in grp.per_neuron and node.op == "conv":
+            st.attrs[name] = {"groups": node.attrs["groups"] - len(drop)}
+    _shapes(graph, info, gid, -len(drop), st)
+    st.commit(graph)
+
+
+def _segs(info: GroupInfo, name: str) -> list[tuple[int, int, int, int]]:
+    out, off = [], 0
+    for g, r in info.consumer_layouts[name]:
+        w = info.groups[g].width
+        out.append((g, off, r, w))
+        off += w * r
+    return out
+
+
+def _keep_index(segs: list[tuple[int, int, int, int]], gid: int, keep: torch.Tensor, total: int) -> torch.Tensor:
+    parts, off = [], 0
+    for g, o, r, w in segs:
+        if o > off:
+            parts.append(torch.arange(off, o))
+        if g == gid:
+            parts.append((o + keep[:, None] * r + torch.arange(r)[None, :]).reshape(-1))
+        else:
+            parts.append(torch.arange(o, o + w * r))
+        off = o + w * r
+    if off < total:
+        parts.append(torch.arange(off, total))
+    return torch.cat(parts) if parts else torch.arange(total)
+
+
+def _check(node: str, key: str, new: torch.Tensor, ref: torch.Tensor, dim: int, n: int) -> None:
+    want = list(ref.shape)
+    want[dim] = n
+    if list(new.shape) != want:
+        raise EditError(f"node '{node}': new {key} entries have shape {tuple(new.shape)}, expected {tuple(want)}")
+
+
+def set_mask(graph: Graph, node: str, mask: torch.Tensor, key: str = "mask") -> None:
+    """Replace the connectivity mask (or partial-area mask ``key='area'``) of a parametric node."""
+    n = graph[node]
+    if not n.is_parametric:
+        raise EditError(f"node '{node}' ({n.op}) has no connectivity mask")
+    ref = n.params.get(key)
+    expected = tuple(ref.shape) if ref is not None else _area_shape(n)
+    if tuple(mask.shape) != expected:
+        raise EditError(f"node '{node}': {key} of shape {tuple(mask.shape)}, expected {expected}")
+    if mask.dtype != torch.bool:
+        raise EditError(f"node '{node}': {key} must be boolean, got {mask.dtype}")
+    n.params[key] = mask.to(n.params["weight"].device)
+
+
+def clear_area(graph: Graph, node: str) -> None:
+    graph[node].params.pop("area", None)
+
+
+def _area_shape(n) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
+    if n.op != "conv" or n.attrs["groups"] != 1:
+        raise EditError(f"node '{n.name}': partial-area masks need a conv with groups=1")
+    w = n.params["weight"]
+    return (w.shape[1], w.shape[0], *n.shape[2:])
+
+
+def set_weights(graph: Graph, node: str, **tensors: torch.Tensor) -> None:
+    """Replace float tensors of a node, keeping their shapes."""
+    n = graph[node]
+    for k, t in tensors.items():
+        if k not in n.params:
+            raise EditError(f"node '{node}' has no tensor '{k}'")
+        if tuple(t.shape) != tuple(n.params[k].shape):
+            raise EditError(f"node '{node}': {k} of shape {tuple(t.shape)}, expected {tuple(n.params[k].shape)}")
+    for k, t in tensors.items():
+        n.params[k] = t.to(n.params[k].device, n.params[k].dtype)

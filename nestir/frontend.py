@@ -1,0 +1,385 @@
+"""Tracing frontend: torch.fx symbolic trace plus one recorded run becomes an IR :class:`Graph`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import traceback
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import convert as cv
+from .errors import ShapeError, TraceError
+from .graph import Graph, Node
+
+log = logging.getLogger(__name__)
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaves: tuple[type, ...]) -> None:
+        super().__init__()
+        self.record_stack_traces = True
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        self.values[n] = out
+        return out
+
+
+def _as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+        isinstance(t, torch.Tensor) for t in example_inputs
+    ):
+        return tuple(example_inputs)
+    raise ShapeError(
+        f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}"
+    )
+
+
+def _user_frame(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    for fr in reversed(frames):
+        f = os.path.abspath(fr.filename)
+        if not f.startswith(_TORCH_DIR) and not f.startswith(_OWN_DIR + os.sep + "nestir"):
+            return f"{fr.filename}:{fr.lineno}: {(fr.line or '').strip()}"
+    return "(location unknown)"
+
+
+def _symbolic(module: nn.Module, leaves: tuple[type, ...], concrete_args: dict | None) -> fx.GraphModule:
+    tracer = _Tracer(leaves)
+    try:
+        graph = tracer.trace(module, concrete_args=concrete_args)
+    except Exception as e:  # fx raises many kinds; all mean "not traceable as written"
+        where = _user_frame(e)
+        if isinstance(e, fx.proxy.TraceError) or "control flow" in str(e):
+            what = "uses a tensor's value in Python control flow (if/while/bool/len/iteration)"
+        else:
+            what = f"cannot be traced symbolically ({type(e).__name__}: {str(e).splitlines()[0]})"
+        raise TraceError(
+            f"{type(module).__name__} is not traceable: {where} {what}. Fix: make the submodule that "
+            "contains this line a leaf (nestir.trace(..., leaf_modules=[ThatModule]) or "
+            "--leaf ThatModule) so it stays an opaque node, or fix the value with concrete_args."
+        ) from None
+    return fx.GraphModule(tracer.root, graph, type(module).__name__)
+
+
+def trace(
+    module: nn.Module,
+    example_inputs: Any,
+    *,
+    leaf_modules: Iterable[type] = (),
+    concrete_args: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> Graph:
+    """Trace ``module`` with torch.fx into a verified IR :class:`Graph`.
+
+    ``example_inputs`` (a tensor or a tuple of tensors) fixes every value's shape. Calls nestir
+    does not know stay as opaque nodes that still run; :func:`opaque_nodes` lists them.
+    """
+    if not isinstance(module, nn.Module):
+        raise TraceError(f"nestir.trace needs a torch.nn.Module, got {type(module).__name__}")
+    inputs = _as_inputs(example_inputs)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            try:
+                module(*inputs)
+            except Exception as e:
+                shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+                raise ShapeError(
+                    f"{type(module).__name__} rejects example input of shape {shapes}: "
+                    f"{str(e).splitlines()[0]}"
+                ) from None
+            gm = _symbolic(module, tuple(leaf_modules), concrete_args)
+            rec = _Recorder(gm)
+            rec.run(*inputs)
+            graph = _Builder(gm, rec.values).build(name or type(module).__name__)
+    finally:
+        module.train(was_training)
+    ops = opaque_nodes(graph)
+    if ops:
+        log.warning("%d opaque node(s) kept as calls (widths frozen through them): %s",
+                    len(ops), "; ".join(ops))
+    graph.verify()
+    return graph
+
+
+def opaque_nodes(graph: Graph) -> list[str]:
+    """One line per opaque node: its name, what it calls and where it came from."""
+    return [f"{n.name} = {n.attrs.get('label')} ({n.source or 'unknown source'})"
+            for n in graph if n.op == "opaque"]
+
+
+def _source(node: fx.Node) -> str:
+    st = node.stack_trace or ""
+    for line in st.splitlines():
+        line = line.strip()
+        if line.startswith("File "):
+            return line[5:].replace('"', "")
+    return ""
+
+
+class _Builder:
+    def __init__(self, gm: fx.GraphModule, values: dict[fx.Node, Any]) -> None:
+        self.gm = gm
+        self.values = values
+        self.env: dict[fx.Node, tuple[str, Any]] = {}
+        self.graph = Graph()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def ref(self, a: Any) -> str | None:
+        """The IR node name of a tensor-valued fx arg, else None."""
+        if isinstance(a, fx.Node) and self.env.get(a, ("", None))[0] == "node":
+            return self.env[a][1]
+        return None
+
+    def const(self, a: Any) -> Any:
+        if isinstance(a, fx.Node):
+            kind, v = self.env[a]
+            if kind == "node":
+                n = self.graph[v]
+                return n.params["value"] if n.op == "const" else None
+            return v
+        return a
+
+    def template(self, args: Any, kwargs: Any) -> tuple[list[str], Any, Any]:
+        inputs: list[str] = []
+
+        def sub(a: Any) -> Any:
+            r = self.ref(a)
+            if r is not None:
+                inputs.append(r)
+                return ("__ref__", len(inputs) - 1)
+            return self.const(a)
+
+        return inputs, fx.node.map_aggregate(args, sub), fx.node.map_aggregate(kwargs, sub)
+
+    def add(self, node: Node, fxn: fx.Node, inputs: list[str]) -> None:
+        v = self.values[fxn]
+        node.inputs = inputs
+        node.source = _source(fxn)
+        if isinstance(v, torch.Tensor):
+            node.shape = tuple(v.shape)
+            node.axis = self.axis(node, v)
+        self.graph.add(node)
+        self.env[fxn] = ("node", node.name)
+
+    def in_shape(self, name: str) -> tuple[int, ...]:
+        return self.graph[name].shape or ()
+
+    def axis(self, node: Node, v: torch.Tensor) -> int | None:
+        if v.dim() < 2:
+            return None
+        op = node.op
+        first = self.graph[node.inputs[0]] if node.inputs else None
+        if op in ("linear", "layernorm"):
+            return v.dim() - 1
+        if op in ("conv", "batchnorm", "pool", "adaptive_pool", "flatten", "input"):
+            return 1
+        if op in ("act", "identity") and first is not None:
+            return first.axis
+        if op == "cat" and first is not None:
+            return first.axis
+        if op == "mean" and first is not None and first.axis is not None:
+            dims = node.attrs["dims"]
+            if first.axis in dims:
+                return None
+            return first.axis if node.attrs["keepdim"] else first.axis - sum(d < first.axis for d in dims)
+        if op == "binary":
+            for i in node.inputs:
+                src = self.graph[i]
+                if src.shape == tuple(v.shape) and src.axis is not None:
+                    return src.axis
+        return None
+
+    # -- per-kind conversion -------------------------------------------------------------------
+    def opaque(self, fxn: fx.Node, fn: Any, kind: str) -> None:
+        inputs, args, kwargs = self.template(fxn.args, fxn.kwargs)
+        self.add(cv.opaque_node(fxn.name, fxn, fn, kind, args, kwargs, cv.target_label(fxn, self.gm)),
+                 fxn, inputs)
+
+    def reshape(self, fxn: fx.Node, x: str) -> None:
+        out = tuple(self.values[fxn].shape)
+        src = self.in_shape(x)
+        if len(out) == 2 and len(src) >= 2 and out[0] == src[0] and out[1] == math.prod(src[1:]):
+            op = "identity" if len(src) == 2 else "flatten"
+            self.add(Node(fxn.name, op, attrs={"p": 0.0} if op == "identity" else {}), fxn, [x])
+        elif len(src) >= 1 and len(out) >= 1 and out[0] == src[0]:
+            self.add(Node(fxn.name, "reshape", attrs={"rest": out[1:]}), fxn, [x])
+        else:
+            target = fxn.target if fxn.op == "call_method" else fxn.target
+            self.opaque(fxn, target, "method" if fxn.op == "call_method" else "function")
+
+    def mean(self, fxn: fx.Node, x: str, dims: Any, keepdim: bool) -> None:
+        nd = len(self.in_shape(x))
+        if dims is None:
+            return self.opaque(fxn, fxn.target, "method" if fxn.op == "call_method" else "function")
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        dims = sorted(d % nd for d in dims)
+        if 0 in dims:
+            return self.opaque(fxn, fxn.target, "method" if fxn.op == "call_method" else "function")
+        self.add(Node(fxn.name, "mean", attrs={"dims": dims, "keepdim": bool(keepdim)}), fxn, [x])
+
+    def binary(self, fxn: fx.Node, kind: str, a: Any, b: Any) -> bool:
+        ra, rb = self.ref(a), self.ref(b)
+        if ra is not None and rb is not None:
+            self.add(Node(fxn.name, "binary", attrs={"kind": kind}), fxn, [ra, rb])
+            return True
+        for r, other, first in ((ra, b, False), (rb, a, True)):
+            s = self.const(other)
+            if r is not None and isinstance(s, (int, float)) and not isinstance(s, bool):
+                self.add(Node(fxn.name, "binary", attrs={"kind": kind, "scalar": float(s), "scalar_first": first}),
+                         fxn, [r])
+                return True
+        return False
+
+    def parametric_function(self, fxn: fx.Node, kw: dict[str, Any]) -> bool:
+        x = self.ref(kw.get("input"))
+        w = self.const(kw.get("weight"))
+        b = self.const(kw.get("bias"))
+        if x is None or not isinstance(w, torch.Tensor) or (b is not None and not isinstance(b, torch.Tensor)):
+            return False
+        if fxn.target is F.linear:
+            node = cv.linear_node(fxn.name, w, b)
+        else:
+            attrs = cv.conv_attrs(kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
+                                  kw.get("groups", 1), tuple(w.shape[2:]))
+            if attrs is None:
+                return False
+            node = cv.conv_node(fxn.name, w, b, attrs)
+        self.add(node, fxn, [x])
+        return True
+
+    def call_function(self, fxn: fx.Node) -> None:
+        t = fxn.target
+        try:
+            norm = fxn.normalized_arguments(self.gm, normalize_to_only_use_kwargs=True)
+        except Exception:
+            norm = None
+        kw = dict(norm.kwargs) if norm is not None else None
+        first = self.ref(fxn.args[0]) if fxn.args else None
+        if t in (F.linear, F.conv1d, F.conv2d):
+            names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
+            bound = {**dict(zip(names, fxn.args, strict=False)), **fxn.kwargs}
+            if self.parametric_function(fxn, bound):
+                return
+        if t in cv.BINARY_FUNCS and len(fxn.args) == 2 and fxn.kwargs.get("alpha", 1) == 1:
+            if self.binary(fxn, cv.BINARY_FUNCS[t], fxn.args[0], fxn.args[1]):
+                return
+        if t in (torch.cat, torch.concat) and kw is not None:
+            refs = [self.ref(a) for a in kw["tensors"]]
+            if refs and all(r is not None for r in refs):
+                nd = len(self.in_shape(refs[0]))  # type: ignore[arg-type]
+                self.add(Node(fxn.name, "cat", attrs={"dim": int(kw.get("dim", 0)) % nd}), fxn, refs)  # type: ignore[arg-type]
+                return
+        if t in cv.RESHAPE_FUNCS and first is not None:
+            return self.reshape(fxn, first)
+        if t is torch.mean and first is not None and kw is not None and "dim" in kw:
+            return self.mean(fxn, first, kw.get("dim"), kw.get("keepdim", False))
+        if first is not None and len([a for a in fxn.args if self.ref(a)]) == 1:
+            node = cv.function_node(fxn.name, fxn, kw, [first])
+            if node is not None:
+                return self.add(node, fxn, [first])
+        self.opaque(fxn, t, "function")
+
+    def call_method(self, fxn: fx.Node) -> None:
+        m = str(fxn.target)
+        x = self.ref(fxn.args[0]) if fxn.args else None
+        if x is not None and m in cv.IDENTITY_METHODS:
+            return self.add(Node(fxn.name, "identity", attrs={"p": 0.0}), fxn, [x])
+        if x is not None and m in cv.ACT_METHODS and len(fxn.args) == 1:
+            return self.add(Node(fxn.name, "act", attrs={"kind": cv.ACT_METHODS[m]}), fxn, [x])
+        if m in cv.BINARY_METHODS and len(fxn.args) == 2 and not fxn.kwargs:
+            if self.binary(fxn, cv.BINARY_METHODS[m], fxn.args[0], fxn.args[1]):
+                return
+        if x is not None and m in cv.RESHAPE_METHODS:
+            return self.reshape(fxn, x)
+        if x is not None and m == "mean":
+            dims = fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs.get("dim")
+            return self.mean(fxn, x, dims, fxn.kwargs.get("keepdim", False))
+        self.opaque(fxn, m, "method")
+
+    def call_module(self, fxn: fx.Node) -> None:
+        mod = self.gm.get_submodule(str(fxn.target))
+        x = self.ref(fxn.args[0]) if len(fxn.args) == 1 and not fxn.kwargs else None
+        node = cv.module_node(fxn.name, mod) if x is not None else None
+        if node is not None:
+            return self.add(node, fxn, [x])  # type: ignore[list-item]
+        self.opaque(fxn, mod, "module")
+
+    def build(self, name: str) -> Graph:
+        self.graph.name = name
+        for fxn in self.gm.graph.nodes:
+            v = self.values.get(fxn)
+            if fxn.op == "placeholder":
+                self.add(Node(fxn.name, "input"), fxn, [])
+            elif fxn.op == "output":
+                refs, structure = _output_refs(self, fxn.args[0])
+                self.graph.add(Node(fxn.name, "output", inputs=refs, attrs={"structure": structure}))
+            elif fxn.op == "get_attr":
+                if isinstance(v, torch.Tensor):
+                    self.add(Node(fxn.name, "const", params={"value": v.detach().clone()}), fxn, [])
+                else:
+                    self.env[fxn] = ("const", v)
+            elif not isinstance(v, torch.Tensor) and not _holds_tensor(v):
+                self.env[fxn] = ("const", v)
+            elif fxn.op == "call_function":
+                self.call_function(fxn)
+            elif fxn.op == "call_method":
+                self.call_method(fxn)
+            else:
+                self.call_module(fxn)
+        _drop_dead(self.graph)
+        return self.graph
+
+
+def _holds_tensor(v: Any) -> bool:
+    return isinstance(v, (tuple, list)) and any(isinstance(t, torch.Tensor) or _holds_tensor(t) for t in v)
+
+
+def _output_refs(b: _Builder, arg: Any) -> tuple[list[str], str]:
+    if isinstance(arg, (tuple, list)):
+        refs = [b.ref(a) for a in arg]
+        if all(r is not None for r in refs):
+            return refs, "tuple"  # type: ignore[return-value]
+        raise TraceError("model output must be a tensor or a tuple of tensors")
+    r = b.ref(arg)
+    if r is None:
+        raise TraceError("model output must be a tensor or a tuple of tensors")
+    return [r], "single"
+
+
+def _drop_dead(graph: Graph) -> None:
+    changed = True
+    while changed:
+        used = {i for n in graph for i in n.inputs}
+        dead = [n.name for n in graph if n.name not in used and n.op not in ("input", "output")]
+        for name in dead:
+            del graph.nodes[name]
+        changed = bool(dead)
+
+
+def example_input(shape: Sequence[int], batch: int = 2) -> torch.Tensor:
+    """A random example batch for a per-sample ``shape``."""
+    return torch.rand(batch, *shape)

@@ -1,0 +1,193 @@
+"""The sparse-connectivity IR: nodes in topological order, parameters with connectivity masks."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import NestirError
+
+if TYPE_CHECKING:
+    from .groups import GroupInfo
+
+PARAMETRIC = frozenset({"linear", "conv"})
+PER_NEURON = frozenset({"batchnorm", "layernorm"})
+ACTIVATIONS = frozenset(
+    {"relu", "relu6", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "hardswish", "hardsigmoid", "elu"}
+)
+
+
+@dataclass
+class Node:
+    """One operation of the IR.
+
+    ``inputs`` names the nodes whose values this node reads (tensors only; scalars live in
+    ``attrs``). ``params`` holds tensors the node owns: for ``linear``/``conv`` a ``weight``, an
+    optional ``bias``, a boolean ``mask`` of the weight's shape and, for a conv, an optional
+    partial-area mask ``area`` of shape (in, out, P, Q). ``shape`` is the output shape for the
+    example batch (batch dim included) and ``axis`` the output's neuron axis (None: no neurons).
+    """
+
+    name: str
+    op: str
+    inputs: list[str] = field(default_factory=list)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+    shape: tuple[int, ...] | None = None
+    axis: int | None = None
+    source: str = ""
+
+    @property
+    def width(self) -> int | None:
+        if self.shape is None or self.axis is None:
+            return None
+        return self.shape[self.axis]
+
+    @property
+    def is_parametric(self) -> bool:
+        return self.op in PARAMETRIC
+
+    def live_weight(self) -> torch.Tensor:
+        """The weight with dormant connections zeroed (what the layer computes with)."""
+        return self.params["weight"] * self.params["mask"]
+
+    def describe(self) -> str:
+        if self.op == "linear":
+            o, i = self.params["weight"].shape
+            return f"Linear({i}->{o})"
+        if self.op == "conv":
+            w = self.params["weight"]
+            g = self.attrs["groups"]
+            k = "x".join(str(s) for s in w.shape[2:])
+            extra = f", groups={g}" if g != 1 else ""
+            return f"Conv{len(w.shape) - 2}d({w.shape[1] * g}->{w.shape[0]}, k={k}{extra})"
+        if self.op == "act":
+            return self.attrs["kind"]
+        if self.op == "opaque":
+            return f"opaque[{self.attrs.get('label', '?')}]"
+        return self.op
+
+
+class Graph:
+    """A model as an ordered collection of :class:`Node`, inputs first, the output node last.
+
+    The graph is a plain container; structural edits that keep the invariants go through
+    :mod:`nestir.edit`, and :meth:`verify` checks all of them.
+    """
+
+    def __init__(self, nodes: list[Node] | None = None, name: str = "model") -> None:
+        self.nodes: dict[str, Node] = {}
+        self.name = name
+        for n in nodes or []:
+            self.add(n)
+
+    # -- container -----------------------------------------------------------------------
+    def add(self, node: Node) -> Node:
+        if node.name in self.nodes:
+            raise NestirError(f"duplicate node name '{node.name}'")
+        self.nodes[node.name] = node
+        return node
+
+    def __getitem__(self, name: str) -> Node:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise NestirError(f"no node named '{name}' in the graph") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.nodes
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(list(self.nodes.values()))
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def inputs(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.op == "input"]
+
+    @property
+    def output(self) -> Node:
+        outs = [n for n in self.nodes.values() if n.op == "output"]
+        if len(outs) != 1:
+            raise NestirError(f"graph has {len(outs)} output nodes, expected 1")
+        return outs[0]
+
+    def parametric(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.op in PARAMETRIC]
+
+    def users(self, name: str) -> list[Node]:
+        return [n for n in self.nodes.values() if name in n.inputs]
+
+    def user_map(self) -> dict[str, list[Node]]:
+        out: dict[str, list[Node]] = {n: [] for n in self.nodes}
+        for n in self.nodes.values():
+            for i in dict.fromkeys(n.inputs):
+                if i in out:
+                    out[i].append(n)
+        return out
+
+    def copy(self) -> Graph:
+        """A deep copy: tensors are cloned, opaque callables are deep-copied."""
+        return copy.deepcopy(self)
+
+    def fresh_name(self, base: str) -> str:
+        if base not in self.nodes:
+            return base
+        i = 1
+        while f"{base}_{i}" in self.nodes:
+            i += 1
+        return f"{base}_{i}"
+
+    def tensors(self) -> Iterator[tuple[str, str, torch.Tensor]]:
+        for n in self.nodes.values():
+            for k, t in n.params.items():
+                yield n.name, k, t
+
+    def to(self, device: torch.device | str) -> Graph:
+        """Move every tensor to ``device`` in place; returns self."""
+        for n in self.nodes.values():
+            for k, t in list(n.params.items()):
+                n.params[k] = t.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        for n in self.nodes.values():
+            for t in n.params.values():
+                return t.device
+        return torch.device("cpu")
+
+    # -- analyses and lowering (thin wrappers) ----------------------------------------------
+    def groups(self) -> GroupInfo:
+        from .groups import analyze
+
+        return analyze(self)
+
+    def verify(self) -> None:
+        from .verify import verify
+
+        verify(self)
+
+    def to_torch(self, *, compact: bool = True, sparse: str = "auto") -> torch.nn.Module:
+        from .backends.lower_torch import lower_torch
+
+        return lower_torch(self, compact=compact, sparse=sparse)
+
+    def to_onnx(self, path: str, *, compact: bool = True, opset: int = 18) -> None:
+        from .backends.lower_onnx import lower_onnx
+
+        lower_onnx(self, path, compact=compact, opset=opset)
+
+    def summary(self) -> str:
+        from .stats import format_table, stats
+
+        return format_table(stats(self))
+
+    def __repr__(self) -> str:
+        return f"Graph({self.name!r}, {len(self.nodes)} nodes)"

@@ -1,0 +1,257 @@
+"""Neuron-group analysis: which values must keep identical neurons, and where each group's
+neurons live in every producer, per-neuron node and consumer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .graph import Graph, Node
+
+Layout = list[tuple[int, int]]  # segments (group id, repeat): a group's neurons, each repeated
+
+
+@dataclass
+class Group:
+    """A set of values whose neuron axis is one index space of ``width`` neurons.
+
+    ``producers`` compute the neurons (their weight rows), ``per_neuron`` nodes hold one entry per
+    neuron (BatchNorm, LayerNorm, depthwise conv), ``consumers`` read them as input columns.
+    A ``frozen`` group cannot change width (it touches the model's input/output, an opaque op,
+    or a reshape); ``reason`` says why."""
+
+    id: int
+    width: int
+    frozen: bool = False
+    reason: str = ""
+    producers: list[str] = field(default_factory=list)
+    per_neuron: list[str] = field(default_factory=list)
+    consumers: list[str] = field(default_factory=list)
+    values: list[str] = field(default_factory=list)
+    mixing: bool = False  # a LayerNorm normalizes across these neurons
+
+    @property
+    def resizable(self) -> bool:
+        return not self.frozen and bool(self.producers)
+
+
+@dataclass
+class GroupInfo:
+    groups: dict[int, Group]
+    layouts: dict[str, Layout | None]
+    consumer_layouts: dict[str, Layout]  # consumers and per-neuron nodes: layout of their input axis
+
+    def of(self, node: str) -> Group | None:
+        """The group of a node's output value when it is a single group."""
+        lay = self.layouts.get(node)
+        if not lay or len({g for g, _ in lay}) != 1:
+            return None
+        return self.groups[lay[0][0]]
+
+    def columns(self, consumer: str, gid: int) -> list[tuple[int, int, int]]:
+        """Where group ``gid`` sits in ``consumer``'s input: (offset, repeat, width) per segment."""
+        out, off = [], 0
+        for g, r in self.consumer_layouts[consumer]:
+            w = self.groups[g].width
+            if g == gid:
+                out.append((off, r, w))
+            off += w * r
+        return out
+
+    def resizable(self) -> list[Group]:
+        return [g for g in self.groups.values() if g.resizable]
+
+
+class _Analysis:
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.parent: dict[int, int] = {}
+        self.width: dict[int, int] = {}
+        self.frozen: dict[int, str] = {}
+        self.layout: dict[str, Layout | None] = {}
+        self.consumer: dict[str, Layout] = {}
+        self.producers: dict[int, list[str]] = {}
+        self.per_neuron: dict[str, Layout] = {}
+        self.mixing: set[int] = set()
+
+    def find(self, g: int) -> int:
+        while self.parent[g] != g:
+            self.parent[g] = self.parent[self.parent[g]]
+            g = self.parent[g]
+        return g
+
+    def new(self, width: int, producer: str | None = None, frozen: str = "") -> int:
+        g = len(self.parent)
+        self.parent[g] = g
+        self.width[g] = width
+        self.producers[g] = [producer] if producer else []
+        if frozen:
+            self.frozen[g] = frozen
+        return g
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+    def freeze(self, lay: Layout | None, why: str) -> None:
+        for g, _ in lay or []:
+            self.frozen.setdefault(self.find(g), why)
+
+    def unify(self, layouts: list[Layout | None], why: str) -> Layout | None:
+        known = [lay for lay in layouts if lay is not None]
+        if len(known) != len(layouts) or not known:
+            for lay in known:
+                self.freeze(lay, why)
+            return None
+        ref = known[0]
+        for lay in known[1:]:
+            if len(lay) != len(ref) or any(r1 != r2 for (_, r1), (_, r2) in zip(lay, ref, strict=True)):
+                for x in known:
+                    self.freeze(x, why + " (layouts differ)")
+                return None
+            for (g1, _), (g2, _) in zip(lay, ref, strict=True):
+                self.union(g1, g2)
+        return ref
+
+    def input_layout(self, node: Node, along: int | None) -> Layout | None:
+        """The layout of input 0 when read along dim ``along`` (None: any), else None (frozen)."""
+        src = self.graph[node.inputs[0]]
+        lay = self.layout.get(src.name)
+        if lay is None:
+            return None
+        if src.shape is None or src.axis is None or (along is not None and src.axis != along % len(src.shape)):
+            self.freeze(lay, f"'{node.name}' reads it along another dim")
+            return None
+        return lay
+
+    def visit(self, n: Node) -> Layout | None:
+        op = n.op
+        if op == "input":
+            return None if n.axis is None else [(self.new(n.width or 0, frozen="model input"), 1)]
+        if op == "output":
+            for i in n.inputs:
+                self.freeze(self.layout.get(i), "model output")
+            return None
+        if op in ("const", "reshape", "opaque"):
+            for i in n.inputs:
+                self.freeze(self.layout.get(i), f"{op} node '{n.name}'")
+            return None
+        if op == "linear":
+            lay = self.input_layout(n, -1)
+            if lay is not None:
+                self.consumer[n.name] = lay
+            return [(self.new(n.params["weight"].shape[0], n.name), 1)]
+        if op == "conv":
+            return self.visit_conv(n)
+        if op in ("batchnorm", "layernorm"):
+            lay = self.input_layout(n, 1 if op == "batchnorm" else -1)
+            if lay is not None:
+                self.per_neuron[n.name] = lay
+                if op == "layernorm":
+                    self.mixing.update(g for g, _ in lay)
+            return lay
+        if op in ("act", "identity"):
+            return self.layout.get(n.inputs[0])
+        if op in ("pool", "adaptive_pool"):
+            return self.input_layout(n, 1)
+        if op == "flatten":
+            lay = self.input_layout(n, 1)
+            src = self.graph[n.inputs[0]].shape or ()
+            sp = math.prod(src[2:])
+            return None if lay is None else [(g, r * sp) for g, r in lay]
+        if op == "mean":
+            lay = self.layout.get(n.inputs[0])
+            if n.axis is None:
+                self.freeze(lay, f"mean '{n.name}' reduces the neuron axis")
+                return None
+            return lay
+        if op == "binary":
+            return self.visit_binary(n)
+        if op == "cat":
+            lays = [self.layout.get(i) for i in n.inputs]
+            srcs = [self.graph[i] for i in n.inputs]
+            if all(s.axis == n.attrs["dim"] for s in srcs):
+                if any(lay is None for lay in lays):
+                    for lay in lays:
+                        self.freeze(lay, f"cat '{n.name}' joins a frozen value")
+                    return None
+                return [seg for lay in lays for seg in lay]  # type: ignore[union-attr]
+            return self.unify(lays, f"cat '{n.name}'")
+        for i in n.inputs:
+            self.freeze(self.layout.get(i), f"unknown op '{op}'")
+        return None
+
+    def visit_conv(self, n: Node) -> Layout | None:
+        g = n.attrs["groups"]
+        w = n.params["weight"]
+        lay = self.input_layout(n, 1)
+        if lay is not None and any(r != 1 for _, r in lay):
+            self.freeze(lay, f"conv '{n.name}' reads a repeated layout")
+            lay = None
+        c_in = w.shape[1] * g
+        if g == 1:
+            if lay is not None:
+                self.consumer[n.name] = lay
+            return [(self.new(w.shape[0], n.name), 1)]
+        if g == c_in == w.shape[0] and lay is not None:
+            self.per_neuron[n.name] = lay  # depthwise: output channel c is input channel c
+            return lay
+        self.freeze(lay, f"grouped conv '{n.name}'")
+        return [(self.new(w.shape[0], n.name, frozen=f"grouped conv '{n.name}'"), 1)]
+
+    def visit_binary(self, n: Node) -> Layout | None:
+        if n.axis is None or n.shape is None:
+            for i in n.inputs:
+                self.freeze(self.layout.get(i), f"binary '{n.name}' has no neuron axis")
+            return None
+        lays = []
+        for i in n.inputs:
+            src = self.graph[i]
+            s = src.shape or ()
+            k = len(s) - len(n.shape) + n.axis  # broadcast aligns trailing dims
+            if k < 0 or s[k] == 1:
+                continue
+            lays.append(self.layout.get(i) if src.axis == k else None)
+        return self.unify(lays, f"binary '{n.name}'")
+
+    def run(self) -> GroupInfo:
+        for n in self.graph:
+            lay = self.visit(n)
+            self.layout[n.name] = lay
+        groups: dict[int, Group] = {}
+        for g in self.parent:
+            r = self.find(g)
+            grp = groups.setdefault(r, Group(r, self.width[r]))
+            grp.producers.extend(self.producers[g])
+            if g in self.frozen:
+                grp.frozen, grp.reason = True, grp.reason or self.frozen[g]
+            if g in self.mixing:
+                grp.mixing = True
+        norm = lambda lay: None if lay is None else [(self.find(g), r) for g, r in lay]
+        layouts = {k: norm(v) for k, v in self.layout.items()}
+        for name, lay in layouts.items():
+            for g in dict.fromkeys(g for g, _ in lay or []):
+                groups[g].values.append(name)
+        index: dict[str, Layout] = {}
+        for members, attr in ((self.consumer, "consumers"), (self.per_neuron, "per_neuron")):
+            for name, lay in members.items():
+                index[name] = norm(lay)  # type: ignore[assignment]
+                for g in dict.fromkeys(g for g, _ in index[name]):
+                    getattr(groups[g], attr).append(name)
+        return GroupInfo(groups, layouts, index)
+
+
+def analyze(graph: Graph) -> GroupInfo:
+    """Find every neuron group of ``graph`` (recomputed from scratch; cheap)."""
+    return _Analysis(graph).run()
+
+
+def segments(info: GroupInfo, layout: Layout) -> list[tuple[int, int, int, int]]:
+    """(group, offset, repeat, width) for every segment of a layout."""
+    out, off = [], 0
+    for g, r in layout:
+        w = info.groups[g].width
+        out.append((g, off, r, w))
+        off += w * r
+    return out

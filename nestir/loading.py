@@ -1,0 +1,65 @@
+"""Resolving a model spec: a zoo name, ``path/to/file.py:factory`` or ``package.module:factory``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Any
+
+import torch.nn as nn
+
+from .errors import NestirError
+from .zoo import ZOO
+
+
+def load_model(spec: str) -> tuple[nn.Module, tuple[int, ...] | None]:
+    """The module a spec names, and its per-sample input shape when known (zoo models, or a
+    model/module attribute ``input_shape`` / ``INPUT_SHAPE``)."""
+    if spec in ZOO:
+        e = ZOO[spec]
+        return e.factory(), e.input_shape
+    if ":" not in spec:
+        raise NestirError(f"unknown model '{spec}': use a zoo name ({', '.join(ZOO)}), "
+                          "path/to/file.py:factory or package.module:factory")
+    where, _, attr = spec.rpartition(":")
+    if where.endswith(".py") or os.sep in where:
+        if not os.path.isfile(where):
+            raise NestirError(f"model file '{where}' does not exist")
+        mod_name = f"nestir_user_{abs(hash(os.path.abspath(where)))}"
+        loader_spec = importlib.util.spec_from_file_location(mod_name, where)
+        if loader_spec is None or loader_spec.loader is None:
+            raise NestirError(f"cannot import '{where}' as a Python file")
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.modules[mod_name] = module
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as e:
+            raise NestirError(f"importing '{where}' failed: {type(e).__name__}: {e}") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as e:
+            raise NestirError(f"cannot import module '{where}': {type(e).__name__}: {e}") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise NestirError(f"'{where}' has no attribute '{attr}'")
+    try:
+        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    except Exception as e:
+        raise NestirError(f"factory '{attr}' in '{where}' raised {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise NestirError(f"'{spec}' gave a {type(model).__name__}, not a torch.nn.Module")
+    shape: Any = getattr(model, "input_shape", None) or getattr(module, "INPUT_SHAPE", None)
+    return model, tuple(shape) if shape else None
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise NestirError(f"--input-shape {text!r}: expected integers like 1,28,28") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise NestirError(f"--input-shape {text!r}: expected positive integers like 1,28,28")
+    return dims

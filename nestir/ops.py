@@ -1,0 +1,176 @@
+"""How each IR op computes, shared by the executor, the lowering and the verifier."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import NestirError
+from .graph import Node
+
+ActFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def activation(kind: str, attrs: dict[str, Any]) -> ActFn:
+    """The elementwise function of an ``act`` node."""
+    if kind == "relu":
+        return F.relu
+    if kind == "relu6":
+        return F.relu6
+    if kind == "leaky_relu":
+        slope = float(attrs.get("slope", 0.01))
+        return lambda x: F.leaky_relu(x, slope)
+    if kind == "gelu":
+        approx = attrs.get("approximate", "none")
+        return lambda x: F.gelu(x, approximate=approx)
+    if kind == "silu":
+        return F.silu
+    if kind == "tanh":
+        return torch.tanh
+    if kind == "sigmoid":
+        return torch.sigmoid
+    if kind == "hardswish":
+        return F.hardswish
+    if kind == "hardsigmoid":
+        return F.hardsigmoid
+    if kind == "elu":
+        alpha = float(attrs.get("alpha", 1.0))
+        return lambda x: F.elu(x, alpha)
+    raise NestirError(f"unknown activation '{kind}'")
+
+
+def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, attrs: dict[str, Any]) -> torch.Tensor:
+    fn = F.conv1d if weight.dim() == 3 else F.conv2d
+    return fn(x, weight, bias, attrs["stride"], attrs["padding"], attrs["dilation"], attrs["groups"])
+
+
+def partial_area_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, area: torch.Tensor, attrs: dict[str, Any]
+) -> torch.Tensor:
+    """F_n = sum_m C[m,n] * Msk[m,n] with C[m,n] = conv(x_m, K[n,m]) (NeST Algorithm 2).
+
+    C is computed by one grouped conv: input channel m convolved with every K[., m]."""
+    if attrs["groups"] != 1:
+        raise NestirError("partial-area convolution needs groups=1")
+    n_out, n_in = weight.shape[:2]
+    w2 = weight.transpose(0, 1).reshape(n_in * n_out, 1, *weight.shape[2:])
+    fn = F.conv1d if weight.dim() == 3 else F.conv2d
+    c = fn(x, w2, None, attrs["stride"], attrs["padding"], attrs["dilation"], n_in)
+    c = c.view(c.shape[0], n_in, n_out, *c.shape[2:])
+    out = (c * area.to(c.dtype)).sum(1)
+    if bias is not None:
+        out = out + bias.view(1, -1, *([1] * (out.dim() - 2)))
+    return out
+
+
+def pool(x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:
+    nd = a["dims"]
+    if a["mode"] == "max":
+        fn = F.max_pool1d if nd == 1 else F.max_pool2d
+        return fn(x, a["kernel"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"])
+    fn = F.avg_pool1d if nd == 1 else F.avg_pool2d
+    if nd == 1:
+        return fn(x, a["kernel"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"])
+    return fn(x, a["kernel"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"], a["divisor"])
+
+
+def adaptive_pool(x: torch.Tensor, a: dict[str, Any]) -> torch.Tensor:
+    nd = a["dims"]
+    if a["mode"] == "max":
+        fn = F.adaptive_max_pool1d if nd == 1 else F.adaptive_max_pool2d
+    else:
+        fn = F.adaptive_avg_pool1d if nd == 1 else F.adaptive_avg_pool2d
+    return fn(x, a["output_size"])
+
+
+def binary(kind: str, a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
+    if kind == "add":
+        return a + b  # type: ignore[operator,return-value]
+    if kind == "sub":
+        return a - b  # type: ignore[operator,return-value]
+    if kind == "mul":
+        return a * b  # type: ignore[operator,return-value]
+    if kind == "div":
+        return a / b  # type: ignore[operator,return-value]
+    raise NestirError(f"unknown binary op '{kind}'")
+
+
+def fill_template(template: Any, values: Sequence[Any]) -> Any:
+    """Replace ``("__ref__", i)`` markers in an args/kwargs template by ``values[i]``."""
+    if isinstance(template, tuple) and len(template) == 2 and template[0] == "__ref__":
+        return values[template[1]]
+    if isinstance(template, (list, tuple)):
+        return type(template)(fill_template(t, values) for t in template)
+    if isinstance(template, dict):
+        return {k: fill_template(v, values) for k, v in template.items()}
+    return template
+
+
+def run_opaque(node: Node, args: Sequence[Any]) -> Any:
+    a = node.attrs
+    fn = a["fn"]
+    call_args = fill_template(a["args"], args)
+    call_kwargs = fill_template(a["kwargs"], args)
+    if a["kind"] == "method":
+        return getattr(call_args[0], fn)(*call_args[1:], **call_kwargs)
+    return fn(*call_args, **call_kwargs)
+
+
+def evaluate(
+    node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool = False
+) -> Any:
+    """Compute ``node`` from its input values ``args`` with the tensors ``p``.
+
+    ``p`` holds the tensors to compute with: for parametric nodes ``weight`` must already have
+    its mask applied (the executor multiplies, the lowering bakes it in)."""
+    op, a = node.op, node.attrs
+    if op == "linear":
+        return F.linear(args[0], p["weight"], p.get("bias"))
+    if op == "conv":
+        if "area" in p:
+            return partial_area_conv(args[0], p["weight"], p.get("bias"), p["area"], a)
+        return conv(args[0], p["weight"], p.get("bias"), a)
+    if op == "batchnorm":
+        return F.batch_norm(
+            args[0], p["running_mean"], p["running_var"], p.get("weight"), p.get("bias"),
+            training, a["momentum"], a["eps"],
+        )
+    if op == "layernorm":
+        return F.layer_norm(args[0], (args[0].shape[-1],), p.get("weight"), p.get("bias"), a["eps"])
+    if op == "act":
+        return activation(a["kind"], a)(args[0])
+    if op == "identity":
+        if a.get("p", 0.0) and training:
+            return F.dropout(args[0], a["p"], True)
+        return args[0]
+    if op == "pool":
+        return pool(args[0], a)
+    if op == "adaptive_pool":
+        return adaptive_pool(args[0], a)
+    if op == "flatten":
+        return torch.flatten(args[0], 1)
+    if op == "reshape":
+        return args[0].reshape(args[0].shape[0], *a["rest"])
+    if op == "mean":
+        return args[0].mean(dim=a["dims"], keepdim=a["keepdim"])
+    if op == "binary":
+        if len(args) == 2:
+            return binary(a["kind"], args[0], args[1])
+        if a.get("scalar_first"):
+            return binary(a["kind"], a["scalar"], args[0])
+        return binary(a["kind"], args[0], a["scalar"])
+    if op == "cat":
+        return torch.cat(list(args), dim=a["dim"])
+    if op == "const":
+        return p["value"]
+    if op == "opaque":
+        return run_opaque(node, args)
+    raise NestirError(f"node '{node.name}': unknown op '{op}'")
+
+
+def conv_out_size(n: int, k: int, s: int, pad: int, d: int) -> int:
+    return math.floor((n + 2 * pad - d * (k - 1) - 1) / s + 1)

@@ -1,0 +1,185 @@
+"""Pass infrastructure: the pass base class, the registry, option parsing and the pass manager."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from .errors import PassError
+from .graph import Graph
+
+log = logging.getLogger(__name__)
+Loss = Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PassResult:
+    graph: Graph
+    modified: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PassContext:
+    """What scoring passes need: batches on the device, a loss, a device and a seed."""
+
+    data: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    loss: Loss | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+
+    def loss_fn(self) -> Loss:
+        return self.loss or torch.nn.functional.cross_entropy
+
+    def require_data(self, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if not self.data:
+            raise PassError(f"pass '{name}' scores with gradients and needs data: "
+                            "pass data=(inputs, targets) or an iterable of such batches")
+        return self.data
+
+    def generator(self, salt: str = "") -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + sum(map(ord, salt))) % (2**63))
+        return g
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A graph transformation. Options are the dataclass fields; ``run`` edits the graph in place
+    through :mod:`nestir.edit` and returns ``PassResult(graph, modified)``.
+
+    ``effect`` declares what the pass may do: ``"grow"`` never removes a connection or neuron,
+    ``"prune"`` never adds one, ``"neutral"`` does neither; ``preserves_function`` says the
+    lowered outputs are unchanged (with its default options)."""
+
+    name: ClassVar[str] = ""
+    effect: ClassVar[str] = "neutral"
+    preserves_function: ClassVar[bool] = False
+    needs_data: ClassVar[bool] = False
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, graph: Graph, ctx: PassContext | None = None) -> PassResult:
+        return self.run(graph, ctx or PassContext())
+
+    def spec(self) -> str:
+        opts = ",".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
+        return f"{self.name}:{opts}" if opts else self.name
+
+
+_REGISTRY: dict[str, type[Pass]] = {}
+
+
+def register(cls: type[Pass]) -> type[Pass]:
+    if not cls.name or cls.name in _REGISTRY:
+        raise PassError(f"pass name {cls.name!r} is empty or already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered() -> dict[str, type[Pass]]:
+    return dict(_REGISTRY)
+
+
+def _convert(cls: type[Pass], key: str, value: Any) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if key not in fields:
+        raise PassError(f"pass '{cls.name}' has no option '{key}'; options: {', '.join(fields) or 'none'}")
+    if not isinstance(value, str):
+        return value
+    default = fields[key].default
+    typ = type(default) if default is not dataclasses.MISSING and default is not None else str
+    try:
+        if typ is bool:
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("1", "true", "yes")
+        if typ in (int, float):
+            v = float(value)
+            return int(v) if typ is int and v.is_integer() else v
+        if value.lower() == "none":
+            return None
+        try:
+            return float(value) if re.fullmatch(r"-?\d+(\.\d*)?(e-?\d+)?", value) else value
+        except ValueError:
+            return value
+    except ValueError:
+        raise PassError(f"pass '{cls.name}': option {key}={value!r} is not a valid {typ.__name__}") from None
+
+
+def get(name: str, **options: Any) -> Pass:
+    """The registered pass ``name`` configured with ``options``."""
+    from nestir import passes as _  # noqa: F401  (registers the built-in passes)
+
+    if name not in _REGISTRY:
+        raise PassError(f"unknown pass '{name}'; registered: {', '.join(sorted(_REGISTRY))}")
+    cls = _REGISTRY[name]
+    kwargs = {k.replace("-", "_"): _convert(cls, k.replace("-", "_"), v) for k, v in options.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise PassError(f"pass '{name}': {e}") from None
+
+
+def parse(spec: str) -> Pass:
+    """``"name:k=v,k2=v2"`` or ``"name{k=v k2=v2}"`` to a configured pass."""
+    spec = spec.strip()
+    m = re.fullmatch(r"([\w-]+)\s*(?:\{(.*)\}|:(.*))?", spec)
+    if not m:
+        raise PassError(f"cannot parse pass spec {spec!r}; expected NAME or NAME:key=value,...")
+    name, body = m.group(1), m.group(2) if m.group(2) is not None else m.group(3)
+    opts: dict[str, str] = {}
+    for item in re.split(r"[,\s]+", body or ""):
+        if not item:
+            continue
+        if "=" not in item:
+            raise PassError(f"pass spec {spec!r}: option {item!r} is not key=value")
+        k, v = item.split("=", 1)
+        opts[k.strip()] = v.strip()
+    return get(name, **opts)
+
+
+def resolve(pipeline: Iterable[str | Pass] | str | Pass) -> list[Pass]:
+    if isinstance(pipeline, (str, Pass)):
+        pipeline = [pipeline]
+    out = []
+    for item in pipeline:
+        if isinstance(item, Pass):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(parse(item))
+        else:
+            raise PassError(f"a pipeline item must be a pass or a spec string, got {type(item).__name__}")
+    return out
+
+
+@dataclass(frozen=True)
+class PassManager(Pass):
+    """Runs passes in order, the verifier after each (so managers nest)."""
+
+    passes: Sequence[Pass] = ()
+    verify_each: bool = True
+    on_result: Callable[[Pass, PassResult], None] | None = None
+    name: ClassVar[str] = "pipeline"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        from .verify import verify
+
+        modified = False
+        for p in self.passes:
+            res = p.run(graph, ctx)
+            graph = res.graph
+            if self.verify_each:
+                verify(graph)
+            log.info("%s: modified=%s %s", p.spec(), res.modified, res.info or "")
+            if self.on_result is not None:
+                self.on_result(p, res)
+            modified |= res.modified
+        return PassResult(graph, modified)

@@ -1,0 +1,103 @@
+"""Saving and loading the IR: plain tensors and primitives, loadable with ``weights_only=True``,
+written atomically and checked with a SHA-256 digest on load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from .errors import ModelFileError, NestirError
+from .graph import Graph, Node
+
+FORMAT = "nestir-graph"
+VERSION = 1
+
+
+def _digest(nodes: list[dict[str, Any]], extra: Any) -> str:
+    h = hashlib.sha256()
+    for n in nodes:
+        meta = {k: v for k, v in n.items() if k != "params"}
+        h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+        for k in sorted(n["params"]):
+            t = n["params"][k].detach().cpu().contiguous()
+            h.update(k.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def graph_state(graph: Graph) -> dict[str, Any]:
+    nodes = []
+    for n in graph:
+        if n.op == "opaque":
+            raise NestirError(f"cannot save the IR: node '{n.name}' is opaque ({n.attrs.get('label')}) and holds "
+                              "code; save the lowered module (Graph.to_torch()) or the ONNX file instead")
+        nodes.append({"name": n.name, "op": n.op, "inputs": list(n.inputs), "attrs": dict(n.attrs),
+                      "params": {k: t.detach().cpu().clone() for k, t in n.params.items()},
+                      "shape": list(n.shape) if n.shape is not None else None, "axis": n.axis,
+                      "source": n.source})
+    return {"format": FORMAT, "version": VERSION, "name": graph.name, "nodes": nodes}
+
+
+def graph_from_state(state: dict[str, Any]) -> Graph:
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ModelFileError("not a nestir graph (format marker missing)")
+    g = Graph(name=str(state.get("name", "model")))
+    for d in state["nodes"]:
+        g.add(Node(d["name"], d["op"], list(d["inputs"]), dict(d["attrs"]), dict(d["params"]),
+                   tuple(d["shape"]) if d["shape"] is not None else None, d["axis"], d.get("source", "")))
+    return g
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_graph(graph: Graph, path: str, extra: dict[str, Any] | None = None) -> None:
+    state = graph_state(graph)
+    state["extra"] = extra or {}
+    state["sha256"] = _digest(state["nodes"], state["extra"])
+    atomic_save(state, path)
+
+
+def load_state(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise ModelFileError(f"'{path}' does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelFileError(f"'{path}' is corrupt, truncated or not a nestir file "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ModelFileError(f"'{path}' is not a nestir graph file")
+    if state.get("version") != VERSION:
+        raise ModelFileError(f"'{path}' has format version {state.get('version')}, this nestir reads {VERSION}")
+    if _digest(state["nodes"], state.get("extra", {})) != state.get("sha256"):
+        raise ModelFileError(f"'{path}' failed its integrity check (SHA-256 mismatch): it was modified or damaged")
+    return state
+
+
+def load_graph(path: str) -> tuple[Graph, dict[str, Any]]:
+    """The graph saved at ``path`` (verified) and the extra data saved with it."""
+    state = load_state(path)
+    g = graph_from_state(state)
+    try:
+        g.verify()
+    except NestirError as e:
+        raise ModelFileError(f"'{path}' holds an invalid graph: {e}") from None
+    return g, state.get("extra", {})

@@ -1,0 +1,121 @@
+"""The verifier: checks every IR invariant and names the node that breaks one."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import VerifyError
+from .graph import ACTIVATIONS, Graph, Node
+from .groups import analyze
+from .ops import evaluate
+
+KNOWN_OPS = frozenset({
+    "input", "output", "linear", "conv", "batchnorm", "layernorm", "act", "identity", "pool",
+    "adaptive_pool", "flatten", "reshape", "mean", "binary", "cat", "const", "opaque",
+})
+
+
+def verify(graph: Graph, *, check_values: bool = True) -> None:
+    """Raise :class:`VerifyError` naming the first node that breaks an invariant.
+
+    Checks: known ops, topological order and no dangling uses, one output node, parameter and
+    mask shapes and dtypes, every stored shape against shape inference, neuron-group widths,
+    and (``check_values``) finite parameters."""
+    seen: set[str] = set()
+    nodes = list(graph)
+    if not nodes or nodes[-1].op != "output":
+        raise VerifyError(nodes[-1].name if nodes else "<graph>", "the output node must come last")
+    if sum(n.op == "output" for n in nodes) != 1:
+        raise VerifyError("<graph>", "graph must have exactly one output node")
+    if not graph.inputs:
+        raise VerifyError("<graph>", "graph has no input node")
+    for n in nodes:
+        if n.op not in KNOWN_OPS:
+            raise VerifyError(n.name, f"unknown op '{n.op}'")
+        for i in n.inputs:
+            if i not in graph:
+                raise VerifyError(n.name, f"uses '{i}', which is not in the graph")
+            if i not in seen:
+                raise VerifyError(n.name, f"uses '{i}' before it is defined (cycle or bad order)")
+        seen.add(n.name)
+        _check_params(graph, n, check_values)
+        _check_shape(graph, n)
+    _check_groups(graph)
+
+
+def _fail(n: Node, msg: str) -> VerifyError:
+    return VerifyError(n.name, msg)
+
+
+def _check_params(graph: Graph, n: Node, check_values: bool) -> None:
+    p = n.params
+    for k, t in p.items():
+        if not isinstance(t, torch.Tensor):
+            raise _fail(n, f"param '{k}' is not a tensor")
+        if check_values and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise _fail(n, f"param '{k}' has NaN or infinite entries")
+    if n.op == "act" and n.attrs.get("kind") not in ACTIVATIONS:
+        raise _fail(n, f"unknown activation '{n.attrs.get('kind')}'")
+    if n.op not in ("linear", "conv"):
+        return
+    if n.op == "opaque" or len(n.inputs) != 1:
+        raise _fail(n, f"{n.op} must have exactly one input")
+    w = p.get("weight")
+    if w is None or "mask" not in p:
+        raise _fail(n, "parametric node needs 'weight' and 'mask'")
+    if p["mask"].dtype != torch.bool or p["mask"].shape != w.shape:
+        raise _fail(n, f"mask must be bool of the weight's shape {tuple(w.shape)}, "
+                       f"got {p['mask'].dtype} {tuple(p['mask'].shape)}")
+    if "bias" in p and tuple(p["bias"].shape) != (w.shape[0],):
+        raise _fail(n, f"bias shape {tuple(p['bias'].shape)} does not match {w.shape[0]} outputs")
+    src = graph[n.inputs[0]]
+    if n.op == "linear":
+        if w.dim() != 2 or src.shape is None or src.shape[-1] != w.shape[1]:
+            raise _fail(n, f"weight {tuple(w.shape)} does not fit input {src.shape}")
+    else:
+        g = n.attrs["groups"]
+        if w.dim() not in (3, 4) or src.shape is None or src.shape[1] != w.shape[1] * g or w.shape[0] % g:
+            raise _fail(n, f"weight {tuple(w.shape)} with groups={g} does not fit input {src.shape}")
+        if "area" in p:
+            want = (w.shape[1], w.shape[0], *(n.shape or ())[2:])
+            if p["area"].dtype != torch.bool or tuple(p["area"].shape) != want:
+                raise _fail(n, f"partial-area mask must be bool of shape {want}, got {tuple(p['area'].shape)}")
+
+
+def _check_shape(graph: Graph, n: Node) -> None:
+    if n.op in ("input", "output", "opaque", "const"):
+        if n.op == "const" and n.shape is not None and tuple(n.params["value"].shape) != n.shape:
+            raise _fail(n, "const value does not match its shape")
+        return
+    srcs = [graph[i] for i in n.inputs]
+    if any(s.shape is None for s in srcs) or n.shape is None:
+        raise _fail(n, "a tensor op needs known input and output shapes")
+    meta = [torch.empty(s.shape, device="meta") for s in srcs]  # type: ignore[arg-type]
+    params = {k: torch.empty(t.shape, dtype=t.dtype, device="meta") for k, t in n.params.items()}
+    if "weight" in params and "mask" in params:
+        params.pop("mask")
+    try:
+        out = evaluate(n, meta, params)
+    except Exception as e:
+        raise _fail(n, f"does not compute on inputs of shape {[s.shape for s in srcs]}: "
+                       f"{str(e).splitlines()[0]}") from None
+    if tuple(out.shape) != n.shape:
+        raise _fail(n, f"stored shape {n.shape} but its inputs give {tuple(out.shape)}")
+    if n.axis is not None and not 0 <= n.axis < len(n.shape):
+        raise _fail(n, f"neuron axis {n.axis} out of range for shape {n.shape}")
+
+
+def _check_groups(graph: Graph) -> None:
+    info = analyze(graph)
+    for g in info.groups.values():
+        for name in g.producers:
+            w = graph[name].params["weight"].shape[0]
+            if w != g.width:
+                raise VerifyError(name, f"produces {w} neurons but its group {g.id} has width {g.width}")
+    for name, lay in info.layouts.items():
+        if lay is None:
+            continue
+        n = graph[name]
+        total = sum(info.groups[g].width * r for g, r in lay)
+        if n.width != total:
+            raise VerifyError(name, f"width {n.width} does not match its neuron groups ({total})")

@@ -1,0 +1,106 @@
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import nestir
+from nestir.errors import ShapeError, TraceError
+
+
+class Functional(nn.Module):
+    """Functional-style code: F.* calls, get_attr weights, view(size(0), -1), methods, scalars."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(4, 2, 3, 3))
+        self.b1 = nn.Parameter(torch.randn(4))
+        self.w2 = nn.Parameter(torch.randn(5, 4 * 4 * 4))
+
+    def forward(self, x):
+        y = F.conv2d(x, self.w1, self.b1, padding=1)
+        y = F.leaky_relu(y, 0.2)
+        y = F.avg_pool2d(y, 2)
+        y = y.view(y.size(0), -1)
+        y = F.linear(y, self.w2)
+        return 2.0 * torch.sigmoid(y) - 1 + y.relu()
+
+
+def test_functional_forms_become_ir_ops():
+    m = Functional().eval()
+    x = torch.randn(2, 2, 8, 8)
+    g = nestir.trace(m, x)
+    ops = [n.op for n in g]
+    assert "opaque" not in ops
+    assert ops.count("conv") == 1 and ops.count("linear") == 1 and "flatten" in ops
+    assert g["leaky_relu"].attrs["slope"] == 0.2
+    torch.testing.assert_close(g.to_torch()(x), m(x))
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # control flow on a tensor value
+            return self.fc(x)
+        return x
+
+
+def test_untraceable_model_names_the_line_and_the_fix():
+    with pytest.raises(TraceError) as e:
+        nestir.trace(Untraceable(), torch.randn(2, 4))
+    msg = str(e.value)
+    assert "test_frontend.py" in msg and "if x.sum() > 0" in msg
+    assert "leaf_modules" in msg and "concrete_args" in msg
+
+
+class Wrapper(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Untraceable()
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(self.inner(x))
+
+
+def test_leaf_module_makes_untraceable_code_opaque():
+    m = Wrapper().eval()
+    x = torch.randn(2, 4)
+    g = nestir.trace(m, x, leaf_modules=[Untraceable])
+    assert [n.op for n in g].count("opaque") == 1
+    assert nestir.opaque_nodes(g)[0].startswith("inner = Untraceable")
+    torch.testing.assert_close(g.to_torch()(x), m(x))
+    # the opaque node freezes the widths it touches
+    info = g.groups()
+    assert all(not grp.resizable for grp in info.groups.values())
+
+
+def test_unsupported_op_stays_opaque_and_runs():
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 6)
+
+        def forward(self, x):
+            return torch.softmax(self.fc(x), dim=-1)
+
+    g = nestir.trace(M().eval(), torch.randn(2, 4))
+    (line,) = nestir.opaque_nodes(g)
+    assert "softmax" in line and "test_frontend.py" in line
+
+
+def test_wrong_shape_and_not_a_module():
+    with pytest.raises(ShapeError, match=r"rejects example input of shape \(2, 5\)"):
+        nestir.trace(nn.Linear(4, 2), torch.randn(2, 5))
+    with pytest.raises(TraceError, match="needs a torch.nn.Module"):
+        nestir.trace(lambda x: x, torch.randn(2, 4))  # type: ignore[arg-type]
+    with pytest.raises(ShapeError, match="tensor or a tuple"):
+        nestir.trace(nn.Linear(4, 2), [1, 2])
+
+
+def test_training_flag_restored():
+    m = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
+    nestir.trace(m, torch.randn(3, 4))
+    assert m.training

@@ -1,0 +1,172 @@
+"""Hypothesis strategies that generate random models (MLPs, CNNs with residual, concat, BN,
+depthwise and LayerNorm blocks) for property tests of the IR and of every pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import strategies as st
+
+ACTS = ["relu", "leaky_relu", "tanh", "gelu", "silu", "relu6", "sigmoid", "hardswish"]
+
+
+def act_fn(name: str, x: torch.Tensor) -> torch.Tensor:
+    return {"relu": F.relu, "leaky_relu": lambda t: F.leaky_relu(t, 0.1), "tanh": torch.tanh, "gelu": F.gelu,
+            "silu": F.silu, "relu6": F.relu6, "sigmoid": torch.sigmoid, "hardswish": F.hardswish}[name](x)
+
+
+class SpecModel(nn.Module):
+    """A model built from a list of block specs; forward branches on the spec only (traceable)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.spec = spec
+        self.blocks = nn.ModuleList()
+        ch = spec["in_ch"]
+        size = spec["size"]
+        for b in spec["blocks"]:
+            m = nn.ModuleDict()
+            kind = b["kind"]
+            if kind == "conv":
+                m["conv"] = nn.Conv2d(ch, b["out"], b["k"], padding=b["k"] // 2, bias=not b["bn"])
+                if b["bn"]:
+                    m["bn"] = nn.BatchNorm2d(b["out"])
+                ch = b["out"]
+            elif kind == "res":
+                m["c1"] = nn.Conv2d(ch, b["out"], 3, padding=1, bias=False)
+                m["b1"] = nn.BatchNorm2d(b["out"])
+                m["c2"] = nn.Conv2d(b["out"], b["out"], 3, padding=1, bias=False)
+                m["b2"] = nn.BatchNorm2d(b["out"])
+                if b["out"] != ch:
+                    m["sc"] = nn.Conv2d(ch, b["out"], 1, bias=False)
+                ch = b["out"]
+            elif kind == "cat":
+                m["a"] = nn.Conv2d(ch, b["out"], 1)
+                m["b"] = nn.Conv2d(ch, b["out2"], 3, padding=1)
+                ch = b["out"] + b["out2"]
+            elif kind == "dw":
+                m["dw"] = nn.Conv2d(ch, ch, 3, padding=1, groups=ch, bias=False)
+                m["bn"] = nn.BatchNorm2d(ch)
+                m["pw"] = nn.Conv2d(ch, b["out"], 1)
+                ch = b["out"]
+            elif kind == "pool":
+                size = size // 2
+            self.blocks.append(m)
+        self.head_kind = spec["head"]
+        feat = ch * size * size if spec["head"] == "flatten" else ch
+        self.fc1 = nn.Linear(feat, spec["hidden"])
+        self.ln = nn.LayerNorm(spec["hidden"]) if spec["ln"] else None
+        self.fc2 = nn.Linear(spec["hidden"], spec["classes"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = self.spec["act"]
+        for b, m in zip(self.spec["blocks"], self.blocks, strict=True):
+            kind = b["kind"]
+            if kind == "conv":
+                y = m["conv"](x)
+                x = act_fn(act, m["bn"](y) if "bn" in m else y)
+            elif kind == "res":
+                y = F.relu(m["b1"](m["c1"](x)))
+                y = m["b2"](m["c2"](y))
+                x = F.relu(y + (m["sc"](x) if "sc" in m else x))
+            elif kind == "cat":
+                x = torch.cat([act_fn(act, m["a"](x)), m["b"](x)], dim=1)
+            elif kind == "dw":
+                x = m["pw"](F.relu(m["bn"](m["dw"](x))))
+            elif kind == "pool":
+                x = F.max_pool2d(x, 2) if b["max"] else F.avg_pool2d(x, 2)
+        if self.head_kind == "flatten":
+            x = x.view(x.size(0), -1)
+        else:
+            x = x.mean((2, 3))
+        h = self.fc1(x)
+        if self.ln is not None:
+            h = self.ln(h)
+        return self.fc2(act_fn(act, h))
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.spec = spec
+        dims = [spec["in"], *spec["widths"]]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.bns = nn.ModuleList(nn.BatchNorm1d(w) if spec["bn"] else nn.Identity() for w in spec["widths"])
+        self.out = nn.Linear(dims[-1], spec["classes"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = [self.spec["in"], *self.spec["widths"]]
+        for i, (lin, bn) in enumerate(zip(self.layers, self.bns, strict=True)):
+            y = act_fn(self.spec["act"], bn(lin(x)))
+            x = x + y if self.spec["residual"] and i > 0 and dims[i] == dims[i + 1] else y
+        return self.out(x)
+
+
+def randomize(model: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial BN statistics and weights, deterministic in ``seed``; eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+@st.composite
+def mlp_specs(draw: Any) -> dict[str, Any]:
+    n = draw(st.integers(1, 3))
+    width = draw(st.integers(2, 8))
+    same = draw(st.booleans())
+    widths = [width if same else draw(st.integers(2, 8)) for _ in range(n)]
+    return {"in": draw(st.integers(2, 10)), "widths": widths, "classes": draw(st.integers(2, 5)),
+            "bn": draw(st.booleans()), "act": draw(st.sampled_from(ACTS)), "residual": draw(st.booleans())}
+
+
+@st.composite
+def cnn_specs(draw: Any) -> dict[str, Any]:
+    blocks = []
+    size = draw(st.sampled_from([6, 8]))
+    pools = 0
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["conv", "res", "cat", "dw", "pool"]))
+        if kind == "pool" and (size >> (pools + 1)) < 2:
+            kind = "conv"
+        b: dict[str, Any] = {"kind": kind, "out": draw(st.integers(1, 5))}
+        if kind == "conv":
+            b.update(k=draw(st.sampled_from([1, 3])), bn=draw(st.booleans()))
+        elif kind == "cat":
+            b["out2"] = draw(st.integers(1, 4))
+        elif kind == "pool":
+            b["max"] = draw(st.booleans())
+            pools += 1
+        blocks.append(b)
+    return {"in_ch": draw(st.integers(1, 3)), "size": size, "blocks": blocks,
+            "head": draw(st.sampled_from(["flatten", "mean"])), "hidden": draw(st.integers(2, 6)),
+            "ln": draw(st.booleans()), "act": draw(st.sampled_from(ACTS)), "classes": draw(st.integers(2, 4))}
+
+
+@st.composite
+def models(draw: Any) -> tuple[nn.Module, torch.Tensor]:
+    """A random model (eval mode, random BN statistics) and an example batch for it."""
+    seed = draw(st.integers(0, 2**16))
+    torch.manual_seed(seed)
+    if draw(st.booleans()):
+        spec = draw(mlp_specs())
+        model: nn.Module = MLP(spec)
+        x = torch.randn(3, spec["in"], generator=torch.Generator().manual_seed(seed))
+    else:
+        spec = draw(cnn_specs())
+        model = SpecModel(spec)
+        x = torch.randn(3, spec["in_ch"], spec["size"], spec["size"], generator=torch.Generator().manual_seed(seed))
+    return randomize(model, seed), x
+
+
+def batch_for(model_out_classes: int, x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    y = torch.randint(0, model_out_classes, (x.shape[0],), generator=torch.Generator().manual_seed(seed))
+    return x, y
