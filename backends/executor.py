@@ -66,6 +66,8 @@ class IRModule(nn.Module):
         for n in self.graph:
             if n.op == "input":
                 env[n.name] = next(it)
+                if self.capture is not None:
+                    self._capture_value(n.name, env[n.name])
             elif n.op == "output":
                 outs = [env[i] for i in n.inputs]
                 return outs[0] if n.attrs.get("structure") == "single" else tuple(outs)

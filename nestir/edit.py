@@ -22,14 +22,17 @@ _PER_NEURON_FILL = {"running_mean": 0.0, "running_var": 1.0, "weight": 1.0, "bia
 @dataclass
 class _Staged:
     params: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    journal: list[tuple[str, str, tuple]] = field(default_factory=list)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     attrs: dict[str, dict] = field(default_factory=dict)
 
     def get(self, graph: Graph, node: str, key: str) -> torch.Tensor:
         return self.params.get(node, {}).get(key, graph[node].params[key])
 
-    def put(self, node: str, key: str, t: torch.Tensor) -> None:
+    def put(self, node: str, key: str, t: torch.Tensor, how: tuple = ()) -> None:
         self.params.setdefault(node, {})[key] = t
+        if how:
+            self.journal.append((node, key, how))
 
     def commit(self, graph: Graph) -> None:
         for name, ps in self.params.items():
@@ -38,6 +41,7 @@ class _Staged:
             graph[name].shape = shape
         for name, at in self.attrs.items():
             graph[name].attrs.update(at)
+        graph.journal.extend(self.journal)
 
 
 def _insert(t: torch.Tensor, dim: int, pos: int, new: torch.Tensor) -> torch.Tensor:
@@ -102,7 +106,7 @@ def add_neurons(
             fill = True if t.dtype == torch.bool else 0.0
             new = given.get(key, _filler(t, dim, count, fill))
             _check(name, key, new, t, dim, count)
-            st.put(name, key, _insert(t, dim, t.shape[dim], new))
+            st.put(name, key, _insert(t, dim, t.shape[dim], new), ("insert", dim, t.shape[dim], count))
     for name in grp.per_neuron:
         node = graph[name]
         given = rows.get(name, {})
@@ -117,7 +121,7 @@ def add_neurons(
                     fill = _PER_NEURON_FILL[key]
                 new = given.get(key, _filler(cur, 0, count, fill))
                 _check(name, key, new, cur, 0, count)
-                st.put(name, key, _insert(cur, 0, off + w, new))
+                st.put(name, key, _insert(cur, 0, off + w, new), ("insert", 0, off + w, count))
         if node.op == "conv":
             st.attrs[name] = {"groups": node.attrs["groups"] + count}
     for name in grp.consumers:
@@ -133,7 +137,7 @@ def add_neurons(
                 fill = True if cur.dtype == torch.bool else 0.0
                 new = given.get(key, _filler(cur, dim, count * r, fill))
                 _check(name, key, new, cur, dim, count * r)
-                st.put(name, key, _insert(cur, dim, off + w * r, new))
+                st.put(name, key, _insert(cur, dim, off + w * r, new), ("insert", dim, off + w * r, count * r))
     _shapes(graph, info, gid, count, st)
     st.commit(graph)
     return list(range(grp.width, grp.width + count))
@@ -157,7 +161,7 @@ def remove_neurons(graph: Graph, gid: int, indices: Sequence[int], *, info: Grou
         for key, dim in _PRODUCER.items():
             if key in graph[name].params:
                 t = graph[name].params[key]
-                st.put(name, key, t.index_select(dim, keep.to(t.device)))
+                st.put(name, key, t.index_select(dim, keep.to(t.device)), ("select", dim, keep))
     for name in grp.per_neuron + grp.consumers:
         node = graph[name]
         dims = _CONSUMER if name in grp.consumers else {k: 0 for k in node.params}
@@ -166,7 +170,7 @@ def remove_neurons(graph: Graph, gid: int, indices: Sequence[int], *, info: Grou
                 continue
             t = node.params[key]
             idx = _keep_index(_segs(info, name), gid, keep, t.shape[dim])
-            st.put(name, key, t.index_select(dim, idx.to(t.device)))
+            st.put(name, key, t.index_select(dim, idx.to(t.device)), ("select", dim, idx))
         if name in grp.per_neuron and node.op == "conv":
             st.attrs[name] = {"groups": node.attrs["groups"] - len(drop)}
     _shapes(graph, info, gid, -len(drop), st)
@@ -195,6 +199,24 @@ def _keep_index(segs: list[tuple[int, int, int, int]], gid: int, keep: torch.Ten
     if off < total:
         parts.append(torch.arange(off, total))
     return torch.cat(parts) if parts else torch.arange(total)
+
+
+def replay(t: torch.Tensor, how: tuple, fill: float = 0.0) -> torch.Tensor:
+    """Apply a journaled edit to a tensor shaped like the edited one (e.g. optimizer state)."""
+    if how[0] == "insert":
+        _, dim, pos, n = how
+        return _insert(t, dim, pos, _filler(t, dim, n, fill))
+    _, dim, idx = how
+    return t.index_select(dim, idx.to(t.device))
+
+
+def follow(t: torch.Tensor, node: str, key: str, journal: list[tuple[str, str, tuple]]) -> torch.Tensor:
+    """Replay on ``t`` every journaled edit of ``node``'s tensor ``key``: planned rows or columns
+    computed before other edits of the same pass keep fitting the layer."""
+    for n, k, how in journal:
+        if n == node and k == key:
+            t = replay(t, how)
+    return t
 
 
 def _check(node: str, key: str, new: torch.Tensor, ref: torch.Tensor, dim: int, n: int) -> None:

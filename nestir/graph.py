@@ -82,6 +82,8 @@ class Graph:
     def __init__(self, nodes: list[Node] | None = None, name: str = "model") -> None:
         self.nodes: dict[str, Node] = {}
         self.name = name
+        # (node, param, edit) for every committed neuron edit, so that optimizer state can follow
+        self.journal: list[tuple[str, str, tuple]] = []
         for n in nodes or []:
             self.add(n)
 

@@ -2,6 +2,15 @@
 
 from nestir.passinfra import Pass, PassContext, PassManager, PassResult, get, parse, registered
 
-from . import eliminate_dead_neurons, shift_activation  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    add_feature_map,
+    bridge_neuron,
+    eliminate_dead_neurons,
+    grow_connection,
+    magnitude_prune,
+    partial_area_mask,
+    shift_activation,
+    split_neuron,
+)
 
 __all__ = ["Pass", "PassContext", "PassManager", "PassResult", "get", "parse", "registered"]

@@ -1,0 +1,83 @@
+"""Gradient statistics for growth passes, streamed over batches on the device.
+
+The connection score of Policy 1 is the dense gradient of the loss with respect to the
+*effective* (masked) weight: autograd computes exactly sum_batch delta^T x for it, dormant entries
+included, so scoring costs one backward pass. The bridge matrices of Policy 2 are
+G = sum_batch delta_{l+1}^T x_{l-1}, one matmul per (consumer, producer) pair. Accumulators are
+fp32 on the device: memory O(parameters), independent of the number of batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from nestir.graph import Graph
+
+from .executor import IRModule
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class GradStats:
+    loss: float = 0.0
+    batches: int = 0
+    weight_grad: dict[str, torch.Tensor] = field(default_factory=dict)
+    bridge: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+def collect(
+    graph: Graph,
+    data: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    loss: Loss | None = None,
+    *,
+    weights: Iterable[str] | None = None,
+    bridges: Iterable[tuple[str, str]] = (),
+    module: IRModule | None = None,
+) -> GradStats:
+    """Average over ``data`` of the dense weight gradients of ``weights`` (default: every
+    parametric node) and of the bridge matrices for each ``(consumer, producer)`` pair of linear
+    nodes. Runs in eval mode: no dropout, and BatchNorm statistics are not updated."""
+    loss_fn = loss or F.cross_entropy
+    mod = module or IRModule(graph)
+    was_training = mod.training
+    mod.eval()
+    names = set(weights) if weights is not None else {n.name for n in graph.parametric()}
+    pairs = list(bridges)
+    values = {graph[p].inputs[0] for _, p in pairs} | {c for c, _ in pairs}
+    st = GradStats()
+    try:
+        for xb, yb in data:
+            mod.capture = {"weights": names, "weight_leaves": {}, "values": values, "value_tensors": {}}
+            out = mod(xb)
+            lv = loss_fn(out, yb)
+            lv.backward()
+            cap = mod.capture
+            with torch.no_grad():
+                for name, leaf in cap["weight_leaves"].items():
+                    g = leaf.grad.float()
+                    st.weight_grad[name] = st.weight_grad[name] + g if name in st.weight_grad else g.clone()
+                for c, p in pairs:
+                    delta = cap["value_tensors"][c].grad
+                    x = cap["value_tensors"][graph[p].inputs[0]]
+                    gm = _flat(delta).float().T @ _flat(x).float()
+                    st.bridge[(c, p)] = st.bridge[(c, p)] + gm if (c, p) in st.bridge else gm
+            st.loss += float(lv.detach())
+            st.batches += 1
+    finally:
+        mod.capture = None
+        mod.zero_grad(set_to_none=True)
+        mod.train(was_training)
+    k = max(1, st.batches)
+    st.loss /= k
+    for d in (st.weight_grad, st.bridge):
+        for key in d:
+            d[key] /= k
+    return st

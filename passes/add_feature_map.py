@@ -1,0 +1,122 @@
+"""add-feature-map: NeST Policy 3, the best of K random kernel sets for a new conv channel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from nestir.backends.executor import IRModule, param_key
+from torch.func import functional_call, vmap
+
+from nestir.edit import add_neurons
+from nestir.errors import PassError
+from nestir.graph import Graph
+from nestir.groups import Group, GroupInfo
+from nestir.passinfra import Pass, PassContext, PassResult, register
+
+
+def eligible(graph: Graph, info: GroupInfo) -> list[Group]:
+    """Resizable groups with a conv producer and at least one consumer."""
+    return [g for g in info.resizable()
+            if not g.mixing and g.consumers and any(graph[p].op == "conv" for p in g.producers)]
+
+
+def _std(t: torch.Tensor) -> float:
+    nz = t[t != 0]
+    return float(nz.std()) if nz.numel() > 1 else 0.1
+
+
+@register
+@dataclass(frozen=True)
+class AddFeatureMap(Pass):
+    """Add ``count`` channels to every eligible conv layer (or those in ``layers``). For each
+    channel, draw ``candidates`` random kernel sets (its input kernels in every producer and its
+    output kernels in every consumer, normal with the std of that layer's live weights times
+    ``scale``), evaluate all candidate losses on the scoring batch in one ``vmap``-batched
+    computation on the device (eval mode), and keep the best. Never removes."""
+
+    count: int = 1
+    candidates: int = 8
+    scale: float = 1.0
+    layers: str = ""
+    name: ClassVar[str] = "add-feature-map"
+    effect: ClassVar[str] = "grow"
+    needs_data: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.count < 0 or self.candidates < 1 or self.scale <= 0:
+            raise PassError("add-feature-map: count >= 0, candidates >= 1 and scale > 0 required")
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        data = ctx.require_data(self.name)
+        groups = eligible(graph, graph.groups())
+        if self.layers:
+            wanted = {s.strip() for s in self.layers.split(",") if s.strip()}
+            groups = [g for g in groups if wanted & set(g.producers)]
+        keys = [g.producers[0] for g in groups]
+        gains = []
+        for key in keys * self.count if self.count else []:
+            info = graph.groups()
+            grp = info.of(key)
+            gains.append(self._grow_one(graph, grp, info, data[0], ctx))
+        added = len(gains)
+        return PassResult(graph, added > 0, {"added": added, "loss_gain": sum(gains)})
+
+    def _grow_one(self, graph: Graph, grp: Group, info: GroupInfo, batch, ctx: PassContext) -> float:  # type: ignore[no-untyped-def]
+        x, y = batch
+        gen = ctx.generator(f"fmap:{grp.producers[0]}:{grp.width}")
+        k = self.candidates
+        rows, cols = {}, {}
+        for p in grp.producers:
+            w = graph[p].params["weight"]
+            rows[p] = torch.randn((k, 1, *w.shape[1:]), generator=gen) * _std(w) * self.scale
+        for c in grp.consumers:
+            w = graph[c].params["weight"]
+            r = sum(rr for _, rr, _ in info.columns(c, grp.id))
+            cols[c] = torch.randn((k, w.shape[0], r, *w.shape[2:]), generator=gen) * _std(w) * self.scale
+        trial = graph.copy()
+        add_neurons(trial, grp.id, 1, info=None)
+        tinfo = trial.groups()
+        tgrp = tinfo.of(grp.producers[0])
+        mod = IRModule(trial).eval()
+        base = {n: t.detach() for n, t in mod.params.items()}
+        stacked = {}
+        for p in grp.producers:
+            stacked[param_key(p, "weight")] = self._with_rows(base[param_key(p, "weight")], rows[p])
+        for c in grp.consumers:
+            (off, r, w), *_ = tinfo.columns(c, tgrp.id)
+            stacked[param_key(c, "weight")] = self._with_cols(base[param_key(c, "weight")], cols[c], off + (w - 1) * r)
+        dev = x.device
+        stacked = {n: t.to(dev) for n, t in stacked.items()}
+
+        def loss_of(params: dict[str, torch.Tensor]) -> torch.Tensor:
+            full = {f"params.{n}": t for n, t in base.items()}
+            full.update({f"params.{n}": t for n, t in params.items()})
+            return (ctx.loss_fn())(functional_call(mod, full, (x,)), y)
+
+        with torch.no_grad():
+            try:
+                losses = vmap(loss_of)(stacked)
+            except Exception:  # an op without a batching rule: evaluate one by one
+                losses = torch.stack([loss_of({n: t[i] for n, t in stacked.items()}) for i in range(k)])
+            base_loss = float(ctx.loss_fn()(mod(x), y))
+        best = int(torch.argmin(losses))
+        add_neurons(graph, grp.id, 1,
+                    rows={p: {"weight": rows[p][best].to(graph.device)} for p in grp.producers},
+                    cols={c: {"weight": cols[c][best].to(graph.device)} for c in grp.consumers}, info=info)
+        return base_loss - float(losses[best])
+
+    @staticmethod
+    def _with_rows(w: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        k = cand.shape[0]
+        out = w.unsqueeze(0).repeat(k, *([1] * w.dim())).clone()
+        out[:, -1:] = cand.to(w.device, w.dtype)
+        return out
+
+    @staticmethod
+    def _with_cols(w: torch.Tensor, cand: torch.Tensor, pos: int) -> torch.Tensor:
+        k, r = cand.shape[0], cand.shape[2]
+        out = w.unsqueeze(0).repeat(k, *([1] * w.dim())).clone()
+        out[:, :, pos:pos + r] = cand.to(w.device, w.dtype)
+        return out

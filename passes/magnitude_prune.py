@@ -1,0 +1,160 @@
+"""magnitude-prune: NeST Policy 4, remove small effective weights and weak neurons."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from nestir.backends.executor import IRModule
+
+from nestir.edit import remove_neurons
+from nestir.errors import PassError
+from nestir.graph import Graph, Node
+from nestir.groups import GroupInfo
+from nestir.passinfra import Pass, PassContext, PassResult, register
+
+
+def effective_weight(graph: Graph, n: Node) -> torch.Tensor:
+    """The weight with a following BatchNorm folded in: W* = W * gamma / sqrt(var + eps)."""
+    w = n.params["weight"]
+    users = graph.users(n.name)
+    if len(users) == 1 and users[0].op == "batchnorm" and len(users[0].params["running_var"]) == w.shape[0]:
+        bn = users[0]
+        scale = bn.params.get("weight", torch.ones_like(bn.params["running_var"])) / torch.sqrt(
+            bn.params["running_var"] + bn.attrs["eps"])
+        return w * scale.view(-1, *([1] * (w.dim() - 1)))
+    return w
+
+
+
+@register
+@dataclass(frozen=True)
+class MagnitudePrune(Pass):
+    """Remove live connections with the smallest effective magnitude |W*| (BatchNorm folded in):
+    a ``fraction`` of each layer's live connections (``scope="layer"``) or of all of them
+    (``scope="global"``), or every one below ``threshold``. With ``neuron_fraction`` > 0 also
+    remove that fraction of each resizable group's neurons with the smallest mean |output| over
+    the data (measured on the device, at the group's last value before its consumers).
+    Never adds; never empties a layer or a group (refuses such a step with a clear error when
+    ``strict``, else keeps the strongest). ``modified`` is false when nothing was below
+    threshold or nothing was live."""
+
+    fraction: float = 0.0
+    threshold: float = 0.0
+    scope: str = "layer"
+    neuron_fraction: float = 0.0
+    layers: str = ""
+    skip: str = ""  # comma-separated node names never pruned
+    strict: bool = False
+    name: ClassVar[str] = "magnitude-prune"
+    effect: ClassVar[str] = "prune"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fraction < 1 or not 0 <= self.neuron_fraction < 1 or self.threshold < 0:
+            raise PassError("magnitude-prune: 0 <= fraction < 1, 0 <= neuron_fraction < 1, threshold >= 0")
+        if self.scope not in ("layer", "global"):
+            raise PassError(f"magnitude-prune: scope must be 'layer' or 'global', got {self.scope!r}")
+
+    def _names(self, graph: Graph) -> list[str]:
+        names = [n.name for n in graph.parametric()]
+        skip = {s.strip() for s in self.skip.split(",") if s.strip()}
+        if self.layers:
+            wanted = [s.strip() for s in self.layers.split(",") if s.strip()]
+            bad = [w for w in wanted if w not in names]
+            if bad:
+                raise PassError(f"magnitude-prune: no parametric node named {', '.join(bad)}")
+            names = wanted
+        return [n for n in names if n not in skip]
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        names = self._names(graph)
+        removed = self._connections(graph, names)
+        neurons = self._neurons(graph, ctx, set(names)) if self.neuron_fraction > 0 else 0
+        return PassResult(graph, removed + neurons > 0, {"connections": removed, "neurons": neurons})
+
+    @torch.no_grad()
+    def _connections(self, graph: Graph, names: list[str]) -> int:
+        if not self.fraction and not self.threshold:
+            return 0
+        mags = {n: effective_weight(graph, graph[n]).abs().float() for n in names}
+        drop: dict[str, torch.Tensor] = {}
+        if self.threshold:
+            for n in names:
+                drop[n] = graph[n].params["mask"] & (mags[n] < self.threshold)
+        elif self.scope == "global":
+            live = torch.cat([mags[n][graph[n].params["mask"]] for n in names])
+            k = math.floor(self.fraction * live.numel())
+            if k == 0:
+                return 0
+            cut = torch.kthvalue(live.cpu(), k).values.item()
+            for n in names:
+                drop[n] = graph[n].params["mask"] & (mags[n] <= cut)
+        else:
+            for n in names:
+                m = graph[n].params["mask"]
+                k = math.floor(self.fraction * int(m.sum()))
+                if k == 0:
+                    continue
+                vals = mags[n].masked_fill(~m, float("inf")).flatten()
+                idx = torch.topk(vals, k, largest=False).indices
+                d = torch.zeros_like(m).flatten()
+                d[idx] = True
+                drop[n] = d.view_as(m)
+        total = 0
+        for n, d in drop.items():
+            m = graph[n].params["mask"]
+            new = m & ~d
+            if not new.any():
+                if self.strict:
+                    raise PassError(f"magnitude-prune: pruning would remove every connection of '{n}' "
+                                    "and disconnect the network; lower the fraction or threshold")
+                keep = mags[n].masked_fill(~m, -1.0).flatten().argmax()
+                new.view(-1)[keep] = True
+            total += int(m.sum() - new.sum())
+            graph[n].params["mask"] = new
+            graph[n].params["weight"].mul_(new)
+        return total
+
+    @torch.no_grad()
+    def _neurons(self, graph: Graph, ctx: PassContext, allowed: set[str]) -> int:
+        info = graph.groups()
+        groups = [g for g in info.resizable() if not g.mixing and set(g.producers) <= allowed and g.width > 1]
+        if not groups:
+            return 0
+        data = ctx.require_data(self.name)
+        taps = {g.id: _tap(graph, info, g.id) for g in groups}
+        mod = IRModule(graph.copy()).eval()
+        mod.capture = {"weights": set(), "weight_leaves": {}, "values": set(taps.values()), "value_tensors": {}}
+        sums: dict[str, torch.Tensor] = {}
+        for xb, _ in data:
+            mod(xb)
+            for v, t in mod.capture["value_tensors"].items():
+                node = graph[v]
+                a = t.abs().float().movedim(node.axis, -1).reshape(-1, t.shape[node.axis]).mean(0)  # type: ignore[arg-type]
+                sums[v] = sums.get(v, 0) + a
+        removed = 0
+        keys = [(g.producers[0], taps[g.id]) for g in groups]
+        for prod, tap in keys:
+            info = graph.groups()
+            grp = info.of(prod)
+            k = math.floor(self.neuron_fraction * grp.width)
+            k = min(k, grp.width - 1)
+            if k <= 0:
+                continue
+            idx = torch.topk(sums[tap].cpu(), k, largest=False).indices.tolist()
+            remove_neurons(graph, grp.id, idx, info=info)
+            removed += k
+        return removed
+
+
+def _tap(graph: Graph, info: GroupInfo, gid: int) -> str:
+    """The group's value that its consumers read (its 'output'), single-segment."""
+    grp = info.groups[gid]
+    for c in grp.consumers:
+        src = graph[c].inputs[0]
+        lay = info.layouts.get(src)
+        if lay and len(lay) == 1 and lay[0] == (gid, 1):
+            return src
+    return [v for v in grp.values if (info.layouts.get(v) or [None]) == [(gid, 1)]][-1]

@@ -1,0 +1,49 @@
+"""Minimum eigenpairs of per-neuron splitting matrices S_i = sum_s C[s,i] x_s x_s^T, matrix-free."""
+
+from __future__ import annotations
+
+import torch
+
+
+def matvec(X: torch.Tensor, C: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """S_i v_i for every neuron i at once: (n, d). Two matmuls; no d x d matrix is formed."""
+    return (C * (X @ V.T)).T @ X
+
+
+def dense_min_eigen(X: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    S = torch.einsum("si,sd,se->ide", C, X, X)
+    vals, vecs = torch.linalg.eigh(S)
+    return vals[:, 0], vecs[:, :, 0]
+
+
+def lanczos_min_eigen(X: torch.Tensor, C: torch.Tensor, iters: int, gen: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched Lanczos with full re-orthogonalization, ``iters`` steps for all neurons."""
+    n, d = C.shape[1], X.shape[1]
+    k = min(iters, d)
+    q = torch.randn((n, d), generator=gen).to(X.device, X.dtype)
+    q = q / q.norm(dim=1, keepdim=True)
+    Q = torch.zeros(n, k, d, device=X.device, dtype=X.dtype)
+    alpha = torch.zeros(n, k, device=X.device, dtype=X.dtype)
+    beta = torch.zeros(n, k, device=X.device, dtype=X.dtype)
+    for j in range(k):
+        Q[:, j] = q
+        w = matvec(X, C, q)
+        alpha[:, j] = (w * q).sum(1)
+        w = w - torch.einsum("nj,njd->nd", torch.einsum("njd,nd->nj", Q[:, : j + 1], w), Q[:, : j + 1])
+        b = w.norm(dim=1)
+        beta[:, j] = b
+        q = w / b.clamp_min(1e-30)[:, None]
+    T = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :-1], 1) + torch.diag_embed(beta[:, :-1], -1)
+    vals, vecs = torch.linalg.eigh(T)
+    v = torch.einsum("nj,njd->nd", vecs[:, :, 0], Q)
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    return vals[:, 0], v
+
+
+def min_eigen(X: torch.Tensor, C: torch.Tensor, iters: int, dense_limit: int, gen: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lambda_min, unit eigenvector) per neuron; exact when d <= ``dense_limit``."""
+    if X.shape[1] <= dense_limit:
+        return dense_min_eigen(X, C)
+    return lanczos_min_eigen(X, C, iters, gen)
