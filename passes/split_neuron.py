@@ -46,9 +46,10 @@ def second_derivative(kind: str, attrs: dict, z: torch.Tensor, beta: float) -> t
         scale = 1.0 - float(attrs.get("slope", 0.0)) if kind == "leaky_relu" else 1.0
         return scale * beta * s * (1 - s)
     f = activation(kind, attrs)
-    zz = z.detach().requires_grad_(True)
-    (g1,) = torch.autograd.grad(f(zz).sum(), zz, create_graph=True)
-    (g2,) = torch.autograd.grad(g1.sum(), zz)
+    with torch.enable_grad():
+        zz = z.detach().requires_grad_(True)
+        (g1,) = torch.autograd.grad(f(zz).sum(), zz, create_graph=True)
+        (g2,) = torch.autograd.grad(g1.sum(), zz)
     return g2
 
 

@@ -1,0 +1,38 @@
+import torch
+from nestir.backends.train import Trainer, evaluate
+
+import nestir
+from nestir.edit import add_neurons, remove_neurons
+from nestir.zoo import LeNet300100
+
+
+def test_optimizer_state_follows_structural_edits():
+    torch.manual_seed(0)
+    g = nestir.trace(LeNet300100((20, 10)), torch.rand(2, 1, 28, 28))
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    t = Trainer(g, lr=1e-3)
+    t.epoch(x, y, 32)
+    p = t.module.params["fc1__weight"]
+    old = t.optimizer.state[p]["exp_avg"].clone()
+    old_fc2 = t.optimizer.state[t.module.params["fc2__weight"]]["exp_avg"].clone()
+    gid = g.groups().of("fc1").id
+    add_neurons(g, gid, 2)
+    remove_neurons(g, g.groups().of("fc1").id, [0])
+    t.rebuild()
+    p = t.module.params["fc1__weight"]
+    st = t.optimizer.state[p]["exp_avg"]
+    assert st.shape == (21, 784)
+    torch.testing.assert_close(st[:19], old[1:])  # survivors keep their state
+    assert bool((st[19:] == 0).all())  # new neurons start fresh
+    st2 = t.optimizer.state[t.module.params["fc2__weight"]]["exp_avg"]
+    torch.testing.assert_close(st2[:, :19], old_fc2[:, 1:])
+    t.epoch(x, y, 32)  # and training goes on
+    assert 0.0 <= evaluate(g, x, y).error <= 1.0
+
+
+def test_dormant_weights_stay_zero_during_training():
+    g = nestir.trace(LeNet300100((20, 10)), torch.rand(2, 1, 28, 28))
+    g["fc1"].params["mask"][:, ::2] = False
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    Trainer(g).epoch(x, y, 16)
+    assert bool((g["fc1"].params["weight"][:, ::2] == 0).all())

@@ -1,0 +1,66 @@
+import pytest
+import torch
+import torch.nn as nn
+from nestir.passes import get
+from nestir.passes.magnitude_prune import effective_weight
+
+import nestir
+from nestir.errors import PassError
+from nestir.passinfra import PassContext
+from nestir.zoo import LeNet300100, ResNet
+
+
+def test_prunes_smallest_fraction_per_layer_and_never_adds():
+    g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
+    before = {n.name: n.params["weight"].abs().clone() for n in g.parametric()}
+    res = get("magnitude-prune", fraction=0.5).run(g, PassContext())
+    assert res.modified
+    for n in g.parametric():
+        m = n.params["mask"]
+        assert int(m.sum()) == m.numel() - m.numel() // 2
+        assert before[n.name][m].min() >= before[n.name][~m].max()
+        assert bool((n.params["weight"][~m] == 0).all())
+
+
+def test_batchnorm_is_folded_into_effective_weights():
+    m = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2)).eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([1.0, 1.0]).view(2, 1, 1, 1))
+        m[1].weight.copy_(torch.tensor([1.0, 0.01]))
+    g = nestir.trace(m, torch.rand(1, 1, 3, 3))
+    eff = effective_weight(g, g["_0"]).flatten()
+    assert eff[1] < eff[0]
+    # prune globally: the output channel with the small BN scale goes first
+    big = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(18, 2)).eval()
+    with torch.no_grad():
+        big[0].weight.copy_(torch.tensor([1.0, 1.0]).view(2, 1, 1, 1))
+        big[1].weight.copy_(torch.tensor([1.0, 0.01]))
+    g = nestir.trace(big, torch.rand(1, 1, 3, 3))
+    get("magnitude-prune", threshold=0.5, layers="_0").run(g, PassContext())
+    assert g["_0"].params["mask"].flatten().tolist() == [True, False]
+
+
+def test_threshold_second_prune_is_unmodified_and_layers_never_empty():
+    g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
+    p = get("magnitude-prune", threshold=0.02)
+    assert p.run(g, PassContext()).modified
+    assert not p.run(g, PassContext()).modified
+    g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
+    get("magnitude-prune", threshold=100.0).run(g, PassContext())
+    assert all(int(n.params["mask"].sum()) >= 1 for n in g.parametric())
+    g.verify()
+    with pytest.raises(PassError, match="disconnect"):
+        get("magnitude-prune", threshold=100.0, strict=True).run(g.copy(), PassContext())
+
+
+def test_neuron_pruning_on_residual_network():
+    torch.manual_seed(0)
+    g = nestir.trace(ResNet(), torch.rand(2, 3, 32, 32))
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    widths = {p: g[p].params["weight"].shape[0] for p in ("layers_1_conv2", "layers_1_conv1")}
+    res = get("magnitude-prune", neuron_fraction=0.25).run(g, PassContext(data=[(x, y)]))
+    assert res.info["neurons"] > 0
+    g.verify()
+    assert g["layers_1_conv2"].params["weight"].shape[0] == widths["layers_1_conv2"] - 8
+    assert g["layers_1_short_0"].params["weight"].shape[0] == widths["layers_1_conv2"] - 8
+    assert g["layers_1_conv1"].params["weight"].shape[0] == widths["layers_1_conv1"] - 8

@@ -1,0 +1,19 @@
+import pytest
+import torch
+from nestir.passes import get
+
+import nestir
+from nestir.errors import PassError
+from nestir.passinfra import PassContext
+from nestir.zoo import ZOO
+
+
+def test_shift_both_ways():
+    g = nestir.trace(ZOO["lenet-300-100-seed"].factory(), torch.rand(2, 1, 28, 28))
+    kinds = lambda: sorted(n.attrs["kind"] for n in g if n.op == "act")
+    assert kinds() == ["leaky_relu", "leaky_relu"]
+    assert get("shift-activation", to="relu").run(g, PassContext()).modified
+    assert kinds() == ["relu", "relu"]
+    assert not get("shift-activation", to="relu").run(g, PassContext()).modified
+    with pytest.raises(PassError):
+        get("shift-activation", to="tanh")
