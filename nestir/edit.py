@@ -168,7 +168,7 @@ def remove_neurons(graph: Graph, gid: int, indices: Sequence[int], *, info: Grou
         for key, dim in dims.items():
             if key not in node.params:
                 continue
-            t = node.params[key]
+            t = st.get(graph, name, key)  # a layer may both produce and consume the group
             idx = _keep_index(_segs(info, name), gid, keep, t.shape[dim])
             st.put(name, key, t.index_select(dim, idx.to(t.device)), ("select", dim, idx))
         if name in grp.per_neuron and node.op == "conv":

@@ -210,7 +210,11 @@ class _Analysis:
             src = self.graph[i]
             s = src.shape or ()
             k = len(s) - len(n.shape) + n.axis  # broadcast aligns trailing dims
-            if k < 0 or s[k] == 1:
+            if k < 0:
+                continue
+            if s[k] == 1 and n.shape[n.axis] != 1:
+                # broadcast along the neuron axis: growing that input would break it
+                self.freeze(self.layout.get(i) if src.axis == k else None, f"'{n.name}' broadcasts it")
                 continue
             lays.append(self.layout.get(i) if src.axis == k else None)
         return self.unify(lays, f"binary '{n.name}'")

@@ -49,7 +49,8 @@ def test_small_split_lowers_loss_when_lambda_negative():
 
 def test_lanczos_matches_dense_eigensolver():
     gen = torch.Generator().manual_seed(0)
-    X, C = torch.randn(400, 80, generator=gen, dtype=torch.float64), torch.randn(400, 5, generator=gen, dtype=torch.float64)
+    X = torch.randn(400, 80, generator=gen, dtype=torch.float64)
+    C = torch.randn(400, 5, generator=gen, dtype=torch.float64)
     l1, v1 = dense_min_eigen(X, C)
     l2, v2 = lanczos_min_eigen(X, C, 40, gen)
     torch.testing.assert_close(l2, l1, rtol=1e-6, atol=1e-6)
