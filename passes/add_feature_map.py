@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from nestir.backends.executor import IRModule, param_key
 from torch.func import functional_call, vmap
 
+from nestir.backends.executor import IRModule, param_key
 from nestir.edit import add_neurons
 from nestir.errors import PassError
 from nestir.graph import Graph

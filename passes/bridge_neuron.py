@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from nestir.backends.gradstats import collect
 
+from nestir.backends.gradstats import collect
 from nestir.edit import add_neurons, follow
 from nestir.errors import PassError
 from nestir.graph import Graph

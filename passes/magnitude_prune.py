@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from nestir.backends.executor import IRModule
 
+from nestir.backends.executor import IRModule
 from nestir.edit import remove_neurons
 from nestir.errors import PassError
 from nestir.graph import Graph, Node

@@ -8,8 +8,8 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from nestir.backends.executor import IRModule
 
+from nestir.backends.executor import IRModule
 from nestir.errors import PassError
 from nestir.graph import Graph, Node
 from nestir.passinfra import Pass, PassContext, PassResult, register

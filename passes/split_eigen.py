@@ -23,20 +23,21 @@ def lanczos_min_eigen(X: torch.Tensor, C: torch.Tensor, iters: int, gen: torch.G
     k = min(iters, d)
     q = torch.randn((n, d), generator=gen).to(X.device, X.dtype)
     q = q / q.norm(dim=1, keepdim=True)
-    Q = torch.zeros(n, k, d, device=X.device, dtype=X.dtype)
+    Q = torch.zeros(k, n, d, device=X.device, dtype=X.dtype)  # basis vectors, contiguous per step
     alpha = torch.zeros(n, k, device=X.device, dtype=X.dtype)
     beta = torch.zeros(n, k, device=X.device, dtype=X.dtype)
     for j in range(k):
-        Q[:, j] = q
+        Q[j] = q
         w = matvec(X, C, q)
         alpha[:, j] = (w * q).sum(1)
-        w = w - torch.einsum("nj,njd->nd", torch.einsum("njd,nd->nj", Q[:, : j + 1], w), Q[:, : j + 1])
+        basis = Q[: j + 1]
+        w = w - (basis * (basis * w).sum(2, keepdim=True)).sum(0)  # full re-orthogonalization
         b = w.norm(dim=1)
         beta[:, j] = b
         q = w / b.clamp_min(1e-30)[:, None]
     T = torch.diag_embed(alpha) + torch.diag_embed(beta[:, :-1], 1) + torch.diag_embed(beta[:, :-1], -1)
     vals, vecs = torch.linalg.eigh(T)
-    v = torch.einsum("nj,njd->nd", vecs[:, :, 0], Q)
+    v = (Q * vecs[:, :, 0].T.unsqueeze(2)).sum(0)
     v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-30)
     return vals[:, 0], v
 

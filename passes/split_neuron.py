@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from nestir.backends.executor import IRModule
 
+from nestir.backends.executor import IRModule
 from nestir.edit import add_neurons, follow
 from nestir.errors import PassError
 from nestir.graph import Graph, Node
@@ -67,7 +67,7 @@ class SplitNeuron(Pass):
 
     count: int = 1
     epsilon: float = 0.1
-    iterations: int = 12
+    iterations: int = 10
     beta: float = 4.0
     dense_limit: int = 64
     layers: str = ""

@@ -1,8 +1,8 @@
 import torch
 import torch.nn.functional as F
-from nestir.backends.gradstats import collect
 
 import nestir
+from nestir.backends.gradstats import collect
 from nestir.zoo import LeNet300100
 
 

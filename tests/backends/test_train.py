@@ -1,7 +1,7 @@
 import torch
-from nestir.backends.train import Trainer, evaluate
 
 import nestir
+from nestir.backends.train import Trainer, evaluate
 from nestir.edit import add_neurons, remove_neurons
 from nestir.zoo import LeNet300100
 

@@ -1,9 +1,9 @@
 import torch
 import torch.nn.functional as F
-from nestir.backends.executor import IRModule
-from nestir.passes import get
 
 import nestir
+from nestir.backends.executor import IRModule
+from nestir.passes import get
 from nestir.passinfra import PassContext
 from nestir.zoo import LeNet5, ResNet
 

@@ -5,10 +5,10 @@ import torch
 from harness import check_pass
 from hypothesis import given
 from hypothesis import strategies as st
-from nestir.passes import get, registered
 from strategies import models
 
 import nestir
+from nestir.passes import get, registered
 from nestir.passinfra import PassContext
 
 OPTIONS = {

@@ -4,11 +4,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from nestir.backends.executor import IRModule
-from nestir.passes import get
 
 import nestir
+from nestir.backends.executor import IRModule
 from nestir.errors import PassError
+from nestir.passes import get
 from nestir.passinfra import PassContext
 
 

@@ -2,10 +2,10 @@ import numpy as np
 import torch
 from harness import run_ir, run_onnx
 from hypothesis import given
-from nestir.passes import get
 from strategies import models
 
 import nestir
+from nestir.passes import get
 from nestir.passinfra import PassContext
 from nestir.zoo import LeNet300100
 

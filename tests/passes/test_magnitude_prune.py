@@ -1,11 +1,11 @@
 import pytest
 import torch
 import torch.nn as nn
-from nestir.passes import get
-from nestir.passes.magnitude_prune import effective_weight
 
 import nestir
 from nestir.errors import PassError
+from nestir.passes import get
+from nestir.passes.magnitude_prune import effective_weight
 from nestir.passinfra import PassContext
 from nestir.zoo import LeNet300100, ResNet
 

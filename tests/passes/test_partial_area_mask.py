@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 from harness import run_ir, run_onnx
-from nestir.passes import get
 
 import nestir
+from nestir.passes import get
 from nestir.passinfra import PassContext
 from nestir.zoo import LeNet5
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
-from nestir.passes import get
 
 import nestir
 from nestir.errors import PassError
+from nestir.passes import get
 from nestir.passinfra import PassContext
 from nestir.zoo import ZOO
 

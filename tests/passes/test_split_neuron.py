@@ -1,11 +1,11 @@
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import nestir
 from nestir.backends.executor import IRModule
 from nestir.passes import get
 from nestir.passes.split_eigen import dense_min_eigen, lanczos_min_eigen
-
-import nestir
 from nestir.passinfra import PassContext
 
 
