@@ -22,9 +22,9 @@ from .stats import stats
 from .synthesis import SynthConfig, sparsify_seed
 from .zoo import ZOO
 
-# Validation-accuracy targets for the zoo models on mnist5k (the dense models reach about this on
-# the 500-image validation split; see benchmarks/table2.py).
-TARGETS = {"lenet-300-100": 0.95, "lenet-5": 0.975}
+# Validation-accuracy targets for the zoo models on mnist5k: the dense models reach 95.0% and 97.4%
+# on the 500-image validation split; the targets sit half a percent below (val noise is ~1%).
+TARGETS = {"lenet-300-100": 0.945, "lenet-5": 0.972}
 
 
 @dataclass

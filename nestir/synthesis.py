@@ -34,7 +34,7 @@ class SynthConfig:
     initial_epochs: int = 6
     epochs: int = 3  # training after each growth step
     shift_epochs: int = 3  # training after the leaky ReLU -> ReLU shift
-    prune_epochs: int = 2  # retraining after each pruning step
+    prune_epochs: int = 3  # retraining after each pruning step
     max_growth_steps: int = 12
     max_prune_steps: int = 60
     grow_connections: float = 0.5  # grow-connection fraction per growth step
@@ -49,6 +49,8 @@ class SynthConfig:
     augment: bool = False
     seed: int = 0
     score_batches: int = 4
+    min_prune_scale: float = 0.1  # stop pruning when steps have been halved below this
+    weight_decay: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,6 +86,7 @@ class RunState:
     best_val: float = 0.0
     target: float = 0.0
     target_reached: bool = True
+    prune_scale: float = 1.0  # halved each time a pruning step misses the target
     growth_stopped: str = ""
     wall: float = 0.0
 
@@ -101,7 +104,7 @@ class Synthesizer:
         self.val_d = val.to(self.dev)
         self.rep = reporter or _Silent()
         self.state = RunState(target=cfg.target_accuracy)
-        self.trainer = Trainer(graph, device=self.dev, lr=cfg.lr)
+        self.trainer = Trainer(graph, device=self.dev, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.best: Graph | None = None
         self.gen = torch.Generator().manual_seed(cfg.seed)
         if cfg.max_params and stats(graph)["params"] > cfg.max_params:
@@ -168,10 +171,10 @@ class Synthesizer:
         return pipe
 
     def pruning_pipeline(self) -> list[str]:
-        c = self.cfg
-        pipe = [f"magnitude-prune:fraction={c.prune_fraction},neuron_fraction={c.prune_neurons}"]
+        c, k = self.cfg, self.state.prune_scale
+        pipe = [f"magnitude-prune:fraction={c.prune_fraction * k:.4f},neuron_fraction={c.prune_neurons * k:.4f}"]
         if c.partial_area and any(n.op == "conv" and n.attrs["groups"] == 1 for n in self.graph.parametric()):
-            pipe.append(f"partial-area-mask:fraction={c.partial_area}")
+            pipe.append(f"partial-area-mask:fraction={c.partial_area * k:.4f}")
         pipe.append("eliminate-dead-neurons")
         return pipe
 
@@ -215,21 +218,25 @@ class Synthesizer:
             self.trainer.set_lr(c.prune_lr)
             self.checkpoint()
         while st.phase == "prune":
-            if st.step >= c.max_prune_steps:
+            if st.step >= c.max_prune_steps or st.prune_scale < c.min_prune_scale:
                 st.phase = "done"
                 break
             infos = self._apply(self.pruning_pipeline())
             self._train(c.prune_epochs, f"pruning step {st.step + 1}")
             st.step += 1
             row = self._record("prune", _summary(infos))
-            acc = 1 - row["val_error"]
-            if acc >= st.target:
-                self._keep_best(acc)
+            if 1 - row["val_error"] >= st.target:
+                self._keep_best(1 - row["val_error"])
             else:
-                st.phase = "done"
+                # too much at once: go back to the last network that met A and prune less
+                st.prune_scale /= 2
+                if self.best is not None:
+                    self.trainer = Trainer(self.best.copy(), device=self.dev, lr=c.prune_lr, weight_decay=c.weight_decay)
+                self.rep.message(f"validation accuracy {1 - row['val_error']:.2%} < target {st.target:.2%}: "
+                                 f"back to the last network that met it, step size x{st.prune_scale:g}")
             self.checkpoint()
         if self.best is not None:
-            self.trainer = Trainer(self.best.copy(), device=self.dev, lr=c.prune_lr)
+            self.trainer = Trainer(self.best.copy(), device=self.dev, lr=c.prune_lr, weight_decay=c.weight_decay)
         st.phase = "done"
         self.checkpoint()
         return st
