@@ -46,3 +46,30 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("nestir: error:") and msg in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1
+
+
+def test_apply_and_prune_baseline(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "a"
+    assert main(["apply", "lenet-300-100", "--pass", "magnitude-prune:fraction=0.5,neuron_fraction=0.2",
+                 "--pass", "eliminate-dead-neurons", "--out", str(out), "--batches", "1"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["final"]["params"] < rep["before"]["params"]
+    assert (out / "model.onnx").exists()
+    out = tmp_path / "p"
+    assert main(["prune-baseline", "lenet-300-100", "--out", str(out), "--quiet", "--dense-epochs", "1",
+                 "--prune-epochs", "1", "--max-prune-steps", "2", "--target-accuracy", "0.5"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert [p["phase"] for p in rep["phases"]][:2] == ["dense", "prune"]
+    assert rep["final"]["params"] < 266_610
+
+
+def test_data_errors_from_the_cli(tmp_path, capsys):
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 8, 8)), y=np.zeros(4, dtype=np.int64))
+    assert main(["synthesize", "lenet-300-100", "--data", f"npz:{tmp_path / 'd.npz'}", "--out", str(tmp_path / "r")]) == 2
+    assert "(1, 8, 8) but the model" in capsys.readouterr().err
+    assert main(["synthesize", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
