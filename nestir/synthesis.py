@@ -231,7 +231,8 @@ class Synthesizer:
                 # too much at once: go back to the last network that met A and prune less
                 st.prune_scale /= 2
                 if self.best is not None:
-                    self.trainer = Trainer(self.best.copy(), device=self.dev, lr=c.prune_lr, weight_decay=c.weight_decay)
+                    self.trainer = Trainer(self.best.copy(), device=self.dev, lr=c.prune_lr,
+                                           weight_decay=c.weight_decay)
                 self.rep.message(f"validation accuracy {1 - row['val_error']:.2%} < target {st.target:.2%}: "
                                  f"back to the last network that met it, step size x{st.prune_scale:g}")
             self.checkpoint()

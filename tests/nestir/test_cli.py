@@ -69,7 +69,8 @@ def test_data_errors_from_the_cli(tmp_path, capsys):
     import numpy as np
 
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 8, 8)), y=np.zeros(4, dtype=np.int64))
-    assert main(["synthesize", "lenet-300-100", "--data", f"npz:{tmp_path / 'd.npz'}", "--out", str(tmp_path / "r")]) == 2
+    argv = ["synthesize", "lenet-300-100", "--data", f"npz:{tmp_path / 'd.npz'}", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
     assert "(1, 8, 8) but the model" in capsys.readouterr().err
     assert main(["synthesize", "--resume", str(tmp_path / "nothing")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
