@@ -126,7 +126,7 @@ def baseline_run(prep: Prepared, cfg: SynthConfig, *, dense_epochs: int, prune: 
     else:
         g = trace(ZOO[name].factory(), torch.zeros(2, *ZOO[name].input_shape), name=name)
     gen = torch.Generator().manual_seed(cfg.seed)
-    trainer = Trainer(g, device=prep.device, lr=cfg.lr)
+    trainer = Trainer(g, device=prep.device, lr=cfg.lr, weight_decay=cfg.weight_decay)
     x, y = prep.train.x.to(prep.device), prep.train.y.to(prep.device)
     history: list[dict[str, Any]] = []
     epochs = 0
@@ -159,15 +159,20 @@ def baseline_run(prep: Prepared, cfg: SynthConfig, *, dense_epochs: int, prune: 
     if prune:
         trainer.set_lr(cfg.prune_lr)
         ctx = PassContext(device=prep.device)
+        scale = 1.0  # the same back-off as synthesis: a miss halves the step, from the best network
         for _ in range(cfg.max_prune_steps):
-            PassManager(resolve([f"magnitude-prune:fraction={step_fraction},scope=global",
+            if scale < cfg.min_prune_scale:
+                break
+            PassManager(resolve([f"magnitude-prune:fraction={step_fraction * scale:.4f},scope=global",
                                  "eliminate-dead-neurons"])).run(trainer.graph, ctx)
             trainer.rebuild()
             train(cfg.prune_epochs, f"pruning step {len(history)}")
             acc = record("prune")
-            if acc < target:
-                break
-            best = trainer.graph.copy()
+            if acc >= target:
+                best = trainer.graph.copy()
+            else:
+                scale /= 2
+                trainer = Trainer(best.copy(), device=prep.device, lr=cfg.prune_lr, weight_decay=cfg.weight_decay)
     return {"final": final_metrics(best, prep, prep.device), "phases": history, "graph": best,
             "target_accuracy": target, "target_reached": bool(1 - history[0]["val_error"] >= target),
             "wall_seconds": round(time.perf_counter() - t0, 2), "epochs": epochs,

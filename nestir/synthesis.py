@@ -49,6 +49,7 @@ class SynthConfig:
     augment: bool = False
     seed: int = 0
     score_batches: int = 4
+    recover_epochs: int = 6  # extra epochs after the shift while below the target
     min_prune_scale: float = 0.1  # stop pruning when steps have been halved below this
     weight_decay: float = 0.0
 
@@ -206,7 +207,13 @@ class Synthesizer:
         if st.phase == "shift":
             self._apply(["shift-activation:to=relu"])
             self._train(c.shift_epochs, "activation shift")
-            row = self._record("shift", "leaky ReLU -> ReLU")
+            acc = 1 - self._val()
+            extra = 0
+            while acc < st.target and extra < c.recover_epochs:  # give the shifted net time to recover
+                self._train(1, "recovery")
+                extra += 1
+                acc = 1 - self._val()
+            row = self._record("shift", "leaky ReLU -> ReLU" + (f", {extra} recovery epochs" if extra else ""))
             acc = 1 - row["val_error"]
             if acc < st.target:
                 st.target_reached = False
