@@ -170,6 +170,12 @@ def _emit(e: _Emitter, n: Node, g: Graph, env: dict[str, str]) -> str:
         return e.op("Concat", xs, nm, axis=int(a["dim"]))
     if n.op == "const":
         return e.const(nm, p["value"])
+    if n.op == "slice":
+        ins = [xs[0]] + [e.const(nm + k, np.array(a[v]), np.int64)
+                         for k, v in (("_starts", "starts"), ("_ends", "ends"), ("_axes", "dims"))]
+        return e.op("Slice", ins, nm)
+    if n.op == "gather":
+        return e.op("Gather", [xs[0], e.const(nm + "_index", p["index"], np.int64)], nm, axis=int(a["dim"]))
     raise LoweringError(f"node '{nm}' ({n.describe()}): no direct ONNX lowering for op '{n.op}'")
 
 

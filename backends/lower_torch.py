@@ -17,18 +17,21 @@ from .modules import CSRLinear, PartialAreaConv
 _ACT = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
         "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid}
 _BINOP = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
-# Measured in benchmarks/csr_linear.py: CSR beats dense only at low density on large layers.
-CSR_MAX_DENSITY = 0.1
+# Measured in benchmarks/latency.py (784x300, batch 256, 2 threads): CSR is slower than dense down to
+# 5% density (0.85x) and only about break-even at 2% (1.05x).
+CSR_MAX_DENSITY = 0.02
 CSR_MIN_WEIGHTS = 100_000
 
 
 def prepare(graph: Graph, compact: bool) -> Graph:
-    """A CPU copy of ``graph``, dead neurons removed when ``compact``."""
+    """A CPU copy of ``graph``; with ``compact``, dead neurons removed and linear layers narrowed to
+    the input columns they read (e.g. a crop to the live pixels)."""
     g = graph.copy().to("cpu")
     if compact:
-        from nestir.compact import eliminate_dead_neurons
+        from nestir.compact import eliminate_dead_neurons, narrow_dead_inputs
 
         eliminate_dead_neurons(g)
+        narrow_dead_inputs(g)
     return g
 
 
@@ -111,7 +114,7 @@ def lower_torch(graph: Graph, *, compact: bool = True, sparse: str = "never") ->
 
     Masks are baked into the weights; with ``compact`` neurons without live inputs/outputs are
     physically removed first. ``sparse``: ``"never"`` (dense layers), ``"auto"`` (CSR weights for
-    large linear layers at density <= 10%, where they measured faster), ``"always"``."""
+    large linear layers at density <= 2%, the only place they measured faster), ``"always"``."""
     if sparse not in ("never", "auto", "always"):
         raise LoweringError(f"sparse must be 'never', 'auto' or 'always', got {sparse!r}")
     g = prepare(graph, compact)
@@ -160,6 +163,14 @@ def _emit(n: Node, g: Graph, fg: fx.Graph, root: nn.Module, env: dict[str, Any],
     if n.op == "const":
         root.register_buffer(n.name, n.params["value"].clone())
         return fg.get_attr(n.name)
+    if n.op == "slice":
+        x = args[0]
+        for d, s, e in zip(a["dims"], a["starts"], a["ends"], strict=True):
+            x = fg.call_method("narrow", (x, d, s, e - s))
+        return x
+    if n.op == "gather":
+        root.register_buffer(n.name, n.params["index"].clone())
+        return fg.call_function(torch.index_select, (args[0], a["dim"], fg.get_attr(n.name)))
     if n.op == "opaque":
         from nestir.ops import fill_template
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .edit import remove_neurons
-from .graph import Graph
+from .graph import Graph, Node
 from .groups import Group, GroupInfo, analyze
 
 
@@ -118,3 +120,86 @@ def eliminate_dead_neurons(graph: Graph, *, fold_constants: bool = True) -> bool
                 break  # group ids change after an edit: analyze again
         if not removed:
             return changed
+
+
+def _insert_before(graph: Graph, anchor: str, *new: Node) -> None:
+    nodes = list(graph.nodes.values())
+    graph.nodes = {}
+    for m in nodes:
+        if m.name == anchor:
+            for x in new:
+                graph.add(x)
+        graph.add(m)
+
+
+def _crop(graph: Graph, n: Node, live: torch.Tensor) -> bool:
+    """Linear after a flatten of (N, C, *spatial): read only the bounding box of the live
+    positions (a Slice is nearly free in onnxruntime, unlike a Gather)."""
+    flat = graph[n.inputs[0]]
+    if flat.op != "flatten":
+        return False
+    src = graph[flat.inputs[0]]
+    spatial = tuple((src.shape or ())[2:])
+    if len(spatial) not in (1, 2):
+        return False
+    cube = live.view(-1, *spatial).any(0)
+    starts, ends = [], []
+    for d in range(len(spatial)):
+        other = tuple(i for i in range(len(spatial)) if i != d)
+        hit = (cube.any(other[0]) if other else cube).nonzero().flatten()
+        starts.append(int(hit[0]))
+        ends.append(int(hit[-1]) + 1)
+    if all(s == 0 and e == full for s, e, full in zip(starts, ends, spatial, strict=True)):
+        return False
+    dims = list(range(2, 2 + len(spatial)))
+    c = src.shape[1]  # type: ignore[index]
+    box = tuple(e - s for s, e in zip(starts, ends, strict=True))
+    sl = Node(graph.fresh_name(f"{n.name}_crop"), "slice", [src.name], {"dims": dims, "starts": starts, "ends": ends},
+              {}, (src.shape[0], c, *box), None, "nestir: dead input positions")  # type: ignore[index]
+    fl = Node(graph.fresh_name(f"{n.name}_crop_flat"), "flatten", [sl.name], {}, {}, (src.shape[0], c * math.prod(box)),
+              None, "nestir: dead input positions")  # type: ignore[index]
+    _insert_before(graph, n.name, sl, fl)
+    grid = torch.arange(live.numel()).view(c, *spatial)
+    for d, s, e in zip(dims, starts, ends, strict=True):
+        grid = grid.narrow(d - 1, s, e - s)
+    idx = grid.reshape(-1)
+    n.inputs = [fl.name]
+    for key in ("weight", "mask"):
+        n.params[key] = n.params[key].index_select(1, idx.to(n.params[key].device))
+    return True
+
+
+@torch.no_grad()
+def narrow_dead_inputs(graph: Graph, min_gather: float = 0.9) -> bool:
+    """For lowering: a linear layer whose input has columns no live connection reads (and that DCE
+    could not remove, e.g. pixels of the model's input) is made physically narrower, exactly
+    preserving the function. After a flatten of an image it reads only the bounding box of the
+    live positions (a crop); otherwise it gathers the live columns, but only when at least
+    ``min_gather`` of them are dead (onnxruntime's Gather costs about as much as it saves below
+    that; measured in benchmarks/latency.py)."""
+    changed = False
+    for n in list(graph.parametric()):
+        if n.op != "linear":
+            continue
+        live = n.params["mask"].any(0).cpu()
+        dead = int((~live).sum())
+        if dead == 0 or dead == live.numel():
+            continue
+        if _crop(graph, n, live):
+            changed = True
+            live = n.params["mask"].any(0).cpu()
+            dead = int((~live).sum())
+        if dead < min_gather * live.numel():
+            continue
+        idx = live.nonzero().flatten()
+        src = graph[n.inputs[0]]
+        shape = (*(src.shape or ())[:-1], idx.numel())
+        g = Node(graph.fresh_name(f"{n.name}_live_inputs"), "gather", [src.name], {"dim": len(shape) - 1},
+                 {"index": idx.to(n.params["weight"].device)}, shape, None, "nestir: dead input columns")
+        _insert_before(graph, n.name, g)
+        n.inputs = [g.name]
+        for key in ("weight", "mask"):
+            n.params[key] = n.params[key].index_select(1, idx.to(n.params[key].device))
+        changed = True
+    graph.drop_unused()
+    return changed

@@ -350,7 +350,7 @@ class _Builder:
                 self.call_method(fxn)
             else:
                 self.call_module(fxn)
-        _drop_dead(self.graph)
+        self.graph.drop_unused()
         return self.graph
 
 
@@ -368,16 +368,6 @@ def _output_refs(b: _Builder, arg: Any) -> tuple[list[str], str]:
     if r is None:
         raise TraceError("model output must be a tensor or a tuple of tensors")
     return [r], "single"
-
-
-def _drop_dead(graph: Graph) -> None:
-    changed = True
-    while changed:
-        used = {i for n in graph for i in n.inputs}
-        dead = [n.name for n in graph if n.name not in used and n.op not in ("input", "output")]
-        for name in dead:
-            del graph.nodes[name]
-        changed = bool(dead)
 
 
 def example_input(shape: Sequence[int], batch: int = 2) -> torch.Tensor:

@@ -146,6 +146,18 @@ class Graph:
             i += 1
         return f"{base}_{i}"
 
+    def drop_unused(self) -> bool:
+        """Remove nodes whose value nothing reads (inputs and the output stay)."""
+        changed = False
+        while True:
+            used = {i for n in self.nodes.values() for i in n.inputs}
+            dead = [k for k, n in self.nodes.items() if k not in used and n.op not in ("input", "output")]
+            for k in dead:
+                del self.nodes[k]
+            if not dead:
+                return changed
+            changed = True
+
     def tensors(self) -> Iterator[tuple[str, str, torch.Tensor]]:
         for n in self.nodes.values():
             for k, t in n.params.items():

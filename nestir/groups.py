@@ -133,7 +133,7 @@ class _Analysis:
             for i in n.inputs:
                 self.freeze(self.layout.get(i), "model output")
             return None
-        if op in ("const", "reshape", "opaque"):
+        if op in ("const", "reshape", "opaque", "gather", "slice"):
             for i in n.inputs:
                 self.freeze(self.layout.get(i), f"{op} node '{n.name}'")
             return None

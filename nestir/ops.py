@@ -167,6 +167,13 @@ def evaluate(
         return torch.cat(list(args), dim=a["dim"])
     if op == "const":
         return p["value"]
+    if op == "slice":
+        x = args[0]
+        for d, s, e in zip(a["dims"], a["starts"], a["ends"], strict=True):
+            x = x.narrow(d, s, e - s)
+        return x
+    if op == "gather":
+        return args[0].index_select(a["dim"], p["index"])
     if op == "opaque":
         return run_opaque(node, args)
     raise NestirError(f"node '{node.name}': unknown op '{op}'")

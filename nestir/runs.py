@@ -70,6 +70,7 @@ def prepare(spec: RunSpec, dense: bool = False) -> Prepared:
         spec.test_data and spec.test_data.startswith("mnist-idx:")) else (
         datasets.load(spec.test_data) if spec.test_data else None)
     name, ref = _resolve_names(spec.model, dense)
+    torch.manual_seed(spec.seed)  # model initialization is part of the run's seed
     if name.endswith(".pt") and os.path.isfile(name):
         from .serialize import load_graph
 

@@ -49,7 +49,7 @@ class SynthConfig:
     augment: bool = False
     seed: int = 0
     score_batches: int = 4
-    recover_epochs: int = 6  # extra epochs after the shift while below the target
+    recover_epochs: int = 4  # extra epochs (after the shift or a pruning step) while below the target
     min_prune_scale: float = 0.1  # stop pruning when steps have been halved below this
     weight_decay: float = 0.0
 
@@ -207,12 +207,7 @@ class Synthesizer:
         if st.phase == "shift":
             self._apply(["shift-activation:to=relu"])
             self._train(c.shift_epochs, "activation shift")
-            acc = 1 - self._val()
-            extra = 0
-            while acc < st.target and extra < c.recover_epochs:  # give the shifted net time to recover
-                self._train(1, "recovery")
-                extra += 1
-                acc = 1 - self._val()
+            extra = self._recover(st.target)
             row = self._record("shift", "leaky ReLU -> ReLU" + (f", {extra} recovery epochs" if extra else ""))
             acc = 1 - row["val_error"]
             if acc < st.target:
@@ -230,8 +225,9 @@ class Synthesizer:
                 break
             infos = self._apply(self.pruning_pipeline())
             self._train(c.prune_epochs, f"pruning step {st.step + 1}")
+            extra = self._recover(st.target)
             st.step += 1
-            row = self._record("prune", _summary(infos))
+            row = self._record("prune", _summary(infos) + (f"; {extra} recovery epochs" if extra else ""))
             if 1 - row["val_error"] >= st.target:
                 self._keep_best(1 - row["val_error"])
             else:
@@ -248,6 +244,15 @@ class Synthesizer:
         st.phase = "done"
         self.checkpoint()
         return st
+
+    def _recover(self, target: float) -> int:
+        """Train one epoch at a time, at most ``recover_epochs``, while validation accuracy is
+        below ``target``; returns the epochs spent."""
+        extra = 0
+        while extra < self.cfg.recover_epochs and 1 - self._val() < target:
+            self._train(1, "recovery")
+            extra += 1
+        return extra
 
     def _keep_best(self, acc: float) -> None:
         self.best = self.graph.copy()

@@ -11,7 +11,7 @@ from .ops import evaluate
 
 KNOWN_OPS = frozenset({
     "input", "output", "linear", "conv", "batchnorm", "layernorm", "act", "identity", "pool",
-    "adaptive_pool", "flatten", "reshape", "mean", "binary", "cat", "const", "opaque",
+    "adaptive_pool", "flatten", "reshape", "mean", "binary", "cat", "const", "opaque", "gather", "slice",
 })
 
 

@@ -1,0 +1,47 @@
+import numpy as np
+import torch
+from harness import run_ir, run_onnx
+
+import nestir
+from nestir.backends.lower_torch import prepare
+from nestir.backends.modules import CSRLinear
+from nestir.zoo import LeNet300100
+
+
+def test_compaction_removes_dead_neurons_and_crops_dead_pixels():
+    torch.manual_seed(0)
+    g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
+    live = torch.zeros(28, 28, dtype=torch.bool)
+    live[4:24, 5:22] = True
+    g["fc1"].params["mask"] &= live.flatten()[None]
+    g["fc2"].params["mask"][:, 150:] = False  # fc1 neurons 150.. are dead
+    c = prepare(g, compact=True)
+    ops = [n.op for n in c]
+    assert "slice" in ops and c["fc1"].params["weight"].shape == (150, 20 * 17)
+    x = torch.rand(4, 1, 28, 28)
+    ref = run_ir(g, x)
+    np.testing.assert_allclose(g.to_torch()(x).detach().numpy(), ref, atol=1e-5)
+    np.testing.assert_allclose(run_onnx(g, x), ref, atol=1e-5)
+    assert [type(m).__name__ for m in g.to_torch().modules()].count("Linear") == 3
+
+
+def test_gather_only_when_most_columns_are_dead():
+    g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
+    g["fc1"].params["mask"][:, ::2] = False  # 50% of the pixels dead, scattered: a gather costs more than it saves
+    assert "gather" not in [n.op for n in prepare(g, True)]
+    keep = torch.zeros(784, dtype=torch.bool)
+    keep[1::16] = True
+    g["fc1"].params["mask"] &= keep[None]  # now 94% dead
+    c = prepare(g, True)
+    assert "gather" in [n.op for n in c]
+    x = torch.rand(3, 1, 28, 28)
+    np.testing.assert_allclose(run_onnx(g, x), run_ir(g, x), atol=1e-5)
+
+
+def test_csr_lowering_agrees():
+    g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
+    g["fc1"].params["mask"] &= torch.rand(300, 784) < 0.01
+    m = g.to_torch(sparse="auto")
+    assert any(isinstance(mod, CSRLinear) for mod in m.modules())
+    x = torch.rand(3, 1, 28, 28)
+    np.testing.assert_allclose(m(x).detach().numpy(), run_ir(g, x), atol=1e-5)
