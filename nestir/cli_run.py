@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import NestirError
-from .runs import RunSpec, baseline_run, final_metrics, prepare, write_outputs
+from .runs import TOLERANCE, RunSpec, baseline_run, final_metrics, prepare, write_outputs
 from .synthesis import SynthConfig, Synthesizer
 
 
@@ -78,6 +78,7 @@ def _config(args: argparse.Namespace, defaults: dict[str, Any]) -> SynthConfig:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
+    resumed_baseline = None
     out = args.resume or args.out or os.path.join("runs", args.model.replace(":", "_").replace("/", "_"))
     if args.resume:
         spec_path = os.path.join(out, "run.json")
@@ -86,6 +87,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
         with open(spec_path) as f:
             meta = json.load(f)
         spec = RunSpec(**meta["spec"])
+        resumed_baseline = meta.get("baseline")
     else:
         if args.model is None:
             raise NestirError("synthesize needs a MODEL (or --resume DIR)")
@@ -94,24 +96,31 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
             raise NestirError(f"'{out}' already holds a run: --resume {out} to continue it, --force to start over")
     prep = prepare(spec)
     t0 = time.perf_counter()
+    baseline = {"final": resumed_baseline} if resumed_baseline else None
     with RichReporter(args.quiet) as rep:
         if args.resume:
             synth = Synthesizer.resume(out, prep.train, prep.val, spec.device, rep)
             rep.message(f"resuming '{out}' at phase {synth.state.phase}, step {synth.state.step}")
         else:
             cfg = _config(args, prep.defaults)
+            if args.target_accuracy is None and prep.reference is not None:
+                # the default target: the dense reference's validation accuracy, trained here
+                baseline = baseline_run(prep, cfg, dense_epochs=args.dense_epochs, prune=False, reporter=rep)
+                cfg.target_accuracy = 1 - baseline["final"]["val_error"] - TOLERANCE
+                rep.message(f"target accuracy A = {cfg.target_accuracy:.2%}: the dense {prep.reference}'s "
+                            f"validation accuracy less {TOLERANCE:.1%} (set --target-accuracy to choose)")
             os.makedirs(out, exist_ok=True)
             from .report import write_json
 
-            write_json(os.path.join(out, "run.json"), {"spec": spec.__dict__, "config": cfg.to_dict()})
+            write_json(os.path.join(out, "run.json"), {"spec": spec.__dict__, "config": cfg.to_dict(),
+                                                       "baseline": baseline["final"] if baseline else None})
             synth = Synthesizer(prep.graph, prep.train, prep.val, cfg, out, spec.device, rep)
         try:
             state = synth.run()
         except KeyboardInterrupt:
             raise NestirError(f"interrupted; the last completed step is saved: "
                               f"nestir synthesize --resume {out}") from None
-        baseline = None
-        if args.baseline and prep.reference is not None:
+        if args.baseline and baseline is None and prep.reference is not None:
             rep.phase("dense baseline")
             baseline = baseline_run(prep, synth.cfg, dense_epochs=args.dense_epochs, prune=False, reporter=rep)
         report = {
@@ -136,8 +145,11 @@ def cmd_prune_baseline(args: argparse.Namespace) -> int:
     os.makedirs(out, exist_ok=True)
     cfg = _config(args, prep.defaults)
     with RichReporter(args.quiet) as rep:
+        dense = baseline_run(prep, cfg, dense_epochs=args.dense_epochs, prune=False, reporter=rep)
+        target = args.target_accuracy or 1 - dense["final"]["val_error"] - TOLERANCE
         report = baseline_run(prep, cfg, dense_epochs=args.dense_epochs, prune=True, reporter=rep,
-                              step_fraction=args.step_fraction)
+                              step_fraction=args.step_fraction, target=target, start=dense["graph"])
+        report["baseline"] = dense["final"]
         report.update({"model": spec.model, "data": spec.data, "test_data": spec.test_data, "device": str(prep.device)})
         write_outputs(out, report.pop("graph"), report, f"pruning only: {spec.model}")
         rep.summary(report)

@@ -35,7 +35,7 @@ class SynthConfig:
     epochs: int = 3  # training after each growth step
     shift_epochs: int = 3  # training after the leaky ReLU -> ReLU shift
     prune_epochs: int = 3  # retraining after each pruning step
-    max_growth_steps: int = 12
+    max_growth_steps: int = 20
     max_prune_steps: int = 60
     grow_connections: float = 0.5  # grow-connection fraction per growth step
     grow_neurons: int = 12  # bridge-neuron count per FC layer per growth step

@@ -86,7 +86,7 @@ def test_cli_synthesize_writes_the_contract(tmp_path, capsys):
 
     out = tmp_path / "run"
     argv = ["synthesize", "lenet-300-100", "--out", str(out), "--quiet", "--initial-epochs", "1", "--epochs", "1",
-            "--prune-epochs", "1", "--max-growth-steps", "1", "--max-prune-steps", "1",
+            "--prune-epochs", "1", "--max-growth-steps", "1", "--max-prune-steps", "1", "--dense-epochs", "1",
             "--test-data", "mnist-idx:../shared/data/mnist"]
     import os
 
@@ -95,7 +95,8 @@ def test_cli_synthesize_writes_the_contract(tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
     for key in ("params", "flops", "val_error", "test_error"):
-        assert key in report["final"]
+        assert key in report["final"] and key in report["baseline"]  # A defaults to the dense model's accuracy
+    assert report["target_accuracy"] <= 1 - report["baseline"]["val_error"] + 1e-9
     assert report["phases"] and {"phase", "params", "flops", "val_error"} <= set(report["phases"][0])
     assert report["wall_seconds"] > 0
     for f in ("model.onnx", "model.pt", "history.csv", "history.png", "first_layer.png"):
