@@ -18,7 +18,7 @@ FORMAT = "nestir-graph"
 VERSION = 1
 
 
-def _digest(nodes: list[dict[str, Any]], extra: Any) -> str:
+def digest(nodes: list[dict[str, Any]], extra: Any) -> str:
     h = hashlib.sha256()
     for n in nodes:
         meta = {k: v for k, v in n.items() if k != "params"}
@@ -71,7 +71,7 @@ def atomic_save(obj: Any, path: str) -> None:
 def save_graph(graph: Graph, path: str, extra: dict[str, Any] | None = None) -> None:
     state = graph_state(graph)
     state["extra"] = extra or {}
-    state["sha256"] = _digest(state["nodes"], state["extra"])
+    state["sha256"] = digest(state["nodes"], state["extra"])
     atomic_save(state, path)
 
 
@@ -87,7 +87,7 @@ def load_state(path: str) -> dict[str, Any]:
         raise ModelFileError(f"'{path}' is not a nestir graph file")
     if state.get("version") != VERSION:
         raise ModelFileError(f"'{path}' has format version {state.get('version')}, this nestir reads {VERSION}")
-    if _digest(state["nodes"], state.get("extra", {})) != state.get("sha256"):
+    if digest(state["nodes"], state.get("extra", {})) != state.get("sha256"):
         raise ModelFileError(f"'{path}' failed its integrity check (SHA-256 mismatch): it was modified or damaged")
     return state
 

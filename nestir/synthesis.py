@@ -19,7 +19,7 @@ from .data import Dataset, affine_augment
 from .errors import NestirError
 from .graph import Graph
 from .passinfra import PassContext, PassManager, resolve
-from .serialize import atomic_save, graph_from_state, graph_state
+from .serialize import atomic_save, digest, graph_from_state, graph_state
 from .stats import stats
 
 log = logging.getLogger(__name__)
@@ -266,11 +266,11 @@ class Synthesizer:
         opt = {k: {sk: sv.cpu() if isinstance(sv, torch.Tensor) else sv
                    for sk, sv in self.trainer.optimizer.state.get(p, {}).items()}
                for k, p in self.trainer.module.params.items()}
-        atomic_save({
-            "format": "nestir-checkpoint", "config": self.cfg.to_dict(), "state": dataclasses.asdict(st),
-            "graph": graph_state(self.graph), "best": graph_state(self.best) if self.best is not None else None,
-            "optimizer": opt, "lr": self.trainer.lr, "rng": self.gen.get_state(),
-        }, os.path.join(self.out, "checkpoint.pt"))
+        ck = {"format": "nestir-checkpoint", "config": self.cfg.to_dict(), "state": dataclasses.asdict(st),
+              "graph": graph_state(self.graph), "best": graph_state(self.best) if self.best is not None else None,
+              "optimizer": opt, "lr": self.trainer.lr, "rng": self.gen.get_state()}
+        ck["sha256"] = _checksum(ck)
+        atomic_save(ck, os.path.join(self.out, "checkpoint.pt"))
 
     @classmethod
     def resume(cls, out: str, train: Dataset, val: Dataset, device: str | None = None,
@@ -285,6 +285,8 @@ class Synthesizer:
                               "start a new run") from None
         if not isinstance(ck, dict) or ck.get("format") != "nestir-checkpoint":
             raise NestirError(f"'{path}' is not a nestir checkpoint")
+        if ck.get("sha256") != _checksum(ck):
+            raise NestirError(f"checkpoint '{path}' failed its integrity check (SHA-256 mismatch); start a new run")
         cfg = SynthConfig(**ck["config"])
         g = graph_from_state(ck["graph"])
         g.verify()
@@ -299,6 +301,11 @@ class Synthesizer:
                                                    else sv for sk, sv in s.items()}
         self.gen.set_state(ck["rng"])
         return self
+
+
+def _checksum(ck: dict[str, Any]) -> str:
+    nodes = ck["graph"]["nodes"] + (ck["best"]["nodes"] if ck["best"] is not None else [])
+    return digest(nodes, {"config": ck["config"], "state": ck["state"]})
 
 
 def _summary(infos: dict[str, Any]) -> str:

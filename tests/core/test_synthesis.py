@@ -105,3 +105,17 @@ def test_cli_synthesize_writes_the_contract(tmp_path, capsys):
     assert report["final"]["params"] == __import__("nestir").stats(g)["params"]
     assert main(argv) == 2  # refuses to overwrite a run without --force
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_tampered_checkpoint_is_refused(tmp_path):
+    prep = small_prep()
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "max_prune_steps": 0, "max_growth_steps": 0})
+    Synthesizer(prep.graph, prep.train, prep.val, cfg, str(tmp_path)).run()
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    ck["graph"]["nodes"][2]["params"]["weight"][0, 0] += 1
+    torch.save(ck, tmp_path / "checkpoint.pt")
+    with pytest.raises(NestirError, match="integrity"):
+        Synthesizer.resume(str(tmp_path), prep.train, prep.val)
+    (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(NestirError, match="corrupt"):
+        Synthesizer.resume(str(tmp_path), prep.train, prep.val)
