@@ -12,8 +12,6 @@ import os
 import sys
 import time
 
-import torch
-
 from nestir.runs import TOLERANCE, RunSpec, baseline_run, final_metrics, prepare
 from nestir.synthesis import SynthConfig, Synthesizer
 
@@ -52,7 +50,7 @@ def run_model(model: str, device: str | None, seed: int) -> dict:
     for augment in (False, True):
         prep = prepare(spec)
         c = SynthConfig(**{**prep.defaults, "augment": augment, "target_accuracy": target})
-        out = os.path.join("runs", "table2", f"{model}{'-aug' if augment else ''}")
+        out = os.path.join("runs", "table2", f"{model}-{seed}{'-aug' if augment else ''}")
         os.makedirs(out, exist_ok=True)
         t0 = time.perf_counter()
         s = Synthesizer(prep.graph, prep.train, prep.val, c, out, device)
@@ -84,11 +82,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="lenet-300-100,lenet-5")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0,1", help="comma-separated seeds: split, initialization, growth")
     args = ap.parse_args()
-    torch.manual_seed(args.seed)
-    results = {"machine": machine(), "data": "mnist5k (4,500 train / 500 val), test: MNIST t10k",
-               "models": {m: run_model(m, args.device, args.seed) for m in args.models.split(",")}}
+    models = {}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        for m in args.models.split(","):
+            models[f"{m} (seed {seed})"] = run_model(m, args.device, seed)
+    results = {"machine": machine(), "data": "mnist5k (4,500 train / 500 val), test: MNIST t10k", "models": models}
     dev = "cuda" if args.device == "cuda" else "cpu"
     suffix = "" if dev == "cpu" else "_cuda"
     print(save(f"table2{suffix}.json", results))

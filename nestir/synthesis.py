@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,14 +32,14 @@ class SynthConfig:
 
     max_params: int = 0  # S; 0: the dense architecture's size (zoo) or 2x the model's
     target_accuracy: float = 0.0  # A on the validation split; 0: the zoo default
-    initial_epochs: int = 6
-    epochs: int = 3  # training after each growth step
+    initial_epochs: int = 3
+    epochs: int = 2  # training after each growth step
     shift_epochs: int = 3  # training after the leaky ReLU -> ReLU shift
     prune_epochs: int = 3  # retraining after each pruning step
     max_growth_steps: int = 20
     max_prune_steps: int = 60
-    grow_connections: float = 0.5  # grow-connection fraction per growth step
-    grow_neurons: int = 12  # bridge-neuron count per FC layer per growth step
+    grow_connections: float = 1.0  # grow-connection fraction (of live connections) per growth step
+    grow_neurons: int = 30  # bridge-neuron count per FC layer per growth step
     grow_maps: int = 2  # add-feature-map count per conv layer per growth step
     prune_fraction: float = 0.15  # magnitude-prune fraction per pruning step
     prune_neurons: float = 0.05  # magnitude-prune neuron_fraction per pruning step
@@ -51,7 +52,8 @@ class SynthConfig:
     score_batches: int = 4
     recover_epochs: int = 4  # extra epochs (after the shift or a pruning step) while below the target
     min_prune_scale: float = 0.1  # stop pruning when steps have been halved below this
-    weight_decay: float = 0.0
+    weight_decay: float = 5e-5  # L2 (through Adam): unused weights fade, so pruning finds them
+    anneal: bool = True  # cosine learning-rate decay within the shift and pruning stints
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,7 +89,7 @@ class RunState:
     best_val: float = 0.0
     target: float = 0.0
     target_reached: bool = True
-    prune_scale: float = 1.0  # halved each time a pruning step misses the target
+    prune_scale: float = 1.0  # halved when a pruning step misses the target, x1.5 when one meets it
     growth_stopped: str = ""
     wall: float = 0.0
 
@@ -119,15 +121,21 @@ class Synthesizer:
         return self.trainer.graph
 
     # -- training and measuring ------------------------------------------------------------
-    def _train(self, epochs: int, label: str) -> None:
+    def _train(self, epochs: int, label: str, anneal: bool = False) -> None:
+        """``epochs`` of training; with ``anneal`` the learning rate follows a cosine from its
+        value down to a tenth of it over the stint (and is restored afterwards)."""
         self.rep.phase(label, epochs)
+        base = self.trainer.lr
         for e in range(epochs):
+            if anneal and self.cfg.anneal:
+                self.trainer.set_lr(base * (0.1 + 0.45 * (1 + math.cos(math.pi * e / max(1, epochs)))))
             x, y = self.train_d.x, self.train_d.y
             if self.cfg.augment:
                 x = affine_augment(x, self.gen)
             loss = self.trainer.epoch(x, y, self.cfg.batch_size, generator=self.gen)
             self.state.epochs += 1
             self.rep.epoch(e + 1, epochs, loss)
+        self.trainer.set_lr(base)
 
     def _val(self) -> float:
         return evaluate(self.graph, self.val_d.x, self.val_d.y, device=self.dev).error
@@ -200,13 +208,13 @@ class Synthesizer:
                 self.checkpoint()
                 break
             infos = self._apply(self.growth_pipeline())
-            self._train(c.epochs, f"growth step {st.step + 1}")
+            self._train(c.epochs, f"growth step {st.step + 1}", anneal=True)
             st.step += 1
             self._record("grow", _summary(infos))
             self.checkpoint()
         if st.phase == "shift":
             self._apply(["shift-activation:to=relu"])
-            self._train(c.shift_epochs, "activation shift")
+            self._train(c.shift_epochs, "activation shift", anneal=True)
             extra = self._recover(st.target)
             row = self._record("shift", "leaky ReLU -> ReLU" + (f", {extra} recovery epochs" if extra else ""))
             acc = 1 - row["val_error"]
@@ -224,12 +232,13 @@ class Synthesizer:
                 st.phase = "done"
                 break
             infos = self._apply(self.pruning_pipeline())
-            self._train(c.prune_epochs, f"pruning step {st.step + 1}")
+            self._train(c.prune_epochs, f"pruning step {st.step + 1}", anneal=True)
             extra = self._recover(st.target)
             st.step += 1
             row = self._record("prune", _summary(infos) + (f"; {extra} recovery epochs" if extra else ""))
             if 1 - row["val_error"] >= st.target:
                 self._keep_best(1 - row["val_error"])
+                st.prune_scale = min(1.0, st.prune_scale * 1.5)  # it worked: take bigger steps again
             else:
                 # too much at once: go back to the last network that met A and prune less
                 st.prune_scale /= 2
