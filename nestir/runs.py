@@ -25,9 +25,10 @@ from .zoo import ZOO
 # Validation-accuracy targets for the zoo models on mnist5k: the dense models reach 95.0% and 97.4%
 # on the 500-image validation split; the targets sit half a percent below (val noise is ~1%).
 TARGETS = {"lenet-300-100": 0.945, "lenet-5": 0.972}
-# The default target when a dense reference is trained: its validation accuracy less this much
-# (two images of the 500; one standard error of a 95% accuracy on 500 images is about 1%).
-TOLERANCE = 0.004
+# The default target when a dense reference is trained: its validation accuracy less this much.
+# Zero: "no worse than the dense model" on the validation split (whose own noise is about 1%
+# at 95% accuracy on 500 images; benchmarks/table2.py shows what that does across seeds).
+TOLERANCE = 0.0
 
 
 @dataclass
