@@ -5,8 +5,6 @@ Graphs with opaque nodes go through ``torch.onnx.export`` of the torch lowering 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -16,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nestir.errors import LoweringError
 from nestir.graph import Graph, Node
+from nestir.serialize import atomic_write
 
 from .lower_torch import lower_torch, prepare
 
@@ -224,16 +223,7 @@ def _export_via_torch(g: Graph, path: str, opset: int) -> None:
 
 def _save(model: onnx.ModelProto, path: str) -> None:
     onnx.checker.check_model(model)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)  # never leave a half-written model behind
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: onnx.save(model, tmp))
 
 
 def lower_onnx(graph: Graph, path: str, *, compact: bool = True, opset: int = 18) -> None:

@@ -74,6 +74,12 @@ class Pass:
         return f"{self.name}:{opts}" if opts else self.name
 
 
+def name_list(text: str) -> list[str]:
+    """A list option such as ``layers``: names separated by ``+`` (usable inside a pipeline spec,
+    where ``,`` separates options), ``,`` or ``;``."""
+    return [s.strip() for s in re.split(r"[+,;]", text) if s.strip()]
+
+
 _REGISTRY: dict[str, type[Pass]] = {}
 
 
@@ -89,6 +95,7 @@ def registered() -> dict[str, type[Pass]]:
 
 
 def _convert(cls: type[Pass], key: str, value: Any) -> Any:
+    """An option value from a spec string, converted to the type of the field's default."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if key not in fields:
         raise PassError(f"pass '{cls.name}' has no option '{key}'; options: {', '.join(fields) or 'none'}")
@@ -96,22 +103,22 @@ def _convert(cls: type[Pass], key: str, value: Any) -> Any:
         return value
     default = fields[key].default
     typ = type(default) if default is not dataclasses.MISSING and default is not None else str
+    text = value.strip().lower()
     try:
         if typ is bool:
-            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            if text not in ("1", "0", "true", "false", "yes", "no"):
                 raise ValueError(value)
-            return value.lower() in ("1", "true", "yes")
-        if typ in (int, float):
+            return text in ("1", "true", "yes")
+        if typ is int:
             v = float(value)
-            return int(v) if typ is int and v.is_integer() else v
-        if value.lower() == "none":
-            return None
-        try:
-            return float(value) if re.fullmatch(r"-?\d+(\.\d*)?(e-?\d+)?", value) else value
-        except ValueError:
-            return value
+            if not v.is_integer():
+                raise ValueError(value)
+            return int(v)
+        if typ is float:
+            return float(value)
     except ValueError:
         raise PassError(f"pass '{cls.name}': option {key}={value!r} is not a valid {typ.__name__}") from None
+    return value
 
 
 def get(name: str, **options: Any) -> Pass:

@@ -6,34 +6,33 @@ import csv
 import json
 import math
 import os
-import tempfile
 from typing import Any
 
 import torch
 
 from .graph import Graph
-from .serialize import save_graph
+from .serialize import atomic_write, save_graph
 
 
 def write_json(path: str, data: Any) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+
+    atomic_write(path, write)
 
 
 def write_history(path: str, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    keys = list(rows[0])
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        w = csv.DictWriter(f, keys, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, list(rows[0]), extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def write_models(out: str, graph: Graph, extra: dict[str, Any] | None = None) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,18 +55,24 @@ def graph_from_state(state: dict[str, Any]) -> Graph:
     return g
 
 
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``: readers
+    never see a half-written file, and a failed write leaves the old one in place."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_graph(graph: Graph, path: str, extra: dict[str, Any] | None = None) -> None:

@@ -13,7 +13,7 @@ from nestir.edit import add_neurons
 from nestir.errors import PassError
 from nestir.graph import Graph
 from nestir.groups import Group, GroupInfo
-from nestir.passinfra import Pass, PassContext, PassResult, register
+from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
 
 
 def eligible(graph: Graph, info: GroupInfo) -> list[Group]:
@@ -52,7 +52,7 @@ class AddFeatureMap(Pass):
         data = ctx.require_data(self.name)
         groups = eligible(graph, graph.groups())
         if self.layers:
-            wanted = {s.strip() for s in self.layers.split(",") if s.strip()}
+            wanted = set(name_list(self.layers))
             groups = [g for g in groups if wanted & set(g.producers)]
         keys = [g.producers[0] for g in groups]
         gains = []

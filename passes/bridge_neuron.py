@@ -13,7 +13,7 @@ from nestir.edit import add_neurons, follow
 from nestir.errors import PassError
 from nestir.graph import Graph
 from nestir.groups import Group, GroupInfo
-from nestir.passinfra import Pass, PassContext, PassResult, register
+from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
 
 
 def eligible(graph: Graph, info: GroupInfo) -> list[Group]:
@@ -66,7 +66,7 @@ class BridgeNeuron(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         groups = eligible(graph, graph.groups())
         if self.layers:
-            wanted = {s.strip() for s in self.layers.split(",") if s.strip()}
+            wanted = set(name_list(self.layers))
             groups = [g for g in groups if wanted & set(g.producers)]
         if not groups or self.count == 0:
             return PassResult(graph, False, {"added": 0})

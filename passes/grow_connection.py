@@ -11,7 +11,7 @@ import torch
 from nestir.backends.gradstats import collect
 from nestir.errors import PassError
 from nestir.graph import Graph
-from nestir.passinfra import Pass, PassContext, PassResult, register
+from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
 
 
 @register
@@ -49,7 +49,7 @@ class GrowConnection(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         names = [n.name for n in graph.parametric()]
         if self.layers:
-            wanted = [s.strip() for s in self.layers.split(",") if s.strip()]
+            wanted = name_list(self.layers)
             missing = [w for w in wanted if w not in names]
             if missing:
                 raise PassError(f"grow-connection: no parametric node named {', '.join(missing)}")

@@ -13,7 +13,7 @@ from nestir.edit import remove_neurons
 from nestir.errors import PassError
 from nestir.graph import Graph, Node
 from nestir.groups import GroupInfo
-from nestir.passinfra import Pass, PassContext, PassResult, register
+from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
 
 
 def effective_weight(graph: Graph, n: Node) -> torch.Tensor:
@@ -59,9 +59,9 @@ class MagnitudePrune(Pass):
 
     def _names(self, graph: Graph) -> list[str]:
         names = [n.name for n in graph.parametric()]
-        skip = {s.strip() for s in self.skip.split(",") if s.strip()}
+        skip = set(name_list(self.skip))
         if self.layers:
-            wanted = [s.strip() for s in self.layers.split(",") if s.strip()]
+            wanted = name_list(self.layers)
             bad = [w for w in wanted if w not in names]
             if bad:
                 raise PassError(f"magnitude-prune: no parametric node named {', '.join(bad)}")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from nestir.backends.executor import IRModule
 from nestir.errors import PassError
 from nestir.graph import Graph, Node
-from nestir.passinfra import Pass, PassContext, PassResult, register
+from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
 
 
 def contributions(n: Node, x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,7 @@ class PartialAreaMask(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         convs = [n for n in graph.parametric() if n.op == "conv" and n.attrs["groups"] == 1]
         if self.layers:
-            wanted = {s.strip() for s in self.layers.split(",") if s.strip()}
+            wanted = set(name_list(self.layers))
             convs = [n for n in convs if n.name in wanted]
         if not convs or self.fraction == 0:
             return PassResult(graph, False, {"masked": 0})

@@ -14,7 +14,7 @@ from nestir.errors import PassError
 from nestir.graph import Graph, Node
 from nestir.groups import Group, GroupInfo
 from nestir.ops import activation
-from nestir.passinfra import Pass, PassContext, PassResult, register
+from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
 
 from .split_eigen import min_eigen
 
@@ -84,7 +84,7 @@ class SplitNeuron(Pass):
         info = graph.groups()
         sites = [s for g in info.resizable() if (s := site(graph, info, g)) is not None]
         if self.layers:
-            wanted = {s.strip() for s in self.layers.split(",") if s.strip()}
+            wanted = set(name_list(self.layers))
             sites = [s for s in sites if s[0].name in wanted]
         if not sites or self.count == 0:
             return PassResult(graph, False, {"split": 0})
