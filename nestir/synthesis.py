@@ -172,7 +172,10 @@ class Synthesizer:
     def growth_pipeline(self) -> list[str]:
         c = self.cfg
         ops = {n.op for n in self.graph.parametric()}
-        pipe = [f"grow-connection:fraction={c.grow_connections}"]
+        params = stats(self.graph)["params"]
+        # do not overshoot the budget S by much: the last step grows only what is left of it
+        frac = min(c.grow_connections, max(0.0, (c.max_params - params) / max(1, params)))
+        pipe = [f"grow-connection:fraction={frac:.4f}"]
         if c.grow_neurons and "linear" in ops:
             pipe.append(f"bridge-neuron:count={c.grow_neurons},alpha=0.3,beta=0.01")
         if c.grow_maps and "conv" in ops:
