@@ -41,7 +41,8 @@ def test_gather_only_when_most_columns_are_dead():
 def test_csr_lowering_agrees():
     g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
     g["fc1"].params["mask"] &= torch.rand(300, 784) < 0.01
-    m = g.to_torch(sparse="auto")
+    m = g.to_torch(sparse="always")
     assert any(isinstance(mod, CSRLinear) for mod in m.modules())
+    assert not any(isinstance(mod, CSRLinear) for mod in g.to_torch().modules())
     x = torch.rand(3, 1, 28, 28)
     np.testing.assert_allclose(m(x).detach().numpy(), run_ir(g, x), atol=1e-5)
