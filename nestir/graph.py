@@ -188,7 +188,7 @@ class Graph:
 
         verify(self)
 
-    def to_torch(self, *, compact: bool = True, sparse: str = "auto") -> torch.nn.Module:
+    def to_torch(self, *, compact: bool = True, sparse: str = "never") -> torch.nn.Module:
         from .backends.lower_torch import lower_torch
 
         return lower_torch(self, compact=compact, sparse=sparse)
