@@ -8,6 +8,7 @@ Run: python benchmarks/table2.py [--models lenet-300-100,lenet-5] [--device cuda
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -83,8 +84,13 @@ def main() -> None:
     ap.add_argument("--models", default="lenet-300-100,lenet-5")
     ap.add_argument("--device", default=None)
     ap.add_argument("--seeds", default="0,1", help="comma-separated seeds: split, initialization, growth")
+    ap.add_argument("--merge", action="store_true", help="update the rows of these models in the existing results")
     args = ap.parse_args()
     models = {}
+    existing = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "table2.json")
+    if args.merge and os.path.isfile(existing):
+        with open(existing) as f:
+            models = json.load(f)["models"]
     for seed in (int(s) for s in args.seeds.split(",")):
         for m in args.models.split(","):
             models[f"{m} (seed {seed})"] = run_model(m, args.device, seed)

@@ -40,7 +40,8 @@ class SynthConfig:
     max_prune_steps: int = 60
     grow_connections: float = 1.0  # grow-connection fraction (of live connections) per growth step
     grow_neurons: int = 30  # bridge-neuron count per FC layer per growth step
-    grow_maps: int = 2  # add-feature-map count per conv layer per growth step
+    grow_maps: int = 4  # add-feature-map count per conv layer per growth step
+    grow_scope: str = "layer"  # grow-connection: top fraction per layer, or "global" across layers
     prune_fraction: float = 0.15  # magnitude-prune fraction per pruning step
     prune_neurons: float = 0.05  # magnitude-prune neuron_fraction per pruning step
     partial_area: float = 0.1  # partial-area-mask fraction per pruning step (convs; 0: off)
@@ -175,7 +176,7 @@ class Synthesizer:
         params = stats(self.graph)["params"]
         # do not overshoot the budget S by much: the last step grows only what is left of it
         frac = min(c.grow_connections, max(0.0, (c.max_params - params) / max(1, params)))
-        pipe = [f"grow-connection:fraction={frac:.4f}"]
+        pipe = [f"grow-connection:fraction={frac:.4f},scope={c.grow_scope}"]
         if c.grow_neurons and "linear" in ops:
             pipe.append(f"bridge-neuron:count={c.grow_neurons},alpha=0.3,beta=0.01")
         if c.grow_maps and "conv" in ops:
