@@ -1,0 +1,42 @@
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+from harness import run_ir, run_onnx
+
+import nestir
+from nestir.zoo import MobileNetTiny, ResNet
+
+
+def test_onnx_file_contract(tmp_path):
+    g = nestir.trace(ResNet().eval(), torch.rand(2, 3, 32, 32))
+    path = tmp_path / "m.onnx"
+    g.to_onnx(str(path))
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m)
+    assert m.ir_version <= 10
+    assert m.graph.input[0].name == "input"
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    x = torch.rand(5, 3, 32, 32)  # another batch size than traced with
+    np.testing.assert_allclose(run_onnx(g, x), run_ir(g, x), atol=1e-4)
+
+
+def test_depthwise_model_agrees():
+    g = nestir.trace(MobileNetTiny().eval(), torch.rand(2, 3, 32, 32))
+    x = torch.rand(3, 3, 32, 32)
+    np.testing.assert_allclose(run_onnx(g, x), run_ir(g, x), atol=1e-4)
+
+
+def test_opaque_nodes_export_through_torch():
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 4)
+
+        def forward(self, x):
+            return torch.softmax(self.fc(x), dim=-1)
+
+    g = nestir.trace(M().eval(), torch.rand(2, 6))
+    assert any(n.op == "opaque" for n in g)
+    x = torch.rand(7, 6)
+    np.testing.assert_allclose(run_onnx(g, x), run_ir(g, x), atol=1e-5)
