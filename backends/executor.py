@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,6 +14,18 @@ from nestir.ops import evaluate
 
 TRAINABLE = {"linear": ("weight", "bias"), "conv": ("weight", "bias"),
              "batchnorm": ("weight", "bias"), "layernorm": ("weight", "bias")}
+
+
+@dataclass
+class Capture:
+    """What a forward pass records: the output of every node in ``values`` (gradient retained)
+    and, for each parametric node in ``weights``, its masked weight as a leaf whose ``.grad`` after
+    backward is the dense weight gradient (dormant connections included)."""
+
+    values: set[str] = field(default_factory=set)
+    weights: set[str] = field(default_factory=set)
+    value_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    weight_leaves: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def param_key(node: str, key: str) -> str:
@@ -31,7 +45,7 @@ class IRModule(nn.Module):
         if device is not None:
             graph.to(device)
         self.params = nn.ParameterDict()
-        self.capture: dict[str, Any] | None = None
+        self.capture: Capture | None = None
         self.sync()
 
     def sync(self) -> None:
@@ -81,18 +95,22 @@ class IRModule(nn.Module):
         raise RuntimeError("graph has no output node")
 
     # -- hooks for gradient statistics -------------------------------------------------------
+    def start_capture(self, values: Iterable[str] = (), weights: Iterable[str] = ()) -> Capture:
+        """Record the next forward passes into a fresh :class:`Capture` (``capture = None`` stops)."""
+        self.capture = Capture(set(values), set(weights))
+        return self.capture
+
     def _captured_weight(self, name: str, w: torch.Tensor) -> torch.Tensor:
-        if name in self.capture.get("weights", ()):  # type: ignore[union-attr]
+        if name in self.capture.weights:  # type: ignore[union-attr]
             w = w.detach().requires_grad_(True)
-            self.capture["weight_leaves"][name] = w  # type: ignore[index]
+            self.capture.weight_leaves[name] = w  # type: ignore[union-attr]
         return w
 
     def _capture_value(self, name: str, v: Any) -> None:
-        cap = self.capture
-        if isinstance(v, torch.Tensor) and name in cap.get("values", ()):  # type: ignore[union-attr]
+        if isinstance(v, torch.Tensor) and name in self.capture.values:  # type: ignore[union-attr]
             if v.requires_grad:
                 v.retain_grad()
-            cap["value_tensors"][name] = v  # type: ignore[index]
+            self.capture.value_tensors[name] = v  # type: ignore[union-attr]
 
     @torch.no_grad()
     def apply_masks(self) -> None:

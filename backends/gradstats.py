@@ -55,18 +55,16 @@ def collect(
     st = GradStats()
     try:
         for xb, yb in data:
-            mod.capture = {"weights": names, "weight_leaves": {}, "values": values, "value_tensors": {}}
-            out = mod(xb)
-            lv = loss_fn(out, yb)
+            cap = mod.start_capture(values, names)
+            lv = loss_fn(mod(xb), yb)
             lv.backward()
-            cap = mod.capture
             with torch.no_grad():
-                for name, leaf in cap["weight_leaves"].items():
+                for name, leaf in cap.weight_leaves.items():
                     g = leaf.grad.float()
                     st.weight_grad[name] = st.weight_grad[name] + g if name in st.weight_grad else g.clone()
                 for c, p in pairs:
-                    delta = cap["value_tensors"][c].grad
-                    x = cap["value_tensors"][graph[p].inputs[0]]
+                    delta = cap.value_tensors[c].grad
+                    x = cap.value_tensors[graph[p].inputs[0]]
                     gm = _flat(delta).float().T @ _flat(x).float()
                     st.bridge[(c, p)] = st.bridge[(c, p)] + gm if (c, p) in st.bridge else gm
             st.loss += float(lv.detach())

@@ -62,8 +62,7 @@ class RichReporter:
             if r:
                 te = "-" if r.get("test_error") is None else f"{100 * r['test_error']:.2f}%"
                 t.add_row(key, str(r["params"]), str(r["flops"]), f"{100 * r['val_error']:.2f}%", te)
-        Console = type(self.console)
-        Console(quiet=self.console.quiet).print(t)
+        type(self.console)(quiet=self.console.quiet).print(t)  # the table goes to stdout
 
 
 def _run_spec(args: argparse.Namespace) -> RunSpec:

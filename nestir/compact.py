@@ -42,12 +42,12 @@ def _consumer_inputs(graph: Graph, names: list[str]) -> dict[str, torch.Tensor]:
     probe = graph.copy()
     mod = IRModule(probe).eval()
     srcs = {c: probe[c].inputs[0] for c in names}
-    mod.capture = {"values": set(srcs.values()), "value_tensors": {}}
+    cap = mod.start_capture(srcs.values())
     gen = torch.Generator().manual_seed(0)
     xs = [torch.randn((2, *s[1:]), generator=gen).to(probe.device) for s in shapes]
     with torch.no_grad():
         mod(*xs)
-    return {c: mod.capture["value_tensors"][s] for c, s in srcs.items()}
+    return {c: cap.value_tensors[s] for c, s in srcs.items()}
 
 
 def _fold(graph: Graph, info: GroupInfo, grp: Group, idx: list[int], staged: dict) -> list[int]:

@@ -240,24 +240,8 @@ def set_mask(graph: Graph, node: str, mask: torch.Tensor, key: str = "mask") -> 
     n.params[key] = mask.to(n.params["weight"].device)
 
 
-def clear_area(graph: Graph, node: str) -> None:
-    graph[node].params.pop("area", None)
-
-
 def _area_shape(n) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
     if n.op != "conv" or n.attrs["groups"] != 1:
         raise EditError(f"node '{n.name}': partial-area masks need a conv with groups=1")
     w = n.params["weight"]
     return (w.shape[1], w.shape[0], *n.shape[2:])
-
-
-def set_weights(graph: Graph, node: str, **tensors: torch.Tensor) -> None:
-    """Replace float tensors of a node, keeping their shapes."""
-    n = graph[node]
-    for k, t in tensors.items():
-        if k not in n.params:
-            raise EditError(f"node '{node}' has no tensor '{k}'")
-        if tuple(t.shape) != tuple(n.params[k].shape):
-            raise EditError(f"node '{node}': {k} of shape {tuple(t.shape)}, expected {tuple(n.params[k].shape)}")
-    for k, t in tensors.items():
-        n.params[k] = t.to(n.params[k].device, n.params[k].dtype)

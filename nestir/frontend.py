@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -368,8 +368,3 @@ def _output_refs(b: _Builder, arg: Any) -> tuple[list[str], str]:
     if r is None:
         raise TraceError("model output must be a tensor or a tuple of tensors")
     return [r], "single"
-
-
-def example_input(shape: Sequence[int], batch: int = 2) -> torch.Tensor:
-    """A random example batch for a per-sample ``shape``."""
-    return torch.rand(batch, *shape)

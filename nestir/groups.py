@@ -249,13 +249,3 @@ class _Analysis:
 def analyze(graph: Graph) -> GroupInfo:
     """Find every neuron group of ``graph`` (recomputed from scratch; cheap)."""
     return _Analysis(graph).run()
-
-
-def segments(info: GroupInfo, layout: Layout) -> list[tuple[int, int, int, int]]:
-    """(group, offset, repeat, width) for every segment of a layout."""
-    out, off = [], 0
-    for g, r in layout:
-        w = info.groups[g].width
-        out.append((g, off, r, w))
-        off += w * r
-    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -177,7 +176,3 @@ def evaluate(
     if op == "opaque":
         return run_opaque(node, args)
     raise NestirError(f"node '{node.name}': unknown op '{op}'")
-
-
-def conv_out_size(n: int, k: int, s: int, pad: int, d: int) -> int:
-    return math.floor((n + 2 * pad - d * (k - 1) - 1) / s + 1)

@@ -58,7 +58,7 @@ def _check_params(graph: Graph, n: Node, check_values: bool) -> None:
         raise _fail(n, f"unknown activation '{n.attrs.get('kind')}'")
     if n.op not in ("linear", "conv"):
         return
-    if n.op == "opaque" or len(n.inputs) != 1:
+    if len(n.inputs) != 1:
         raise _fail(n, f"{n.op} must have exactly one input")
     w = p.get("weight")
     if w is None or "mask" not in p:

@@ -56,7 +56,7 @@ class AddFeatureMap(Pass):
             groups = [g for g in groups if wanted & set(g.producers)]
         keys = [g.producers[0] for g in groups]
         gains = []
-        for key in keys * self.count if self.count else []:
+        for key in keys * self.count:
             info = graph.groups()
             grp = info.of(key)
             gains.append(self._grow_one(graph, grp, info, data[0], ctx))

@@ -126,11 +126,11 @@ class MagnitudePrune(Pass):
         data = ctx.require_data(self.name)
         taps = {g.id: _tap(graph, info, g.id) for g in groups}
         mod = IRModule(graph.copy()).eval()
-        mod.capture = {"weights": set(), "weight_leaves": {}, "values": set(taps.values()), "value_tensors": {}}
+        cap = mod.start_capture(taps.values())
         sums: dict[str, torch.Tensor] = {}
         for xb, _ in data:
             mod(xb)
-            for v, t in mod.capture["value_tensors"].items():
+            for v, t in cap.value_tensors.items():
                 node = graph[v]
                 a = t.abs().float().movedim(node.axis, -1).reshape(-1, t.shape[node.axis]).mean(0)  # type: ignore[arg-type]
                 sums[v] = sums.get(v, 0) + a

@@ -54,14 +54,13 @@ class PartialAreaMask(Pass):
             return PassResult(graph, False, {"masked": 0})
         data = ctx.require_data(self.name)
         mod = IRModule(graph.copy()).eval()
-        mod.capture = {"weights": set(), "weight_leaves": {}, "values": {n.inputs[0] for n in convs},
-                       "value_tensors": {}}
+        cap = mod.start_capture(n.inputs[0] for n in convs)
         sums: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for xb, _ in data:
                 mod(xb)
                 for n in convs:
-                    c = contributions(n, mod.capture["value_tensors"][n.inputs[0]])
+                    c = contributions(n, cap.value_tensors[n.inputs[0]])
                     sums[n.name] = sums.get(n.name, 0) + c
         masked = 0
         for n in convs:

@@ -113,9 +113,9 @@ class SplitNeuron(Pass):
         xs: dict[str, list] = {p.name: [] for p, _, _ in sites}
         coef: dict[str, list] = {p.name: [] for p, _, _ in sites}
         for xb, yb in data:
-            mod.capture = {"weights": set(), "weight_leaves": {}, "values": values, "value_tensors": {}}
+            capture = mod.start_capture(values)
             ctx.loss_fn()(mod(xb), yb).backward()
-            cap = mod.capture["value_tensors"]
+            cap = capture.value_tensors
             with torch.no_grad():
                 for p, bn, act in sites:
                     x = _patches(p, cap[p.inputs[0]].detach())

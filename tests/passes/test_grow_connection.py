@@ -20,9 +20,9 @@ def setup(model=LeNet300100, density=0.3):
 
 def dense_grad(g, name, x, y):
     mod = IRModule(g.copy()).eval()
-    mod.capture = {"weights": {name}, "weight_leaves": {}, "values": set(), "value_tensors": {}}
+    cap = mod.start_capture(weights=[name])
     F.cross_entropy(mod(x), y).backward()
-    return mod.capture["weight_leaves"][name].grad
+    return cap.weight_leaves[name].grad
 
 
 def test_activates_top_dormant_by_gradient_and_preserves_function():
