@@ -86,12 +86,15 @@ def case(name: str, g_dense: nestir.Graph, g_small: nestir.Graph, shape: tuple[i
 
 def synthesized(name: str) -> tuple[nestir.Graph, nestir.Graph]:
     """The dense model and a NeST synthesis of it (default settings, mnist5k)."""
-    from nestir.runs import RunSpec, prepare
+    from nestir.runs import RunSpec, dense_reference, prepare
     from nestir.synthesis import SynthConfig, Synthesizer
 
-    prep = prepare(RunSpec(model=name))
+    spec = RunSpec(model=name)
+    prep = prepare(spec)
+    cfg = SynthConfig(**prep.defaults)
+    dense = dense_reference(prep, spec, cfg, dense_epochs=40)
     with tempfile.TemporaryDirectory() as out:
-        s = Synthesizer(prep.graph, prep.train, prep.val, SynthConfig(**prep.defaults), out)
+        s = Synthesizer(prep.graph, prep.splits, cfg, out, teacher=dense["teacher"], final_teacher=dense["graph"])
         s.run()
     dense = nestir.trace(ZOO[name].factory(), torch.rand(2, 1, 28, 28))
     return dense, s.graph.to("cpu")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import NestirError
-from .runs import TOLERANCE, RunSpec, baseline_run, final_metrics, prepare, write_outputs
+from .runs import RunSpec, dense_reference, final_metrics, prepare, write_outputs
 from .synthesis import SynthConfig, Synthesizer
 
 
@@ -67,7 +67,9 @@ class RichReporter:
 
 def _run_spec(args: argparse.Namespace) -> RunSpec:
     return RunSpec(model=args.model, data=args.data, test_data=args.test_data, val_fraction=args.val_fraction,
-                   seed_density=args.seed_density, device=args.device, input_shape=args.input_shape)
+                   seed_density=args.seed_density, device=args.device, input_shape=args.input_shape,
+                   seed=args.seed if args.seed is not None else 0,
+                   audit_fraction=getattr(args, "audit_fraction", 0.1))
 
 
 def _config(args: argparse.Namespace, defaults: dict[str, Any]) -> SynthConfig:
@@ -76,84 +78,152 @@ def _config(args: argparse.Namespace, defaults: dict[str, Any]) -> SynthConfig:
     return SynthConfig(**{**defaults, **kw})
 
 
-def cmd_synthesize(args: argparse.Namespace) -> int:
+def _default_out(model: str, method: str) -> str:
+    return os.path.join("runs", model.replace(":", "_").replace("/", "_") + ("-prune" if method == "prune" else ""))
+
+
+def _run(args: argparse.Namespace, method: str) -> int:
+    """synthesize (NeST) and prune-baseline (pruning only): one driver, one recipe. The dense
+    reference is trained first under the same recipe; it is the baseline of the report, the
+    teacher that growth, shift, pruning and refit distil from, and the reference every
+    keep-or-reject decision is compared with."""
     resumed_baseline = None
-    out = args.resume or args.out or os.path.join("runs", args.model.replace(":", "_").replace("/", "_"))
+    out = args.resume or args.out or (_default_out(args.model, method) if args.model else None)
     if args.resume:
-        spec_path = os.path.join(out, "run.json")
-        if not os.path.isfile(spec_path):
-            raise NestirError(f"nothing to resume in '{out}': run.json is missing")
-        with open(spec_path) as f:
-            meta = json.load(f)
-        spec = RunSpec(**meta["spec"])
-        resumed_baseline = meta.get("baseline")
+        spec, resumed_baseline = _read_run(out, args, method)
+        _clean_temp_files(out)
     else:
         if args.model is None:
-            raise NestirError("synthesize needs a MODEL (or --resume DIR)")
+            raise NestirError(f"{args.cmd} needs a MODEL (or --resume DIR)")
         spec = _run_spec(args)
-        if os.path.isfile(os.path.join(out, "checkpoint.pt")) and not args.force:
-            raise NestirError(f"'{out}' already holds a run: --resume {out} to continue it, --force to start over")
+        _check_out_dir(out)
+        if os.path.isfile(os.path.join(out, "checkpoint.pt")) or os.path.isfile(os.path.join(out, "run.json")):
+            if not args.force:
+                raise NestirError(f"'{out}' already holds a run: --resume {out} to continue it, --force to start over")
     prep = prepare(spec)
     t0 = time.perf_counter()
-    baseline = {"final": resumed_baseline} if resumed_baseline else None
+    title = f"NeST on {spec.model}" if method == "nest" else f"pruning only: {spec.model}"
     with RichReporter(args.quiet) as rep:
         if args.resume:
-            synth = Synthesizer.resume(out, prep.train, prep.val, spec.device, rep)
+            synth = Synthesizer.resume(out, prep.splits, spec.device, rep)
+            baseline = resumed_baseline
             rep.message(f"resuming '{out}' at phase {synth.state.phase}, step {synth.state.step}")
         else:
-            cfg = _config(args, prep.defaults)
-            if args.target_accuracy is None and prep.reference is not None:
-                # the default target: the dense reference's validation accuracy, trained here
-                baseline = baseline_run(prep, cfg, dense_epochs=args.dense_epochs, prune=False, reporter=rep)
-                cfg.target_accuracy = 1 - baseline["final"]["val_error"] - TOLERANCE
-                rep.message(f"target accuracy A = {cfg.target_accuracy:.2%}: the dense {prep.reference}'s "
-                            f"validation accuracy less {TOLERANCE:.1%} (set --target-accuracy to choose)")
+            cfg = _config(args, {**prep.defaults, "method": method,
+                                 **({"prune_fraction": 0.2, "prune_scope": "global"} if method == "prune" else {})})
+            cfg.check()
+            from .stats import stats
+
+            seed_params = stats(prep.graph)["params"]
+            if method == "nest" and cfg.max_params and seed_params > cfg.max_params:
+                raise NestirError(f"the budget --max-params {cfg.max_params} is smaller than the seed "
+                                  f"({seed_params} params): raise it or start from a smaller seed")
+            if args.force:
+                _clear_run(out)  # nothing of the old run may pass for the new one's
             os.makedirs(out, exist_ok=True)
+            dense = dense_reference(prep, spec, cfg, dense_epochs=args.dense_epochs, reporter=rep)
+            baseline = dense["final"]
+            rep.message(f"dense reference: validation error {baseline['val_error']:.2%}; every step is accepted "
+                        + ("by a paired comparison with it" if not cfg.target_accuracy
+                           else f"when validation accuracy >= {cfg.target_accuracy:.2%}"))
             from .report import write_json
 
             write_json(os.path.join(out, "run.json"), {"spec": spec.__dict__, "config": cfg.to_dict(),
-                                                       "baseline": baseline["final"] if baseline else None})
-            synth = Synthesizer(prep.graph, prep.train, prep.val, cfg, out, spec.device, rep)
+                                                       "baseline": baseline})
+            start = dense["teacher"].copy() if method == "prune" else prep.graph
+            synth = Synthesizer(start, prep.splits, cfg, out, spec.device, rep, teacher=dense["teacher"],
+                                final_teacher=dense["graph"])
         try:
             state = synth.run()
         except KeyboardInterrupt:
             raise NestirError(f"interrupted; the last completed step is saved: "
-                              f"nestir synthesize --resume {out}") from None
-        if args.baseline and baseline is None and prep.reference is not None:
-            rep.phase("dense baseline")
-            baseline = baseline_run(prep, synth.cfg, dense_epochs=args.dense_epochs, prune=False, reporter=rep)
+                              f"nestir {args.cmd} --resume {out}") from None
         report = {
-            "model": spec.model, "data": spec.data, "test_data": spec.test_data,
-            "final": final_metrics(synth.graph, prep, synth.dev),
-            "phases": state.history, "target_accuracy": state.target, "target_reached": state.target_reached,
-            "growth_stopped": state.growth_stopped, "wall_seconds": round(state.wall, 2),
-            "device": str(synth.dev), "config": synth.cfg.to_dict(),
+            "model": spec.model, "method": method, "data": spec.data, "test_data": spec.test_data,
+            "seed": spec.seed,
+            "final": final_metrics(synth.graph, prep, synth.dev, val_error=synth.selection.get("val_error")),
+            "phases": state.history, "rule": state.rule, "target_accuracy": state.target,
+            "target_reached": state.target_reached, "growth_stopped": state.growth_stopped,
+            "wall_seconds": round(state.wall, 2), "device": str(synth.dev), "config": synth.cfg.to_dict(),
         }
         if baseline is not None:
-            report["baseline"] = baseline["final"]
-        write_outputs(out, synth.graph, report, f"NeST on {spec.model}")
+            report["baseline"] = baseline
+        write_outputs(out, synth.graph, report, title)
         rep.summary(report)
     print(f"wrote {out}/report.json, model.onnx, model.pt, history.csv, plots ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
+RUN_FILES = ("checkpoint.pt", "run.json", "report.json", "model.onnx", "model.pt", "history.csv", "history.png",
+             "first_layer.png")
+
+
+def _check_out_dir(out: str) -> None:
+    """Refuse an output path that cannot become a run directory, before any work starts."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise NestirError(f"--out '{out}' is a file, not a directory")
+    probe = out
+    while not os.path.exists(probe):
+        probe = os.path.dirname(os.path.abspath(probe))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise NestirError(f"--out '{out}': '{probe}' is not writable")
+
+
+def _clear_run(out: str) -> None:
+    for name in RUN_FILES:
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    _clean_temp_files(out)
+
+
+def _clean_temp_files(out: str) -> None:
+    """Remove what interrupted atomic writes left behind (``*.tmp`` beside the run's files)."""
+    if os.path.isdir(out):
+        for name in os.listdir(out):
+            if name.endswith(".tmp"):
+                os.remove(os.path.join(out, name))
+
+
+def _read_run(out: str, args: argparse.Namespace, method: str) -> tuple[RunSpec, dict[str, Any] | None]:
+    """The spec of the run in ``out``, checked: run.json must be well-formed and may not make
+    nestir run code the command line did not name (a model given as file.py:factory or
+    module:factory must be repeated as MODEL)."""
+    from .zoo import ZOO
+
+    path = os.path.join(out, "run.json")
+    if not os.path.isfile(path):
+        raise NestirError(f"nothing to resume in '{out}': run.json is missing")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+        raw = meta["spec"]
+        if not isinstance(raw, dict) or set(raw) - set(RunSpec.__dataclass_fields__):
+            raise ValueError("unexpected fields in 'spec'")
+        spec = RunSpec(**raw)
+        if not isinstance(spec.model, str) or not isinstance(spec.data, str):
+            raise ValueError("'model' and 'data' must be strings")
+        if meta.get("config", {}).get("method", method) != method:
+            raise ValueError(f"it is a run of method '{meta['config']['method']}', not '{method}'")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise NestirError(f"'{path}' is not a valid nestir run description ({e}); start a new run") from None
+    if spec.model not in ZOO and spec.model != args.model:
+        raise NestirError(f"'{path}' names the model '{spec.model}', which is code: nestir does not run code a run "
+                          f"directory names. Resume with that MODEL on the command line: nestir {args.cmd} "
+                          f"{spec.model} --resume {out}")
+    for key in ("data", "test_data"):
+        v = getattr(spec, key)
+        if v is not None and ".py" in v.split(":", 1)[0]:
+            raise NestirError(f"'{path}': {key} '{v}' is code; nestir does not run code a run directory names")
+    return spec, meta.get("baseline")
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    return _run(args, "nest")
+
+
 def cmd_prune_baseline(args: argparse.Namespace) -> int:
-    spec = _run_spec(args)
-    prep = prepare(spec, dense=True)
-    out = args.out or os.path.join("runs", args.model.replace(":", "_").replace("/", "_") + "-prune")
-    os.makedirs(out, exist_ok=True)
-    cfg = _config(args, prep.defaults)
-    with RichReporter(args.quiet) as rep:
-        dense = baseline_run(prep, cfg, dense_epochs=args.dense_epochs, prune=False, reporter=rep)
-        target = args.target_accuracy or 1 - dense["final"]["val_error"] - TOLERANCE
-        report = baseline_run(prep, cfg, dense_epochs=args.dense_epochs, prune=True, reporter=rep,
-                              step_fraction=args.step_fraction, target=target, start=dense["graph"])
-        report["baseline"] = dense["final"]
-        report.update({"model": spec.model, "data": spec.data, "test_data": spec.test_data, "device": str(prep.device)})
-        write_outputs(out, report.pop("graph"), report, f"pruning only: {spec.model}")
-        rep.summary(report)
-    print(f"wrote {out}/report.json, model.onnx, model.pt, history.csv")
-    return 0
+    return _run(args, "prune")
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -188,7 +258,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="mnist5k", help="mnist5k (default), digits, mnist-idx:DIR or npz:PATH")
     p.add_argument("--test-data", help="test set for the final report only, e.g. mnist-idx:../shared/data/mnist")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="validation split of --data (default 0.1)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="validation split of --data, read by every decision (default 0.1)")
+    p.add_argument("--audit-fraction", type=float, default=0.1,
+                   help="audit split of --data, read once at the end by no decision: the unbiased error "
+                        "estimate (default 0.1; 0: none)")
     p.add_argument("--seed-density", type=float, help="make the model a sparse seed at this connection density")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--out", help="run directory")
@@ -197,7 +271,19 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-params", dest="max_params", type=int, help="size budget S (live parameters)")
-    p.add_argument("--target-accuracy", dest="target_accuracy", type=float, help="target validation accuracy A")
+    p.add_argument("--target-accuracy", dest="target_accuracy", type=float,
+                   help="target validation accuracy A (default: no worse than the dense reference, by a paired "
+                        "comparison on the validation images)")
+    p.add_argument("--tolerance", type=float,
+                   help="error allowed above the dense reference, as a fraction (default 0.005)")
+    p.add_argument("--confidence", type=float,
+                   help="z of the one-sided bound of the paired acceptance rule (default 1.0)")
+    p.add_argument("--no-distill", dest="distill", action="store_const", const=0.0,
+                   help="train on the labels only (default: also on the dense reference's soft targets)")
+    p.add_argument("--distill", dest="distill", type=float,
+                   help="weight of the dense reference's soft targets in the loss (default 0.7)")
+    p.add_argument("--final-epochs", dest="final_epochs", type=int,
+                   help="refit epochs of the chosen network on train + validation (default 40)")
     p.add_argument("--epochs", type=int, help="training epochs after each growth step")
     p.add_argument("--initial-epochs", dest="initial_epochs", type=int)
     p.add_argument("--prune-epochs", dest="prune_epochs", type=int, help="retraining epochs per pruning step")
@@ -209,7 +295,8 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--augment", action="store_true", default=None, help="random affine distortion of training images")
     p.add_argument("--seed", type=int, help="random seed (data split, seed masks, growth)")
-    p.add_argument("--dense-epochs", dest="dense_epochs", type=int, default=20, help="dense training epochs")
+    p.add_argument("--dense-epochs", dest="dense_epochs", type=int, default=40,
+                   help="dense reference training epochs (default 40)")
 
 
 def add_commands(sub: Any, model_args: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -218,14 +305,15 @@ def add_commands(sub: Any, model_args: Callable[[argparse.ArgumentParser], None]
     s.add_argument("--input-shape")
     s.add_argument("--resume", metavar="DIR", help="continue an interrupted run")
     s.add_argument("--force", action="store_true", help="start over in a directory that holds a run")
-    s.add_argument("--baseline", action="store_true", help="also train the dense reference and report it")
     _common(s)
     _synth_knobs(s)
     s.set_defaults(func=cmd_synthesize)
-    s = sub.add_parser("prune-baseline", help="pruning only: train dense, then iterative magnitude pruning")
-    s.add_argument("model")
+    s = sub.add_parser("prune-baseline", help="pruning only, same recipe: train dense, then gradual global "
+                                              "magnitude pruning with retraining and the same acceptance rule")
+    s.add_argument("model", nargs="?", help="zoo name (its dense model), file.py:factory or module:factory")
     s.add_argument("--input-shape")
-    s.add_argument("--step-fraction", type=float, default=0.2, help="fraction of live weights pruned per step")
+    s.add_argument("--resume", metavar="DIR", help="continue an interrupted run")
+    s.add_argument("--force", action="store_true", help="start over in a directory that holds a run")
     _common(s)
     _synth_knobs(s)
     s.set_defaults(func=cmd_prune_baseline)

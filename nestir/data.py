@@ -27,6 +27,31 @@ class Dataset:
     def to(self, device: torch.device | str) -> Dataset:
         return Dataset(self.x.to(device), self.y.to(device), self.name)
 
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __add__(self, other: Dataset) -> Dataset:
+        return Dataset(torch.cat([self.x, other.x.to(self.x.device)]), torch.cat([self.y, other.y.to(self.y.device)]),
+                       f"{self.name}+{other.name.rsplit('/', 1)[-1]}")
+
+
+@dataclass
+class Splits:
+    """The splits of one run: ``train`` (gradients), ``val`` (every keep-or-reject decision),
+    ``audit`` (read once, at the end, by no decision: the unbiased error estimate). The final
+    refit trains on ``train + val``."""
+
+    train: Dataset
+    val: Dataset
+    audit: Dataset | None = None
+
+    @property
+    def refit(self) -> Dataset:
+        return self.train + self.val
+
+    def to(self, device: torch.device | str) -> Splits:
+        return Splits(self.train.to(device), self.val.to(device), self.audit.to(device) if self.audit else None)
+
 
 def _check(x: np.ndarray, y: np.ndarray, name: str) -> Dataset:
     if x.shape[0] == 0:
@@ -125,13 +150,28 @@ def load(spec: str) -> Dataset:
 
 def split(d: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """A seeded shuffled train/validation split (mnist5k is sorted by label: shuffle first)."""
+    s = split3(d, val_fraction, 0.0, seed)
+    return s.train, s.val
+
+
+def split3(d: Dataset, val_fraction: float, audit_fraction: float, seed: int) -> Splits:
+    """Seeded shuffled train / validation / audit splits (``audit_fraction`` 0: no audit split)."""
     if not 0 < val_fraction < 1:
         raise DataError(f"validation fraction must be in (0, 1), got {val_fraction}")
+    if not 0 <= audit_fraction < 1 or val_fraction + audit_fraction >= 1:
+        raise DataError(f"audit fraction must be in [0, 1) and leave training data beside the validation "
+                        f"fraction {val_fraction}, got {audit_fraction}")
     n = d.x.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     k = max(1, int(round(n * val_fraction)))
-    va, tr = perm[:k], perm[k:]
-    return Dataset(d.x[tr], d.y[tr], d.name + "/train"), Dataset(d.x[va], d.y[va], d.name + "/val")
+    a = int(round(n * audit_fraction))
+    if audit_fraction > 0:
+        a = max(1, a)
+    if n - k - a < 1:
+        raise DataError(f"data set '{d.name}' has {n} samples: too few to split off validation and audit data")
+    va, au, tr = perm[:k], perm[k:k + a], perm[k + a:]
+    audit = Dataset(d.x[au], d.y[au], d.name + "/audit") if a else None
+    return Splits(Dataset(d.x[tr], d.y[tr], d.name + "/train"), Dataset(d.x[va], d.y[va], d.name + "/val"), audit)
 
 
 def affine_augment(x: torch.Tensor, generator: torch.Generator | None = None, *, degrees: float = 12.0,

@@ -32,6 +32,32 @@ def digest(nodes: list[dict[str, Any]], extra: Any) -> str:
     return h.hexdigest()
 
 
+def digest_tree(obj: Any) -> str:
+    """SHA-256 of a nested structure of dicts, lists, tensors and JSON scalars (every byte of
+    every tensor, every key): what a checkpoint's checksum covers."""
+    h = hashlib.sha256()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous().reshape(-1)
+            h.update(b"T" + str(o.dtype).encode() + str(tuple(o.shape)).encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, dict):
+            h.update(b"D%d" % len(o))
+            for k in sorted(o, key=str):
+                h.update(b"K" + json.dumps(k, default=str).encode())
+                walk(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(b"L%d" % len(o))
+            for v in o:
+                walk(v)
+        else:
+            h.update(b"V" + json.dumps(o, default=str).encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
 def graph_state(graph: Graph) -> dict[str, Any]:
     nodes = []
     for n in graph:

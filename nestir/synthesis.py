@@ -10,17 +10,19 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from .backends.device import resolve_device
 from .backends.train import Trainer, evaluate
-from .data import Dataset, affine_augment
+from .data import Splits
+from .decide import paired
 from .errors import NestirError
 from .graph import Graph
 from .passinfra import PassContext, PassManager, resolve
-from .serialize import atomic_save, digest, graph_from_state, graph_state
+from .recipe import Recipe, Reporter, SoftTargets, stint
+from .serialize import atomic_save, digest_tree, graph_from_state, graph_state
 from .stats import stats
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,14 @@ log = logging.getLogger(__name__)
 class SynthConfig:
     """Every knob of a synthesis run (all have defaults that work for the MNIST LeNets)."""
 
+    method: str = "nest"  # "nest": grow, shift, prune; "prune": pruning only, from the dense reference
     max_params: int = 0  # S; 0: the dense architecture's size (zoo) or 2x the model's
-    target_accuracy: float = 0.0  # A on the validation split; 0: the zoo default
+    target_accuracy: float = 0.0  # A on the validation split; 0: decide by paired comparison with the dense reference
     initial_epochs: int = 3
     epochs: int = 2  # training after each growth step
     shift_epochs: int = 3  # training after the leaky ReLU -> ReLU shift
     prune_epochs: int = 3  # retraining after each pruning step
+    final_epochs: int = 40  # the refit of the chosen network on train + validation
     max_growth_steps: int = 20
     max_prune_steps: int = 60
     grow_connections: float = 1.0  # grow-connection fraction (of live connections) per growth step
@@ -44,6 +48,7 @@ class SynthConfig:
     grow_scope: str = "layer"  # grow-connection: top fraction per layer, or "global" across layers
     prune_fraction: float = 0.15  # magnitude-prune fraction per pruning step
     prune_neurons: float = 0.05  # magnitude-prune neuron_fraction per pruning step
+    prune_scope: str = "layer"  # magnitude-prune: per layer, or "global" (pruning-only's default)
     partial_area: float = 0.1  # partial-area-mask fraction per pruning step (convs; 0: off)
     batch_size: int = 64
     lr: float = 2e-3
@@ -51,20 +56,45 @@ class SynthConfig:
     augment: bool = False
     seed: int = 0
     score_batches: int = 4
-    recover_epochs: int = 4  # extra epochs (after the shift or a pruning step) while below the target
+    recover_epochs: int = 4  # extra epochs after the shift while it is not accepted (pruning steps get none)
     min_prune_scale: float = 0.1  # stop pruning when steps have been halved below this
+    max_misses: int = 1  # stop pruning at this many rejected steps (1: at the first; few decisions, little luck)
     weight_decay: float = 5e-5  # L2 (through Adam): unused weights fade, so pruning finds them
     anneal: bool = True  # cosine learning-rate decay within the shift and pruning stints
+    distill: float = 0.7  # weight of the dense reference's soft targets in the loss (0: labels only)
+    temperature: float = 4.0  # distillation temperature
+    confidence: float = 1.0  # z of the one-sided bound in the paired acceptance rule
+    tolerance: float = 0.005  # accepted error above the dense reference (fraction), at that bound
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def recipe(self) -> Recipe:
+        return Recipe(batch_size=self.batch_size, augment=self.augment, anneal=self.anneal, alpha=self.distill,
+                      temperature=self.temperature)
 
-class Reporter(Protocol):
-    def phase(self, name: str, total: int | None = None) -> None: ...
-    def epoch(self, done: int, total: int, loss: float) -> None: ...
-    def step(self, row: dict[str, Any]) -> None: ...
-    def message(self, text: str) -> None: ...
+    def check(self) -> None:
+        """Refuse options that cannot work before any work starts."""
+        if self.method not in ("nest", "prune"):
+            raise NestirError(f"method must be 'nest' or 'prune', got {self.method!r}")
+        for name in ("prune_fraction", "prune_neurons", "partial_area", "distill"):
+            v = getattr(self, name)
+            if not (0 <= v < 1):
+                raise NestirError(f"{name.replace('_', '-')} must be in [0, 1), got {v}")
+        for name in ("lr", "prune_lr", "temperature"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise NestirError(f"{name.replace('_', '-')} must be a positive number, got {v}")
+        for name in ("initial_epochs", "epochs", "shift_epochs", "prune_epochs", "final_epochs",
+                     "max_growth_steps", "max_prune_steps", "recover_epochs", "grow_neurons", "grow_maps"):
+            if getattr(self, name) < 0:
+                raise NestirError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise NestirError(f"batch-size must be >= 1, got {self.batch_size}")
+        if not (math.isfinite(self.confidence) and self.confidence >= 0):
+            raise NestirError(f"confidence must be a z-value >= 0, got {self.confidence}")
+        if not (math.isfinite(self.tolerance) and 0 <= self.tolerance < 1):
+            raise NestirError(f"tolerance must be in [0, 1), got {self.tolerance}")
 
 
 class _Silent:
@@ -83,39 +113,62 @@ class _Silent:
 
 @dataclass
 class RunState:
-    phase: str = "start"  # start, grow, shift, prune, done
+    phase: str = "start"  # start, grow, shift, prune, refit, done
     step: int = 0
     epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     best_val: float = 0.0
+    best_row: int = -1  # the history row of the network kept (the last one accepted)
     target: float = 0.0
     target_reached: bool = True
     prune_scale: float = 1.0  # halved when a pruning step misses the target, x1.5 when one meets it
+    misses: int = 0  # pruning steps rejected so far
     growth_stopped: str = ""
+    rule: str = ""  # how steps are accepted, in words
     wall: float = 0.0
 
 
 class Synthesizer:
-    """Runs NeST on ``graph`` with ``train``/``val`` data; writes ``out/checkpoint.pt`` after
-    every step. ``resume`` continues from that checkpoint."""
+    """Runs NeST (or pruning only) on ``graph`` with ``splits``; writes ``out/checkpoint.pt``
+    after every step. ``resume`` continues from that checkpoint.
 
-    def __init__(self, graph: Graph, train: Dataset, val: Dataset, cfg: SynthConfig, out: str,
-                 device: str | None = None, reporter: Reporter | None = None) -> None:
+    With a dense ``teacher`` (trained on ``splits.train``) every keep-or-reject decision is a
+    paired comparison with it on the validation images (:func:`nestir.decide.paired`), and every
+    stint of training distils from it. At the end the kept network is refit on train +
+    validation, distilling from ``final_teacher`` (the dense reference refit the same way)."""
+
+    def __init__(self, graph: Graph, splits: Splits, cfg: SynthConfig, out: str, device: str | None = None,
+                 reporter: Reporter | None = None, teacher: Graph | None = None,
+                 final_teacher: Graph | None = None, resuming: bool = False) -> None:
+        cfg.check()
         self.cfg = cfg
         self.out = out
         self.dev = resolve_device(device)
-        self.train_d = train.to(self.dev)
-        self.val_d = val.to(self.dev)
+        self.data = splits.to(self.dev)
+        self.refit_d = self.data.refit
         self.rep = reporter or _Silent()
         self.state = RunState(target=cfg.target_accuracy)
         self.trainer = Trainer(graph, device=self.dev, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.best: Graph | None = None
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        if cfg.max_params and stats(graph)["params"] > cfg.max_params:
+        self.teacher = teacher.to(self.dev) if teacher is not None else None
+        self.final_teacher = (final_teacher or teacher).to(self.dev) if teacher is not None else None
+        self.soft = SoftTargets(self.teacher, self.data.train, self.dev) if self.teacher is not None else None
+        self.reference: torch.Tensor | None = None  # per-image 0/1 errors of the reference on val
+        if self.teacher is not None and not cfg.target_accuracy:
+            self.reference = evaluate(self.teacher, self.data.val.x, self.data.val.y, device=self.dev).wrong
+            self.state.rule = (f"paired with the dense reference on {len(self.data.val)} validation images: "
+                               f"accept when error difference + {cfg.confidence:g} SE <= {100 * cfg.tolerance:g} pts")
+        else:
+            if not 0 < cfg.target_accuracy <= 1:
+                raise NestirError(f"target accuracy must be in (0, 1], got {cfg.target_accuracy}")
+            self.state.rule = f"validation accuracy >= {cfg.target_accuracy:.2%}"
+        if cfg.method == "prune" and self.teacher is None:
+            raise NestirError("pruning only needs the trained dense reference as its starting point")
+        if cfg.max_params and stats(graph)["params"] > cfg.max_params and cfg.method == "nest" and not resuming:
+            # (a resumed run may sit above it: the last growth step may overshoot S)
             raise NestirError(f"the budget --max-params {cfg.max_params} is smaller than the seed "
                               f"({stats(graph)['params']} params): raise it or start from a smaller seed")
-        if not 0 < cfg.target_accuracy <= 1:
-            raise NestirError(f"target accuracy must be in (0, 1], got {cfg.target_accuracy}")
 
     @property
     def graph(self) -> Graph:
@@ -123,30 +176,24 @@ class Synthesizer:
 
     # -- training and measuring ------------------------------------------------------------
     def _train(self, epochs: int, label: str, anneal: bool = False) -> None:
-        """``epochs`` of training; with ``anneal`` the learning rate follows a cosine from its
-        value down to a tenth of it over the stint (and is restored afterwards)."""
-        self.rep.phase(label, epochs)
-        base = self.trainer.lr
-        for e in range(epochs):
-            if anneal and self.cfg.anneal:
-                self.trainer.set_lr(base * (0.1 + 0.45 * (1 + math.cos(math.pi * e / max(1, epochs)))))
-            x, y = self.train_d.x, self.train_d.y
-            if self.cfg.augment:
-                x = affine_augment(x, self.gen)
-            loss = self.trainer.epoch(x, y, self.cfg.batch_size, generator=self.gen)
-            self.state.epochs += 1
-            self.rep.epoch(e + 1, epochs, loss)
-        self.trainer.set_lr(base)
+        stint(self.trainer, self.data.train, epochs, self.cfg.recipe(), self.gen, soft=self.soft, anneal=anneal,
+              label=label, reporter=self.rep)
+        self.state.epochs += epochs
 
-    def _val(self) -> float:
-        return evaluate(self.graph, self.val_d.x, self.val_d.y, device=self.dev).error
+    def _judge(self) -> tuple[float, bool, str]:
+        """(validation error, accepted?, how) of the current network under the run's rule."""
+        ev = evaluate(self.graph, self.data.val.x, self.data.val.y, device=self.dev)
+        if self.reference is not None:
+            v = paired(ev.wrong, self.reference, z=self.cfg.confidence, tolerance=self.cfg.tolerance)
+            return ev.error, v.accept, v.describe()
+        return ev.error, 1 - ev.error >= self.state.target, ""
 
     def _record(self, phase: str, note: str = "") -> dict[str, Any]:
         s = stats(self.graph)
-        err = self._val()
+        err, ok, how = self._judge()
         row = {"step": len(self.state.history), "phase": phase, "params": s["params"], "flops": s["flops"],
-               "val_error": err, "epochs": self.state.epochs, "seconds": round(self.state.wall + self._lap(), 2),
-               "note": note}
+               "val_error": err, "accepted": ok, "epochs": self.state.epochs,
+               "seconds": round(self.state.wall + self._lap(), 2), "note": "; ".join(x for x in (note, how) if x)}
         self.state.history.append(row)
         self.rep.step(row)
         return row
@@ -156,8 +203,9 @@ class Synthesizer:
 
     def _ctx(self) -> PassContext:
         k = self.cfg.score_batches * self.cfg.batch_size * 2
-        idx = torch.randperm(self.train_d.x.shape[0], generator=self.gen)[:k].to(self.dev)
-        x, y = self.train_d.x[idx], self.train_d.y[idx]
+        tr = self.data.train
+        idx = torch.randperm(tr.x.shape[0], generator=self.gen)[:k].to(self.dev)
+        x, y = tr.x[idx], tr.y[idx]
         bs = self.cfg.batch_size * 2
         data = [(x[i:i + bs], y[i:i + bs]) for i in range(0, x.shape[0], bs)]
         return PassContext(data=data, device=self.dev, seed=self.cfg.seed + len(self.state.history))
@@ -185,7 +233,11 @@ class Synthesizer:
 
     def pruning_pipeline(self) -> list[str]:
         c, k = self.cfg, self.state.prune_scale
-        pipe = [f"magnitude-prune:fraction={c.prune_fraction * k:.4f},neuron_fraction={c.prune_neurons * k:.4f}"]
+        if c.method == "prune":  # what practitioners run: unstructured global magnitude pruning
+            return [f"magnitude-prune:fraction={c.prune_fraction * k:.4f},scope={c.prune_scope}",
+                    "eliminate-dead-neurons"]
+        pipe = [f"magnitude-prune:fraction={c.prune_fraction * k:.4f},neuron_fraction={c.prune_neurons * k:.4f},"
+                f"scope={c.prune_scope}"]
         if c.partial_area and any(n.op == "conv" and n.attrs["groups"] == 1 for n in self.graph.parametric()):
             pipe.append(f"partial-area-mask:fraction={c.partial_area * k:.4f}")
         pipe.append("eliminate-dead-neurons")
@@ -195,13 +247,20 @@ class Synthesizer:
         self._t0 = time.perf_counter()
         st, c = self.state, self.cfg
         if st.phase == "start":
-            self._train(c.initial_epochs, "seed training")
-            st.phase = "grow"
-            self._record("seed")
+            if c.method == "prune":
+                row = self._record("dense", "the trained dense reference")
+                self._keep_best(row)
+                st.phase = "prune"
+                self.trainer.set_lr(c.prune_lr)
+            else:
+                self._train(c.initial_epochs, "seed training")
+                st.phase = "grow"
+                self._record("seed")
             self.checkpoint()
         while st.phase == "grow":
             row = st.history[-1]
-            if 1 - row["val_error"] >= st.target:
+            if row["accepted"] or (self.reference is not None and row["val_error"] - float(
+                    self.reference.float().mean()) <= c.tolerance):  # grow until the point estimate matches
                 st.growth_stopped = "target accuracy reached"
             elif row["params"] >= c.max_params:
                 st.growth_stopped = "size budget reached"
@@ -219,57 +278,71 @@ class Synthesizer:
         if st.phase == "shift":
             self._apply(["shift-activation:to=relu"])
             self._train(c.shift_epochs, "activation shift", anneal=True)
-            extra = self._recover(st.target)
+            extra = self._recover()
             row = self._record("shift", "leaky ReLU -> ReLU" + (f", {extra} recovery epochs" if extra else ""))
-            acc = 1 - row["val_error"]
-            if acc < st.target:
+            if not row["accepted"]:
                 st.target_reached = False
-                self.rep.message(f"target accuracy {st.target:.2%} was not reached (best after growth "
-                                 f"{acc:.2%}; {st.growth_stopped}); pruning keeps {acc:.2%} instead")
-                st.target = acc
-            self._keep_best(acc)
+                row["note"] += "; not accepted: this network becomes the reference"
+                self.rep.message(f"the target was not reached after growth ({st.growth_stopped}; validation error "
+                                 f"{row['val_error']:.2%}): pruning keeps this network's accuracy instead")
+                # the reference becomes this network: pruning must not get worse than it
+                self.reference = evaluate(self.graph, self.data.val.x, self.data.val.y, device=self.dev).wrong
+                st.target = 1 - row["val_error"]
+            self._keep_best(row)
             st.phase, st.step = "prune", 0
             self.trainer.set_lr(c.prune_lr)
             self.checkpoint()
         while st.phase == "prune":
-            if st.step >= c.max_prune_steps or st.prune_scale < c.min_prune_scale:
-                st.phase = "done"
+            if st.step >= c.max_prune_steps or st.prune_scale < c.min_prune_scale or st.misses >= c.max_misses:
+                st.phase = "refit"
                 break
             infos = self._apply(self.pruning_pipeline())
             self._train(c.prune_epochs, f"pruning step {st.step + 1}", anneal=True)
-            extra = self._recover(st.target)
             st.step += 1
-            row = self._record("prune", _summary(infos) + (f"; {extra} recovery epochs" if extra else ""))
-            if 1 - row["val_error"] >= st.target:
-                self._keep_best(1 - row["val_error"])
+            row = self._record("prune", _summary(infos))
+            if row["accepted"]:
+                self._keep_best(row)
                 st.prune_scale = min(1.0, st.prune_scale * 1.5)  # it worked: take bigger steps again
             else:
-                # too much at once: go back to the last network that met A and prune less
+                # too much at once: go back to the last network that was accepted and prune less
                 st.prune_scale /= 2
-                if self.best is not None:
-                    self.trainer = Trainer(self.best.copy(), device=self.dev, lr=c.prune_lr,
-                                           weight_decay=c.weight_decay)
-                self.rep.message(f"validation accuracy {1 - row['val_error']:.2%} < target {st.target:.2%}: "
-                                 f"back to the last network that met it, step size x{st.prune_scale:g}")
+                st.misses += 1
+                self.trainer = Trainer(self.best.copy(), device=self.dev, lr=c.prune_lr,  # type: ignore[union-attr]
+                                       weight_decay=c.weight_decay)
+                self.rep.message(f"step not accepted ({row['note'].rsplit('; ', 1)[-1] or 'below the target'}): "
+                                 f"back to the last accepted network, step size x{st.prune_scale:g}")
             self.checkpoint()
-        if self.best is not None:
-            self.trainer = Trainer(self.best.copy(), device=self.dev, lr=c.prune_lr, weight_decay=c.weight_decay)
-        st.phase = "done"
-        self.checkpoint()
+        if st.phase == "refit":
+            self.trainer = Trainer(self.best.copy(), device=self.dev, lr=c.lr,  # type: ignore[union-attr]
+                                   weight_decay=c.weight_decay)
+            if c.final_epochs:
+                soft = SoftTargets(self.final_teacher, self.refit_d, self.dev) if self.final_teacher else None
+                stint(self.trainer, self.refit_d, c.final_epochs, c.recipe(), self.gen, soft=soft, anneal=True,
+                      label="refit on train + validation", reporter=self.rep)
+                st.epochs += c.final_epochs
+            st.phase = "done"
+            self.checkpoint()
         return st
 
-    def _recover(self, target: float) -> int:
-        """Train one epoch at a time, at most ``recover_epochs``, while validation accuracy is
-        below ``target``; returns the epochs spent."""
+    def _recover(self) -> int:
+        """Train one epoch at a time, at most ``recover_epochs``, while the current network is not
+        accepted; returns the epochs spent."""
         extra = 0
-        while extra < self.cfg.recover_epochs and 1 - self._val() < target:
+        while extra < self.cfg.recover_epochs and not self._judge()[1]:
             self._train(1, "recovery")
             extra += 1
         return extra
 
-    def _keep_best(self, acc: float) -> None:
+    def _keep_best(self, row: dict[str, Any]) -> None:
         self.best = self.graph.copy()
-        self.state.best_val = acc
+        self.state.best_val = 1 - row["val_error"]
+        self.state.best_row = row["step"]
+
+    @property
+    def selection(self) -> dict[str, Any]:
+        """The history row of the kept network: its validation error is the selection estimate."""
+        st = self.state
+        return st.history[st.best_row] if 0 <= st.best_row < len(st.history) else (st.history or [{}])[-1]
 
     # -- checkpoints -------------------------------------------------------------------------------
     def checkpoint(self) -> None:
@@ -279,14 +352,20 @@ class Synthesizer:
         opt = {k: {sk: sv.cpu() if isinstance(sv, torch.Tensor) else sv
                    for sk, sv in self.trainer.optimizer.state.get(p, {}).items()}
                for k, p in self.trainer.module.params.items()}
+
+        def gs(g: Graph | None) -> Any:
+            return graph_state(g) if g is not None else None
+
         ck = {"format": "nestir-checkpoint", "config": self.cfg.to_dict(), "state": dataclasses.asdict(st),
-              "graph": graph_state(self.graph), "best": graph_state(self.best) if self.best is not None else None,
+              "graph": graph_state(self.graph), "best": gs(self.best), "teacher": gs(self.teacher),
+              "final_teacher": gs(self.final_teacher),
+              "reference": self.reference.cpu() if self.reference is not None else None,
               "optimizer": opt, "lr": self.trainer.lr, "rng": self.gen.get_state()}
-        ck["sha256"] = _checksum(ck)
+        ck["sha256"] = digest_tree({k: v for k, v in ck.items() if k != "sha256"})
         atomic_save(ck, os.path.join(self.out, "checkpoint.pt"))
 
     @classmethod
-    def resume(cls, out: str, train: Dataset, val: Dataset, device: str | None = None,
+    def resume(cls, out: str, splits: Splits, device: str | None = None,
                reporter: Reporter | None = None) -> Synthesizer:
         path = os.path.join(out, "checkpoint.pt")
         try:
@@ -298,14 +377,24 @@ class Synthesizer:
                               "start a new run") from None
         if not isinstance(ck, dict) or ck.get("format") != "nestir-checkpoint":
             raise NestirError(f"'{path}' is not a nestir checkpoint")
-        if ck.get("sha256") != _checksum(ck):
+        if ck.get("sha256") != digest_tree({k: v for k, v in ck.items() if k != "sha256"}):
             raise NestirError(f"checkpoint '{path}' failed its integrity check (SHA-256 mismatch); start a new run")
-        cfg = SynthConfig(**ck["config"])
-        g = graph_from_state(ck["graph"])
-        g.verify()
-        self = cls(g, train, val, cfg, out, device, reporter)
+        try:
+            cfg = SynthConfig(**ck["config"])
+            g = graph_from_state(ck["graph"])
+            g.verify()
+            teacher = graph_from_state(ck["teacher"]) if ck.get("teacher") is not None else None
+            final_teacher = graph_from_state(ck["final_teacher"]) if ck.get("final_teacher") is not None else None
+        except NestirError:
+            raise
+        except Exception as e:
+            raise NestirError(f"checkpoint '{path}' does not hold a valid run ({type(e).__name__}: {e})") from None
+        self = cls(g, splits, cfg, out, device, reporter, teacher=teacher, final_teacher=final_teacher,
+                   resuming=True)
         self.state = RunState(**ck["state"])
         self.best = graph_from_state(ck["best"]) if ck["best"] is not None else None
+        if ck.get("reference") is not None:
+            self.reference = ck["reference"]
         self.trainer.set_lr(ck["lr"])
         for k, p in self.trainer.module.params.items():
             s = ck["optimizer"].get(k)
@@ -314,11 +403,6 @@ class Synthesizer:
                                                    else sv for sk, sv in s.items()}
         self.gen.set_state(ck["rng"])
         return self
-
-
-def _checksum(ck: dict[str, Any]) -> str:
-    nodes = ck["graph"]["nodes"] + (ck["best"]["nodes"] if ck["best"] is not None else [])
-    return digest(nodes, {"config": ck["config"], "state": ck["state"]})
 
 
 def _summary(infos: dict[str, Any]) -> str:

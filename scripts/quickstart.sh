@@ -6,5 +6,5 @@ bash scripts/setup.sh
 # the official MNIST test set, when present beside the checkout, is used for the final report only
 test=()
 [ -d ../shared/data/mnist ] && test=(--test-data mnist-idx:../shared/data/mnist)
-# --augment: random affine distortion of the training digits, as in the NeST paper
-exec "${PYTHON:-python3}" -m nestir.cli synthesize lenet-300-100 --augment --out runs/quickstart --force "${test[@]}" "$@"
+# the defaults: dense reference first, then NeST from the sparse seed under the same recipe
+exec "${PYTHON:-python3}" -m nestir.cli synthesize lenet-300-100 --out runs/quickstart --force "${test[@]}" "$@"

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from nestir.data import Dataset
 from nestir.errors import NestirError
 from nestir.runs import RunSpec, prepare
 from nestir.serialize import load_graph
@@ -14,7 +15,7 @@ FAST = {"initial_epochs": 1, "epochs": 1, "shift_epochs": 1, "prune_epochs": 1, 
 
 def small_prep():
     prep = prepare(RunSpec(model="lenet-300-100", val_fraction=0.1))
-    prep.train.x, prep.train.y = prep.train.x[:600], prep.train.y[:600]
+    prep.splits.train = Dataset(prep.train.x[:600], prep.train.y[:600], "small")
     return prep
 
 
@@ -29,7 +30,7 @@ def test_seed_is_sparse_and_has_no_islands():
 def test_grow_then_prune(tmp_path):
     prep = small_prep()
     cfg = SynthConfig(**{**prep.defaults, **FAST})
-    s = Synthesizer(prep.graph, prep.train, prep.val, cfg, str(tmp_path))
+    s = Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path))
     st = s.run()
     phases = [r["phase"] for r in st.history]
     assert phases[0] == "seed" and "shift" in phases
@@ -64,10 +65,10 @@ def test_interrupted_run_resumes(tmp_path):
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        Synthesizer(prep.graph.copy(), prep.train, prep.val, cfg, str(tmp_path), reporter=Stop()).run()
+        Synthesizer(prep.graph.copy(), prep.splits, cfg, str(tmp_path), reporter=Stop()).run()
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert len(ck["state"]["history"]) == 2  # the interrupted step was not half-saved
-    s = Synthesizer.resume(str(tmp_path), prep.train, prep.val)
+    s = Synthesizer.resume(str(tmp_path), prep.splits)
     st = s.run()
     assert st.phase == "done" and len(st.history) > 3
     assert [r["step"] for r in st.history] == list(range(len(st.history)))
@@ -76,7 +77,7 @@ def test_interrupted_run_resumes(tmp_path):
 def test_budget_smaller_than_seed_and_bad_density():
     prep = small_prep()
     with pytest.raises(NestirError, match="smaller than the seed"):
-        Synthesizer(prep.graph, prep.train, prep.val, SynthConfig(max_params=10, target_accuracy=0.9), "/tmp/x")
+        Synthesizer(prep.graph, prep.splits, SynthConfig(max_params=10, target_accuracy=0.9), "/tmp/x")
     with pytest.raises(NestirError, match="seed-density"):
         sparsify_seed(prep.graph, 1.5, 0)
 
@@ -94,9 +95,11 @@ def test_cli_synthesize_writes_the_contract(tmp_path, capsys):
         argv = argv[:-2]
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text())
-    for key in ("params", "flops", "val_error", "test_error"):
-        assert key in report["final"] and key in report["baseline"]  # A defaults to the dense model's accuracy
-    assert report["target_accuracy"] <= 1 - report["baseline"]["val_error"] + 1e-9
+    for key in ("params", "flops", "val_error", "test_error", "audit_error", "error_estimate"):
+        assert key in report["final"] and key in report["baseline"]  # the dense reference is always trained
+    est = report["final"]["error_estimate"]
+    assert est["ci95"][0] <= est["error"] <= est["ci95"][1] and est["n"] == 500 and "audit" in est["method"]
+    assert "paired" in report["rule"] and report["seed"] == 0
     assert report["phases"] and {"phase", "params", "flops", "val_error"} <= set(report["phases"][0])
     assert report["wall_seconds"] > 0
     for f in ("model.onnx", "model.pt", "history.csv", "history.png", "first_layer.png"):
@@ -110,12 +113,88 @@ def test_cli_synthesize_writes_the_contract(tmp_path, capsys):
 def test_tampered_checkpoint_is_refused(tmp_path):
     prep = small_prep()
     cfg = SynthConfig(**{**prep.defaults, **FAST, "max_prune_steps": 0, "max_growth_steps": 0})
-    Synthesizer(prep.graph, prep.train, prep.val, cfg, str(tmp_path)).run()
+    Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path)).run()
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     ck["graph"]["nodes"][2]["params"]["weight"][0, 0] += 1
     torch.save(ck, tmp_path / "checkpoint.pt")
     with pytest.raises(NestirError, match="integrity"):
-        Synthesizer.resume(str(tmp_path), prep.train, prep.val)
+        Synthesizer.resume(str(tmp_path), prep.splits)
     (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(NestirError, match="corrupt"):
-        Synthesizer.resume(str(tmp_path), prep.train, prep.val)
+        Synthesizer.resume(str(tmp_path), prep.splits)
+
+
+def test_teacher_decides_and_distils_then_refit(tmp_path):
+    """With a dense teacher: paired decisions, distillation, the kept network refit on train +
+    validation; the checkpoint holds the teacher and resumes into the same state."""
+    from nestir.runs import dense_reference
+
+    prep = small_prep()
+    spec = RunSpec(model="lenet-300-100")
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "final_epochs": 1, "max_prune_steps": 2})
+    dense = dense_reference(prep, spec, cfg, dense_epochs=1)
+    assert dense["final"]["params"] == 266610 and "audit_error" in dense["final"]
+    s = Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path), teacher=dense["teacher"],
+                    final_teacher=dense["graph"])
+    assert s.reference is not None and s.reference.shape == (len(prep.val),)
+    assert s.soft is not None
+    st = s.run()
+    assert st.phase == "done" and "paired" in st.rule
+    assert all("vs reference" in r["note"] for r in st.history)
+    kept = s.selection
+    assert kept["accepted"] and kept["params"] >= s.state.history[-1]["params"] - 10**9
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ck["teacher"] is not None and ck["reference"].shape == (len(prep.val),)
+    again = Synthesizer.resume(str(tmp_path), prep.splits)
+    assert again.state.phase == "done" and torch.equal(again.reference, s.reference)
+
+
+def test_pruning_only_uses_the_same_loop(tmp_path):
+    from nestir.runs import dense_reference
+
+    prep = small_prep()
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "method": "prune", "final_epochs": 0,
+                         "max_prune_steps": 2, "prune_fraction": 0.5, "prune_scope": "global"})
+    dense = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)
+    s = Synthesizer(dense["teacher"].copy(), prep.splits, cfg, str(tmp_path), teacher=dense["teacher"])
+    st = s.run()
+    assert [r["phase"] for r in st.history][0] == "dense"
+    assert {r["phase"] for r in st.history} <= {"dense", "prune"}
+    assert "magnitude-prune" in s.pruning_pipeline()[0] and "neuron_fraction" not in s.pruning_pipeline()[0]
+    assert nestir_params(s.graph) <= 266610
+
+
+def nestir_params(g):
+    from nestir.stats import stats
+
+    return stats(g)["params"]
+
+
+def test_bad_options_are_refused_before_work():
+    for bad in ({"prune_fraction": 2.0}, {"lr": float("nan")}, {"batch_size": 0}, {"epochs": -1},
+                {"method": "magic"}, {"confidence": -1.0}, {"distill": 1.5}):
+        with pytest.raises(NestirError):
+            SynthConfig(**bad).check()
+
+
+def test_seed_changes_split_and_initialization():
+    a, b = prepare(RunSpec(model="lenet-300-100", seed=0)), prepare(RunSpec(model="lenet-300-100", seed=5))
+    assert not torch.equal(a.val.y, b.val.y)
+    wa = a.graph.parametric()[0].params["weight"]
+    wb = b.graph.parametric()[0].params["weight"]
+    assert not torch.equal(wa, wb)
+    a2 = prepare(RunSpec(model="lenet-300-100", seed=0))
+    assert torch.equal(a.val.y, a2.val.y) and torch.equal(wa, a2.graph.parametric()[0].params["weight"])
+    # the three splits are disjoint and cover the data
+    n = len(a.splits.train) + len(a.val) + len(a.splits.audit)
+    assert n == 5000 and len(a.splits.audit) == 500
+
+
+def test_cli_seed_reaches_the_run(tmp_path):
+    from nestir.cli import build_parser
+    from nestir.cli_run import _run_spec
+
+    args = build_parser().parse_args(["synthesize", "lenet-300-100", "--seed", "5"])
+    assert _run_spec(args).seed == 5
+    args = build_parser().parse_args(["prune-baseline", "lenet-5", "--seed", "3"])
+    assert _run_spec(args).seed == 3

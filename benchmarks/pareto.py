@@ -1,0 +1,203 @@
+"""Pareto benchmark: test error against parameters and FLOPs for dense, pruning only and NeST
+(with and without distillation) on LeNet-300-100 and LeNet-5, over several seeds.
+
+One recipe for every method: the same mnist5k splits per seed (train / validation for every
+decision / audit read once), the same training stints, the same paired acceptance rule against
+the same dense reference, the same distillation (where on), the same refit on train + validation.
+Every point is the network the method kept by validation only, scored once on the official MNIST
+test set (../shared/data/mnist), which nothing else reads.
+
+Run: python benchmarks/pareto.py [--models lenet-300-100,lenet-5] [--seeds 0,1,2]
+                                 [--methods prune,nest,nest-nodistill]
+     -> results/pareto.json, results/pareto.md, results/pareto.png
+Results are saved after every run; a second call skips the runs already in results/pareto.json
+(delete it, or pass --fresh, to start over)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from nestir.runs import RunSpec, dense_reference, final_metrics, prepare
+from nestir.synthesis import SynthConfig, Synthesizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS, machine, save  # noqa: E402
+
+TEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "mnist")
+DENSE_EPOCHS = 40
+SLACK = 0.0025  # "at the dense reference's test error": within a quarter point of it
+LABELS = {"dense": "dense", "prune": "pruning only", "nest": "NeST", "nest-nodistill": "NeST, no distillation"}
+
+
+def point(m: dict, wall: float, dense: dict | None) -> dict:
+    keep = ("params", "flops", "val_error", "audit_error", "test_error")
+    p = {k: m.get(k) for k in keep}
+    p["wall_seconds"] = round(wall, 1)
+    if dense is not None:
+        p["params_reduction"] = round(dense["params"] / max(1, m["params"]), 1)
+        p["flops_reduction"] = round(dense["flops"] / max(1, m["flops"]), 1)
+    return p
+
+
+def run_seed(model: str, seed: int, methods: list[str], done: dict, save_point) -> None:  # type: ignore[no-untyped-def]
+    test = f"mnist-idx:{TEST}" if os.path.isdir(TEST) else None
+    spec = RunSpec(model=model, test_data=test, seed=seed)
+    prep = prepare(spec)
+    cfg = SynthConfig(**prep.defaults)
+    t0 = time.perf_counter()
+    dense = dense_reference(prep, spec, cfg, dense_epochs=DENSE_EPOCHS)
+    dense_wall = time.perf_counter() - t0
+    if "dense" not in done:
+        save_point("dense", point(dense["final"], dense_wall, None))
+    for method in methods:
+        if method in done:
+            continue
+        c = SynthConfig(**prep.defaults)
+        start = prep.graph.copy()
+        if method == "prune":
+            c.method, c.prune_fraction, c.prune_scope = "prune", 0.2, "global"
+            start = dense["teacher"].copy()
+        if method == "nest-nodistill":
+            c.distill = 0.0
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as out:
+            s = Synthesizer(start, prep.splits, c, out, teacher=dense["teacher"], final_teacher=dense["graph"])
+            st = s.run()
+        m = final_metrics(s.graph, prep, s.dev, val_error=s.selection.get("val_error"))
+        p = point(m, time.perf_counter() - t0 + dense_wall, dense["final"])
+        p["steps"] = len(st.history)
+        p["target_reached"] = st.target_reached
+        save_point(method, p)
+
+
+def summarize(results: dict) -> dict:
+    out: dict = {}
+    for model, seeds in results["models"].items():
+        methods: dict = {}
+        for m in LABELS:
+            pts = [(s, seeds[s]["points"][m], seeds[s]["points"]["dense"]) for s in seeds
+                   if m in seeds[s]["points"] and "dense" in seeds[s]["points"]]
+            if not pts:
+                continue
+
+            def med(key: str, ps=pts) -> list[float]:  # type: ignore[no-untyped-def]
+                v = [p[key] for _, p, _ in ps if p.get(key) is not None]
+                return [statistics.median(v), min(v), max(v)] if v else []
+
+            at_dense = [p["test_error"] <= d["test_error"] + SLACK for _, p, d in pts
+                        if p.get("test_error") is not None]
+            methods[m] = {"seeds": len(pts), "test_error": med("test_error"), "audit_error": med("audit_error"),
+                          "val_error": med("val_error"), "params": med("params"), "flops": med("flops"),
+                          "params_reduction": med("params_reduction"), "flops_reduction": med("flops_reduction"),
+                          "delta_test_vs_dense": ([statistics.median(d2 := [p["test_error"] - d["test_error"]
+                                                                            for _, p, d in pts]), min(d2), max(d2)]
+                                                  if all(p.get("test_error") is not None for _, p, _ in pts) else []),
+                          "seeds_at_dense_error": f"{sum(at_dense)}/{len(at_dense)}",
+                          "wall_seconds": med("wall_seconds")}
+        out[model] = methods
+    return out
+
+
+def pct(v: list[float]) -> str:
+    return "-" if not v else f"{100 * v[0]:.2f}% ({100 * v[1]:.2f}–{100 * v[2]:.2f})"
+
+
+def times(v: list[float]) -> str:
+    return "-" if not v else f"{v[0]:.1f}× ({v[1]:.1f}–{v[2]:.1f})"
+
+
+def markdown(summary: dict, results: dict) -> str:
+    lines = ["Median (min–max) over seeds; every point is the network its method kept by validation only, "
+             "scored once on the MNIST test set. Δ test: the method's test error minus the same seed's dense "
+             f"reference's. 'at dense error': seeds whose test error is within {100 * SLACK:.2f} points of "
+             "the dense reference's.", ""]
+    for model, methods in summary.items():
+        seeds = ", ".join(sorted(results["models"][model], key=int))
+        lines += [f"### {model} (seeds {seeds})", "",
+                  "| method | test error | Δ test vs dense | audit error | params | × fewer | FLOPs × fewer | "
+                  "at dense error | wall |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for m, r in methods.items():
+            dt = r["delta_test_vs_dense"]
+            dts = "-" if not dt or m == "dense" else f"{100 * dt[0]:+.2f} ({100 * dt[1]:+.2f}…{100 * dt[2]:+.2f})"
+            lines.append(f"| {LABELS[m]} | {pct(r['test_error'])} | {dts} | {pct(r['audit_error'])} | "
+                         f"{int(r['params'][0]):,} | {times(r['params_reduction']) if m != 'dense' else '1×'} | "
+                         f"{times(r['flops_reduction']) if m != 'dense' else '1×'} | "
+                         f"{r['seeds_at_dense_error'] if m != 'dense' else '-'} | {r['wall_seconds'][0]:.0f} s |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(results["models"])
+    fig, axes = plt.subplots(len(models), 2, figsize=(10, 4 * len(models)), squeeze=False)
+    colors = {"dense": "black", "prune": "tab:orange", "nest": "tab:blue", "nest-nodistill": "tab:green"}
+    for i, model in enumerate(models):
+        for j, key in enumerate(("params", "flops")):
+            ax = axes[i][j]
+            for m in LABELS:
+                pts = [s["points"][m] for s in results["models"][model].values() if m in s["points"]]
+                pts = [p for p in pts if p.get("test_error") is not None]
+                if pts:
+                    ax.scatter([p[key] for p in pts], [100 * p["test_error"] for p in pts], color=colors[m],
+                               label=LABELS[m], alpha=0.8)
+            ax.set_xscale("log")
+            ax.set_xlabel("live parameters" if key == "params" else "FLOPs per sample")
+            ax.set_ylabel("MNIST test error (%)")
+            ax.set_title(f"{model}: test error vs {key}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="lenet-300-100,lenet-5")
+    ap.add_argument("--seeds", default="0,1,2", help="each seed: its own split, initialization, growth")
+    ap.add_argument("--methods", default="prune,nest,nest-nodistill")
+    ap.add_argument("--fresh", action="store_true", help="ignore results already saved")
+    args = ap.parse_args()
+    path = os.path.join(RESULTS, "pareto.json")
+    results = {"models": {}}
+    if os.path.isfile(path) and not args.fresh:
+        with open(path) as f:
+            results = json.load(f)
+    results["machine"] = machine()
+    results["data"] = ("mnist5k per seed: 4,000 train / 500 validation / 500 audit; refit on train + validation; "
+                       "test: MNIST t10k (10,000 images), read once per point")
+    methods = args.methods.split(",")
+    for model in args.models.split(","):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            entry = results["models"].setdefault(model, {}).setdefault(str(seed), {"points": {}})
+
+            def save_point(method: str, p: dict, entry=entry, model=model, seed=seed) -> None:  # type: ignore[no-untyped-def]
+                entry["points"][method] = p
+                save("pareto.json", results)
+                print(f"{model} seed {seed} {method}: {p}", flush=True)
+
+            if all(m in entry["points"] for m in ["dense", *methods]):
+                continue
+            run_seed(model, seed, methods, entry["points"], save_point)
+    results["summary"] = summarize(results)
+    save("pareto.json", results)
+    with open(os.path.join(RESULTS, "pareto.md"), "w") as f:
+        f.write(markdown(results["summary"], results))
+    plot(results, os.path.join(RESULTS, "pareto.png"))
+    print(markdown(results["summary"], results))
+
+
+if __name__ == "__main__":
+    main()
