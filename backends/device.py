@@ -15,7 +15,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` or ``"auto"`` picks :func:`default_device`; a CUDA request without CUDA is an error."""
     if device is None or device == "auto":
         return default_device()
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise NestirError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise NestirError(f"device {device!r} is not supported: use cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise NestirError("device 'cuda' requested but CUDA is not available; use --device cpu")
     return dev

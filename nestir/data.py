@@ -89,6 +89,8 @@ def _read_idx(path: str) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise DataError(f"'{path}' is not an unsigned-byte IDX file")
     nd = data[3]
+    if nd == 0 or len(data) < 4 + 4 * nd:
+        raise DataError(f"'{path}' is not a valid IDX file: {nd} dimensions, {len(data)} bytes")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd)]
     body = np.frombuffer(data, np.uint8, offset=4 + 4 * nd)
     if body.size != math.prod(dims):
@@ -97,11 +99,17 @@ def _read_idx(path: str) -> np.ndarray:
 
 
 def _find(directory: str, kind: str, prefer: str) -> str:
+    """The IDX file of ``kind`` (images/labels) for the split ``prefer`` (train/t10k). A file of
+    the other split is never taken instead: training on test files, or testing on training files,
+    would make every number of the run meaningless."""
+    other = "t10k" if prefer == "train" else "train"
     names = sorted(os.listdir(directory))
-    hits = [n for n in names if kind in n and "idx" in n]
+    hits = [n for n in names if kind in n and "idx" in n and other not in n]
     hits.sort(key=lambda n: (prefer not in n, n))
     if not hits:
-        raise DataError(f"no *{kind}-idx* file in '{directory}'")
+        split = "training" if prefer == "train" else "test"
+        raise DataError(f"no {split} *{kind}-idx* file in '{directory}' (names with '{prefer}', e.g. "
+                        f"{prefer}-{kind}-idx{'3' if kind == 'images' else '1'}-ubyte.gz)")
     return os.path.join(directory, hits[0])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import sys
 from typing import Any
@@ -55,6 +56,9 @@ def load_model(spec: str) -> tuple[nn.Module, tuple[int, ...] | None]:
     return model, tuple(shape) if shape else None
 
 
+MAX_INPUT_ELEMENTS = 50_000_000  # per sample: a 4K RGB image is 25M
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     try:
         dims = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
@@ -62,4 +66,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise NestirError(f"--input-shape {text!r}: expected integers like 1,28,28") from None
     if not dims or any(d <= 0 for d in dims):
         raise NestirError(f"--input-shape {text!r}: expected positive integers like 1,28,28")
+    if math.prod(dims) > MAX_INPUT_ELEMENTS:
+        raise NestirError(f"--input-shape {text!r}: {math.prod(dims):,} values per sample is more than nestir "
+                          f"traces ({MAX_INPUT_ELEMENTS:,}); check the shape")
     return dims

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -99,10 +100,10 @@ def _convert(cls: type[Pass], key: str, value: Any) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if key not in fields:
         raise PassError(f"pass '{cls.name}' has no option '{key}'; options: {', '.join(fields) or 'none'}")
-    if not isinstance(value, str):
-        return value
     default = fields[key].default
     typ = type(default) if default is not dataclasses.MISSING and default is not None else str
+    if not isinstance(value, str):
+        return _check_value(cls, key, typ, value)
     text = value.strip().lower()
     try:
         if typ is bool:
@@ -113,11 +114,35 @@ def _convert(cls: type[Pass], key: str, value: Any) -> Any:
             v = float(value)
             if not v.is_integer():
                 raise ValueError(value)
-            return int(v)
+            return _check_value(cls, key, typ, int(v))
         if typ is float:
-            return float(value)
-    except ValueError:
+            return _check_value(cls, key, typ, float(value))
+    except (ValueError, OverflowError):
         raise PassError(f"pass '{cls.name}': option {key}={value!r} is not a valid {typ.__name__}") from None
+    return value
+
+
+MAX_COUNT = 1_000_000  # an integer option beyond this is a typo, not a plan (and would exhaust memory)
+UNIT_OPTIONS = ("fraction", "neuron_fraction", "beta")  # fractions of something: in [0, 1]
+
+
+def _check_value(cls: type[Pass], key: str, typ: type, value: Any) -> Any:
+    """Refuse option values a pass cannot run with: wrong numeric type, NaN or infinite, a
+    fraction outside [0, 1], a count beyond :data:`MAX_COUNT`."""
+    bad = f"pass '{cls.name}': option {key}={value!r}"
+    if typ is int and not isinstance(value, bool):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise PassError(f"{bad} must be an integer")
+        if abs(value) > MAX_COUNT:
+            raise PassError(f"{bad} is out of range (at most {MAX_COUNT:,})")
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = float(value)
+        if not math.isfinite(value):
+            raise PassError(f"{bad} must be a finite number")
+        if key in UNIT_OPTIONS and not 0 <= value <= 1:
+            raise PassError(f"{bad} must be in [0, 1]")
     return value
 
 

@@ -67,9 +67,8 @@ class Prepared:
 def _resolve_names(model: str, dense: bool) -> tuple[str, str | None]:
     """(model to build, dense reference name or None)."""
     if model in ZOO:
-        if model.endswith("-seed"):
-            ref = model[: -len("-seed")]
-            return (ref if dense else model), ref
+        if model.endswith("-seed"):  # a seed named explicitly is what the user gets, in every verb
+            return model, model[: -len("-seed")]
         if not dense and model + "-seed" in ZOO:
             return model + "-seed", model
         return model, model
@@ -111,6 +110,8 @@ def prepare(spec: RunSpec, dense: bool = False) -> Prepared:
             raise NestirError(f"test data '{spec.test_data}' has labels up to {test.classes - 1} but the model has "
                               f"{out_width} outputs")
     density = spec.seed_density
+    if density is not None and not 0 < density <= 1:
+        raise NestirError(f"--seed-density must be in (0, 1], got {density}")
     if density is None and not dense:
         density = ZOO[name].seed_density if name in ZOO else 1.0
     if density is not None and density < 1:

@@ -74,3 +74,57 @@ def test_force_clears_the_old_run_and_overshoot_resumes(tmp_path, capsys):
     assert main(["synthesize", "--resume", str(out), "--quiet"]) == 0  # finishes the *new* run
     new = json.loads((out / "report.json").read_text())
     assert new["config"]["max_params"] == 20000 and new["seed"] == 1 and old["seed"] == 0
+
+
+def test_bad_options_exit_2_before_work(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    cases = [
+        (["--prune-fraction", "2"], "prune-fraction"),
+        (["--batch-size", "0"], "batch-size"),
+        (["--lr", "nan"], "lr"),
+        (["--lr", "-1"], "lr"),
+        (["--device", "tpu"], "device"),
+        (["--seed-density", "2"], "seed-density"),
+        (["--epochs", "-3"], "epochs"),
+        (["--test-data", "digits"], "test data"),
+    ]
+    for extra, word in cases:
+        assert main(["synthesize", "lenet-300-100", "--out", out, "--quiet", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("nestir: error:") and word in err and err.count("\n") == 1, (extra, err)
+        assert not (tmp_path / "r" / "run.json").exists()  # a rejected run leaves nothing behind
+
+
+def test_idx_directory_with_only_test_files_is_not_training_data(tmp_path):
+    import pytest
+
+    from nestir.data import load, load_idx
+    from nestir.errors import DataError
+
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + (3).to_bytes(4, "big") + bytes(3))
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(
+        bytes([0, 0, 8, 3]) + (3).to_bytes(4, "big") + (2).to_bytes(4, "big") * 2 + bytes(12))
+    with pytest.raises(DataError, match="no training"):
+        load(f"mnist-idx:{tmp_path}")
+    assert len(load_idx(str(tmp_path), "test")) == 3
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 0]) + bytes(2))  # 0 dimensions
+    with pytest.raises(DataError, match="not a valid IDX"):
+        load_idx(str(tmp_path), "test")
+
+
+def test_pass_options_out_of_range_are_refused():
+    import math
+
+    import pytest
+
+    from nestir import passes
+    from nestir.errors import PassError
+
+    for name, opts in [("split-neuron", {"count": 2.5}), ("grow-connection", {"fraction": math.nan}),
+                       ("bridge-neuron", {"count": 100_000_000}), ("magnitude-prune", {"fraction": 1.5})]:
+        with pytest.raises(PassError):
+            passes.get(name, **opts)
+    from nestir.passinfra import parse
+
+    with pytest.raises(PassError):
+        parse("grow-connection:fraction=nan")

@@ -115,10 +115,18 @@ def test_tampered_checkpoint_is_refused(tmp_path):
     cfg = SynthConfig(**{**prep.defaults, **FAST, "max_prune_steps": 0, "max_growth_steps": 0})
     Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path)).run()
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    clean = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     ck["graph"]["nodes"][2]["params"]["weight"][0, 0] += 1
     torch.save(ck, tmp_path / "checkpoint.pt")
     with pytest.raises(NestirError, match="integrity"):
         Synthesizer.resume(str(tmp_path), prep.splits)
+    good = dict(clean)
+    torch.save(good, tmp_path / "checkpoint.pt")
+    Synthesizer.resume(str(tmp_path), prep.splits)  # the untouched checkpoint resumes
+    for key, bad in (("lr", 1e6), ("rng", ck["rng"].clone().index_fill_(0, torch.tensor([7]), 3))):
+        torch.save({**good, key: bad}, tmp_path / "checkpoint.pt")  # learning rate and RNG state are covered
+        with pytest.raises(NestirError, match="integrity"):
+            Synthesizer.resume(str(tmp_path), prep.splits)
     (tmp_path / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(NestirError, match="corrupt"):
         Synthesizer.resume(str(tmp_path), prep.splits)
