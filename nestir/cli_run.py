@@ -275,7 +275,7 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                    help="target validation accuracy A (default: no worse than the dense reference, by a paired "
                         "comparison on the validation images)")
     p.add_argument("--tolerance", type=float,
-                   help="error allowed above the dense reference, as a fraction (default 0.005)")
+                   help="error allowed above the dense reference, as a fraction (default 0.0025)")
     p.add_argument("--confidence", type=float,
                    help="z of the one-sided bound of the paired acceptance rule (default 1.0)")
     p.add_argument("--no-distill", dest="distill", action="store_const", const=0.0,
@@ -283,10 +283,15 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill", dest="distill", type=float,
                    help="weight of the dense reference's soft targets in the loss (default 0.7)")
     p.add_argument("--final-epochs", dest="final_epochs", type=int,
-                   help="refit epochs of the chosen network on train + validation (default 40)")
+                   help="refit epochs of the chosen network on train + validation (default 80)")
     p.add_argument("--epochs", type=int, help="training epochs after each growth step")
     p.add_argument("--initial-epochs", dest="initial_epochs", type=int)
     p.add_argument("--prune-epochs", dest="prune_epochs", type=int, help="retraining epochs per pruning step")
+    p.add_argument("--shift-epochs", dest="shift_epochs", type=int, help="training after the leaky ReLU -> ReLU shift")
+    p.add_argument("--max-misses", dest="max_misses", type=int,
+                   help="pruning ends after this many rejected steps in a row (default 3)")
+    p.add_argument("--grow-maps", dest="grow_maps", type=int, help="feature maps added per conv per growth step")
+    p.add_argument("--grow-neurons", dest="grow_neurons", type=int, help="neurons bridged per FC layer per growth step")
     p.add_argument("--max-growth-steps", dest="max_growth_steps", type=int)
     p.add_argument("--max-prune-steps", dest="max_prune_steps", type=int)
     p.add_argument("--prune-fraction", dest="prune_fraction", type=float)

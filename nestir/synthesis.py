@@ -39,8 +39,9 @@ class SynthConfig:
     epochs: int = 2  # training after each growth step
     shift_epochs: int = 3  # training after the leaky ReLU -> ReLU shift
     prune_epochs: int = 3  # retraining after each pruning step
-    final_epochs: int = 40  # the refit of the chosen network on train + validation
+    final_epochs: int = 80  # the refit of the chosen network on train + validation
     max_growth_steps: int = 20
+    growth_patience: int = 2  # stop growing when this many steps in a row did not improve validation error
     max_prune_steps: int = 60
     grow_connections: float = 1.0  # grow-connection fraction (of live connections) per growth step
     grow_neurons: int = 30  # bridge-neuron count per FC layer per growth step
@@ -58,13 +59,14 @@ class SynthConfig:
     score_batches: int = 4
     recover_epochs: int = 4  # extra epochs after the shift while it is not accepted (pruning steps get none)
     min_prune_scale: float = 0.1  # stop pruning when steps have been halved below this
-    max_misses: int = 1  # stop pruning at this many rejected steps (1: at the first; few decisions, little luck)
+    max_misses: int = 3  # stop pruning after this many rejected steps in a row
+    backoff: bool = False  # on a rejected step: back to the last accepted network, halve the step size
     weight_decay: float = 5e-5  # L2 (through Adam): unused weights fade, so pruning finds them
     anneal: bool = True  # cosine learning-rate decay within the shift and pruning stints
     distill: float = 0.7  # weight of the dense reference's soft targets in the loss (0: labels only)
     temperature: float = 4.0  # distillation temperature
     confidence: float = 1.0  # z of the one-sided bound in the paired acceptance rule
-    tolerance: float = 0.005  # accepted error above the dense reference (fraction), at that bound
+    tolerance: float = 0.0025  # accepted error above the dense reference (fraction), at that bound
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -264,6 +266,8 @@ class Synthesizer:
                 st.growth_stopped = "target accuracy reached"
             elif row["params"] >= c.max_params:
                 st.growth_stopped = "size budget reached"
+            elif c.growth_patience and self._plateau(c.growth_patience):
+                st.growth_stopped = f"validation error has not improved for {c.growth_patience} growth steps"
             elif st.step >= c.max_growth_steps:
                 st.growth_stopped = "growth step limit reached"
             if st.growth_stopped:
@@ -302,7 +306,12 @@ class Synthesizer:
             row = self._record("prune", _summary(infos))
             if row["accepted"]:
                 self._keep_best(row)
+                st.misses = 0
                 st.prune_scale = min(1.0, st.prune_scale * 1.5)  # it worked: take bigger steps again
+            elif not c.backoff:
+                # the chain goes on unconditioned on the validation images (no retries of a step):
+                # the kept network is the smallest one accepted before max_misses rejections in a row
+                st.misses += 1
             else:
                 # too much at once: go back to the last network that was accepted and prune less
                 st.prune_scale /= 2
@@ -332,6 +341,12 @@ class Synthesizer:
             self._train(1, "recovery")
             extra += 1
         return extra
+
+    def _plateau(self, patience: int) -> bool:
+        """The last ``patience`` growth steps did not lower the validation error below its best
+        before them: growing further buys nothing the validation images can see."""
+        errs = [r["val_error"] for r in self.state.history if r["phase"] in ("seed", "grow")]
+        return len(errs) > patience and min(errs[-patience:]) >= min(errs[:-patience])
 
     def _keep_best(self, row: dict[str, Any]) -> None:
         self.best = self.graph.copy()

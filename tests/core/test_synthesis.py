@@ -10,7 +10,7 @@ from nestir.serialize import load_graph
 from nestir.synthesis import SynthConfig, Synthesizer, sparsify_seed
 
 FAST = {"initial_epochs": 1, "epochs": 1, "shift_epochs": 1, "prune_epochs": 1, "max_growth_steps": 2,
-        "max_prune_steps": 3, "grow_neurons": 4, "target_accuracy": 0.99}
+        "max_prune_steps": 3, "grow_neurons": 4, "target_accuracy": 0.99, "final_epochs": 1}
 
 
 def small_prep():
@@ -88,6 +88,7 @@ def test_cli_synthesize_writes_the_contract(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["synthesize", "lenet-300-100", "--out", str(out), "--quiet", "--initial-epochs", "1", "--epochs", "1",
             "--prune-epochs", "1", "--max-growth-steps", "1", "--max-prune-steps", "1", "--dense-epochs", "1",
+            "--final-epochs", "1",
             "--test-data", "mnist-idx:../shared/data/mnist"]
     import os
 
