@@ -207,3 +207,18 @@ def test_cli_seed_reaches_the_run(tmp_path):
     assert _run_spec(args).seed == 5
     args = build_parser().parse_args(["prune-baseline", "lenet-5", "--seed", "3"])
     assert _run_spec(args).seed == 3
+
+
+def test_resume_after_growth_overshot_the_budget(tmp_path):
+    """The last growth step may end above S; such a checkpoint must still resume."""
+    from nestir.stats import stats
+
+    prep = small_prep()
+    budget = stats(prep.graph)["params"] + 50
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "max_params": budget, "max_growth_steps": 1,
+                         "max_prune_steps": 0})
+    s = Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path))
+    st = s.run()
+    assert max(r["params"] for r in st.history) > budget  # bridged neurons overshoot a tight budget
+    again = Synthesizer.resume(str(tmp_path), prep.splits)
+    assert again.state.phase == "done"
