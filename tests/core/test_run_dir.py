@@ -128,3 +128,13 @@ def test_pass_options_out_of_range_are_refused():
 
     with pytest.raises(PassError):
         parse("grow-connection:fraction=nan")
+
+
+def test_prune_baseline_cli_same_contract(tmp_path):
+    out = tmp_path / "p"
+    assert main(["prune-baseline", "lenet-300-100", "--out", str(out), *TINY]) == 0
+    r = json.loads((out / "report.json").read_text())
+    assert r["method"] == "prune" and r["config"]["prune_scope"] == "global"
+    assert {"params", "flops", "val_error", "audit_error", "test_error"} <= set(r["final"]) and "baseline" in r
+    assert r["phases"][0]["phase"] == "dense" and r["final"]["params"] <= 266610
+    assert (out / "model.onnx").exists()
