@@ -55,13 +55,14 @@ class RichReporter:
         from rich.table import Table
 
         t = Table(title=f"nestir: {report['model']} on {report['data']}")
-        for col in ("", "params", "FLOPs", "val error", "test error"):
+        for col in ("", "params", "FLOPs", "val error (selection)", "audit error (unbiased)", "test error"):
             t.add_column(col, justify="right")
         for key in ("baseline", "final"):
             r = report.get(key)
             if r:
                 te = "-" if r.get("test_error") is None else f"{100 * r['test_error']:.2f}%"
-                t.add_row(key, str(r["params"]), str(r["flops"]), f"{100 * r['val_error']:.2f}%", te)
+                au = "-" if r.get("audit_error") is None else f"{100 * r['audit_error']:.2f}%"
+                t.add_row(key, str(r["params"]), str(r["flops"]), f"{100 * r['val_error']:.2f}%", au, te)
         type(self.console)(quiet=self.console.quiet).print(t)  # the table goes to stdout
 
 
