@@ -141,6 +141,11 @@ def load(spec: str) -> Dataset:
         path = spec.split(":", 1)[1]
         if not os.path.isfile(path):
             raise DataError(f"npz file '{path}' does not exist")
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"'{path}' is not an npz archive (numpy.savez writes one; a .npy file or other bytes "
+                            "renamed .npz is not)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 keys = set(z.files)

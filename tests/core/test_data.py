@@ -59,3 +59,20 @@ def test_augment_keeps_shape_and_changes_images():
     x = load("mnist5k").x[:16]
     a = affine_augment(x, torch.Generator().manual_seed(0))
     assert a.shape == x.shape and not torch.allclose(a, x)
+
+
+def test_npz_that_is_not_an_archive(tmp_path):
+    import numpy as np
+    import pytest
+
+    from nestir.data import load
+    from nestir.errors import DataError
+
+    bad = tmp_path / "random.npz"
+    bad.write_bytes(bytes(range(256)) * 4)
+    npy = tmp_path / "renamed.npz"
+    np.save(tmp_path / "x.npy", np.zeros((3, 4)))
+    (tmp_path / "x.npy").rename(npy)
+    for path in (bad, npy):
+        with pytest.raises(DataError, match="not an npz archive"):
+            load(f"npz:{path}")
