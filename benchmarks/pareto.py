@@ -59,11 +59,9 @@ def run_seed(model: str, seed: int, methods: list[str], done: dict, save_point) 
     for method in methods:
         if method in done:
             continue
-        c = SynthConfig(**prep.defaults)
-        start = prep.graph.copy()
-        if method.startswith("prune"):
-            c.method, c.prune_fraction, c.prune_scope = "prune", 0.2, "global"
-            start = dense["teacher"].copy()
+        base = "prune" if method.startswith("prune") else "nest"
+        c = SynthConfig.for_method(base, **prep.defaults)
+        start = dense["teacher"].copy() if base == "prune" else prep.graph.copy()
         if method == "nest-nodistill":
             c.distill = 0.0
         if method.endswith("-t50"):  # a looser operating point of the same rule

@@ -73,10 +73,10 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
                    audit_fraction=getattr(args, "audit_fraction", 0.1))
 
 
-def _config(args: argparse.Namespace, defaults: dict[str, Any]) -> SynthConfig:
+def _config(args: argparse.Namespace, defaults: dict[str, Any], method: str) -> SynthConfig:
     kw = {f.name: getattr(args, f.name) for f in SynthConfig.__dataclass_fields__.values()
           if getattr(args, f.name, None) is not None}
-    return SynthConfig(**{**defaults, **kw})
+    return SynthConfig.for_method(method, **{**defaults, **kw})
 
 
 def _default_out(model: str, method: str) -> str:
@@ -110,8 +110,7 @@ def _run(args: argparse.Namespace, method: str) -> int:
             baseline = resumed_baseline
             rep.message(f"resuming '{out}' at phase {synth.state.phase}, step {synth.state.step}")
         else:
-            cfg = _config(args, {**prep.defaults, "method": method,
-                                 **({"prune_fraction": 0.2, "prune_scope": "global"} if method == "prune" else {})})
+            cfg = _config(args, prep.defaults, method)
             cfg.check()
             from .stats import stats
 

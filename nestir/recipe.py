@@ -35,15 +35,19 @@ class Recipe:
 
 
 class SoftTargets:
-    """A teacher's logits on a data set, computed once when nothing is augmented (and again for
-    each augmented epoch otherwise)."""
+    """A teacher's logits on a data set: computed once, on first use, when nothing is augmented,
+    and for each augmented epoch's images otherwise."""
 
     def __init__(self, teacher: Graph, data: Dataset, device: torch.device) -> None:
-        self.teacher, self.device = teacher, device
-        self._fixed = logits(teacher, data.x, device=device)
+        self.teacher, self.data, self.device = teacher, data, device
+        self._fixed: torch.Tensor | None = None
 
     def on(self, x: torch.Tensor, augmented: bool) -> torch.Tensor:
-        return logits(self.teacher, x, device=self.device) if augmented else self._fixed
+        if augmented:
+            return logits(self.teacher, x, device=self.device)
+        if self._fixed is None:
+            self._fixed = logits(self.teacher, self.data.x, device=self.device)
+        return self._fixed
 
 
 def stint(trainer: Trainer, data: Dataset, epochs: int, recipe: Recipe, gen: torch.Generator, *,

@@ -23,9 +23,6 @@ from .stats import stats
 from .synthesis import SynthConfig, sparsify_seed
 from .zoo import ZOO
 
-# Validation-accuracy targets for models without a dense reference (a user's --target-accuracy
-# replaces them); with a dense reference every decision is a paired comparison with it instead.
-DEFAULT_TARGET = 0.9
 AUDIT_METHOD = ("error of the shipped network on the audit split: {n} images drawn from --data before the run "
                 "(seeded), read by no training step and no decision, once at the end; 95% Wilson interval. "
                 "val_error is the selection estimate (the kept network on the validation split every decision "
