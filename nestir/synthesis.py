@@ -272,7 +272,7 @@ class Synthesizer:
             self.checkpoint()
         while st.phase == "grow":
             row = st.history[-1]
-            if row.get("point_ok", row["accepted"]):  # grow until the point estimate meets the target; pruning needs the bound
+            if row.get("point_ok", row["accepted"]):  # the point estimate meets the target
                 st.growth_stopped = "target accuracy reached"
             elif row["params"] >= c.max_params:
                 st.growth_stopped = "size budget reached"
