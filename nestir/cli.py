@@ -56,6 +56,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     g, _ = traced(args)
     if not args.onnx and not args.torch:
         raise NestirError("export needs --onnx PATH and/or --torch PATH")
+    from .frontend import opaque_nodes
+
+    for line in opaque_nodes(g):
+        print(f"opaque (kept as a call): {line}")
     if args.onnx:
         g.to_onnx(args.onnx)
         print(f"wrote {args.onnx}")
@@ -94,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    # the verbs report opaque nodes themselves (inspect and export list them, the training verbs
+    # refuse them with the reason): the tracer's warning would only repeat it on stderr
+    logging.getLogger("nestir.frontend").setLevel(logging.INFO if args.verbose else logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except NestirError as e:

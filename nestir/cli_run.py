@@ -102,6 +102,7 @@ def _run(args: argparse.Namespace, method: str) -> int:
             if not args.force:
                 raise NestirError(f"'{out}' already holds a run: --resume {out} to continue it, --force to start over")
     prep = prepare(spec)
+    _check_storable(prep, args.cmd)
     t0 = time.perf_counter()
     title = f"NeST on {spec.model}" if method == "nest" else f"pruning only: {spec.model}"
     with RichReporter(args.quiet) as rep:
@@ -152,6 +153,15 @@ def _run(args: argparse.Namespace, method: str) -> int:
         rep.summary(report)
     print(f"wrote {out}/report.json, model.onnx, model.pt, history.csv, plots ({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _check_storable(prep: Any, cmd: str) -> None:
+    """Before any training: the run directory must be able to hold the model (no opaque nodes)."""
+    from .serialize import check_storable
+
+    check_storable(prep.graph, f"{cmd} cannot train '{prep.graph.name}' (its run directory cannot store code)",
+                   "Fix: write those ops with layers nestir knows, or train from Python (nestir.trace, "
+                   "nestir.apply, then Graph.to_torch() or Graph.to_onnx(), which keep the calls).")
 
 
 RUN_FILES = ("checkpoint.pt", "run.json", "report.json", "model.onnx", "model.pt", "history.csv", "history.png",
@@ -232,6 +242,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     spec = _run_spec(args)
     prep = prepare(spec, dense=True)
+    _check_storable(prep, args.cmd)
     if not args.passes:
         raise NestirError("apply needs at least one --pass NAME[:key=value,...]")
     out = args.out or "runs/apply"

@@ -65,10 +65,51 @@ def _user_frame(exc: BaseException) -> str:
     return "(location unknown)"
 
 
+_FUNCTION_CALLS: dict[type, Any] = {}
+
+
+def _function_call(cls: type) -> Any:
+    """One plain callable per custom ``torch.autograd.Function`` class: ``cls.apply(...)``. It is
+    the target of the opaque node that keeps the Function whole, its custom backward included."""
+    call = _FUNCTION_CALLS.get(cls)
+    if call is None:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return cls.apply(*args, **kwargs)
+
+        call.__name__ = call.__qualname__ = f"{cls.__name__}_apply"
+        call.__module__ = __name__  # not torch's: fx must reference the object, not a torch path
+        call._nestir_label = f"{cls.__qualname__}.apply (custom torch.autograd.Function)"  # type: ignore[attr-defined]
+        _FUNCTION_CALLS[cls] = call
+    return call
+
+
+class _KeepFunctions:
+    """While tracing, a call ``SomeFunction.apply(proxy, ...)`` of a custom autograd Function
+    becomes one call node, instead of torch.fx tracing its ``forward`` as plain ops and silently
+    dropping its custom ``backward``."""
+
+    def __enter__(self) -> None:
+        base = torch.autograd.Function
+        self.original = base.__dict__["apply"]
+        original = self.original.__func__
+
+        def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+            proxies = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)]
+            if proxies:
+                return proxies[0].tracer.create_proxy("call_function", _function_call(cls), args, kwargs)
+            return original(cls, *args, **kwargs)
+
+        base.apply = classmethod(apply)  # type: ignore[method-assign,assignment]
+
+    def __exit__(self, *exc: object) -> None:
+        torch.autograd.Function.apply = self.original  # type: ignore[method-assign]
+
+
 def _symbolic(module: nn.Module, leaves: tuple[type, ...], concrete_args: dict | None) -> fx.GraphModule:
     tracer = _Tracer(leaves)
     try:
-        graph = tracer.trace(module, concrete_args=concrete_args)
+        with _KeepFunctions():
+            graph = tracer.trace(module, concrete_args=concrete_args)
     except Exception as e:  # fx raises many kinds; all mean "not traceable as written"
         where = _user_frame(e)
         if isinstance(e, fx.proxy.TraceError) or "control flow" in str(e):
@@ -216,8 +257,8 @@ class _Builder:
     # -- per-kind conversion -------------------------------------------------------------------
     def opaque(self, fxn: fx.Node, fn: Any, kind: str) -> None:
         inputs, args, kwargs = self.template(fxn.args, fxn.kwargs)
-        self.add(cv.opaque_node(fxn.name, fxn, fn, kind, args, kwargs, cv.target_label(fxn, self.gm)),
-                 fxn, inputs)
+        label = getattr(fn, "_nestir_label", None) or cv.target_label(fxn, self.gm)
+        self.add(cv.opaque_node(fxn.name, fxn, fn, kind, args, kwargs, label), fxn, inputs)
 
     def reshape(self, fxn: fx.Node, x: str) -> None:
         out = tuple(self.values[fxn].shape)

@@ -58,12 +58,25 @@ def digest_tree(obj: Any) -> str:
     return h.hexdigest()
 
 
+def check_storable(graph: Graph, what: str = "cannot save the IR",
+                   fix: str = "Save the lowered module (Graph.to_torch()) or the ONNX file (Graph.to_onnx()) "
+                              "instead: they keep the calls.") -> None:
+    """Refuse a graph with opaque nodes: an IR file (model.pt, a run's checkpoint) holds tensors
+    and plain data only, because loading one never executes code, and an opaque node *is* code
+    (a call nestir does not know). The message names every such node, its op and its line."""
+    from .frontend import opaque_nodes
+
+    ops = opaque_nodes(graph)
+    if ops:
+        raise NestirError(f"{what}: it has {len(ops)} opaque node(s), which are code: {'; '.join(ops)}. nestir "
+                          f"stores models as tensors and plain data only, so that loading one never executes "
+                          f"code. {fix}")
+
+
 def graph_state(graph: Graph) -> dict[str, Any]:
+    check_storable(graph)
     nodes = []
     for n in graph:
-        if n.op == "opaque":
-            raise NestirError(f"cannot save the IR: node '{n.name}' is opaque ({n.attrs.get('label')}) and holds "
-                              "code; save the lowered module (Graph.to_torch()) or the ONNX file instead")
         nodes.append({"name": n.name, "op": n.op, "inputs": list(n.inputs), "attrs": dict(n.attrs),
                       "params": {k: t.detach().cpu().clone() for k, t in n.params.items()},
                       "shape": list(n.shape) if n.shape is not None else None, "axis": n.axis,

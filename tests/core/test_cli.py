@@ -74,3 +74,64 @@ def test_data_errors_from_the_cli(tmp_path, capsys):
     assert "(1, 8, 8) but the model" in capsys.readouterr().err
     assert main(["synthesize", "--resume", str(tmp_path / "nothing")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+OPAQUE_MODEL = '''
+import torch, torch.nn as nn
+INPUT_SHAPE = (1, 28, 28)
+class Clip(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(-1, 1)
+    @staticmethod
+    def backward(ctx, g):
+        return g
+class WithFunction(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+    def forward(self, x):
+        return Clip.apply(self.fc(x.flatten(1)))
+class WithFFT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+    def forward(self, x):
+        return torch.fft.fft(self.fc(x.flatten(1))).real
+def function():
+    return WithFunction()
+def fft():
+    return WithFFT()
+'''
+
+
+def test_training_verbs_refuse_opaque_models_up_front(tmp_path, capsys, monkeypatch):
+    import nestir.cli_run as cr
+
+    f = tmp_path / "m.py"
+    f.write_text(OPAQUE_MODEL)
+
+    def no_training(*a, **k):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(cr, "dense_reference", no_training)
+    monkeypatch.setattr(cr.Synthesizer, "run", no_training)
+    monkeypatch.setattr("nestir.pipeline.apply", no_training)
+    cases = [("function", "Clip.apply (custom torch.autograd.Function)"), ("fft", "torch._C._fft.fft_fft")]
+    for verb in ("apply", "synthesize", "prune-baseline"):
+        for factory, op in cases:
+            out = tmp_path / f"{verb}-{factory}"
+            extra = ["--pass", "eliminate-dead-neurons"] if verb == "apply" else ["--quiet"]
+            assert main([verb, f"{f}:{factory}", "--out", str(out), *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("nestir: error:") and err.count("\n") == 1, err
+            assert f"{verb} cannot train" in err and "opaque node" in err and op in err and "m.py, line" in err
+            assert "never executes code" in err and "Fix:" in err
+            assert not out.exists()  # refused before anything was written
+
+
+def test_export_lists_opaque_nodes(tmp_path, capsys):
+    f = tmp_path / "m.py"
+    f.write_text(OPAQUE_MODEL)
+    assert main(["export", f"{f}:function", "--onnx", str(tmp_path / "m.onnx")]) == 0
+    assert "opaque (kept as a call): " in capsys.readouterr().out

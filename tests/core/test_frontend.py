@@ -104,3 +104,46 @@ def test_training_flag_restored():
     m = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
     nestir.trace(m, torch.randn(3, 4))
     assert m.training
+
+
+class ZeroGradClamp(torch.autograd.Function):
+    """A custom Function whose backward differs from its forward's ops (clamp's gradient)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(-1, 1)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 0
+
+
+class WithFunction(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return ZeroGradClamp.apply(self.fc(x))
+
+
+def test_custom_autograd_function_stays_whole_with_its_backward():
+    from nestir.backends.executor import IRModule
+
+    m = WithFunction()
+    original = torch.autograd.Function.__dict__["apply"]
+    g = nestir.trace(m, torch.randn(2, 4))
+    assert torch.autograd.Function.__dict__["apply"] is original  # tracing restored it
+    ops = nestir.opaque_nodes(g)
+    assert len(ops) == 1 and "ZeroGradClamp.apply (custom torch.autograd.Function)" in ops[0]
+    assert "test_frontend.py" in ops[0] and not any(n.attrs.get("label") == "Tensor.clamp" for n in g)
+    x = torch.randn(5, 4) * 3
+    torch.testing.assert_close(g.to_torch()(x), m(x))
+    for module in (IRModule(g), g.to_torch()):  # the IR and its lowering both run the custom backward
+        module.zero_grad()
+        module(x).sum().backward()
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        assert grads and all(float(gr.abs().sum()) == 0.0 for gr in grads)
+    y = torch.randn(3, 4, requires_grad=True)
+    ZeroGradClamp.apply(y).sum().backward()
+    assert float(y.grad.abs().sum()) == 0.0
