@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nestir.errors import NestirError
+from nestir.errors import ArgumentError
 
 
 def default_device() -> torch.device:
@@ -18,9 +18,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise NestirError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+        raise ArgumentError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise NestirError(f"device {device!r} is not supported: use cpu or cuda")
+        raise ArgumentError(f"device {device!r} is not supported: use cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NestirError("device 'cuda' requested but CUDA is not available; use --device cpu")
+        raise ArgumentError("device 'cuda' requested but CUDA is not available; use --device cpu")
     return dev

@@ -222,7 +222,12 @@ def _export_via_torch(g: Graph, path: str, opset: int) -> None:
 
 
 def _save(model: onnx.ModelProto, path: str) -> None:
-    onnx.checker.check_model(model)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), "?")
+        raise LoweringError(f"the ONNX model fails onnx's checker at opset {opset}: {str(e).splitlines()[0]} "
+                            "(the default opset 18 is supported)") from None
     atomic_write(path, lambda tmp: onnx.save(model, tmp))
 
 

@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import EditError, LoweringError, NestirError, PassError, ShapeError, TraceError, VerifyError
+from .errors import (
+    ArgumentError,
+    DataError,
+    EditError,
+    LoweringError,
+    ModelFileError,
+    NestirError,
+    OutputError,
+    PassError,
+    ShapeError,
+    TraceError,
+    VerifyError,
+)
 from .frontend import opaque_nodes, trace
 from .graph import Graph, Node
 from .stats import stats
@@ -21,6 +33,7 @@ def apply(graph: Graph, pipeline: Any, data: Any = None, loss: Any = None, devic
 
 
 __all__ = [
-    "EditError", "Graph", "LoweringError", "NestirError", "Node", "PassError", "ShapeError", "TraceError",
-    "VerifyError", "apply", "opaque_nodes", "stats", "trace", "verify",
+    "ArgumentError", "DataError", "EditError", "Graph", "LoweringError", "ModelFileError", "NestirError", "Node",
+    "OutputError", "PassError", "ShapeError", "TraceError", "VerifyError", "apply", "opaque_nodes", "stats", "trace",
+    "verify",
 ]

@@ -41,3 +41,12 @@ class DataError(NestirError):
 
 class ModelFileError(NestirError):
     """A saved model or checkpoint is missing, corrupt or tampered with."""
+
+
+class ArgumentError(NestirError):
+    """A public function was given an argument of the wrong kind or value (the message says which)."""
+
+
+class OutputError(NestirError):
+    """A file could not be written: an unwritable path, a directory in the way, no space left. The
+    file that was there before is untouched."""

@@ -168,6 +168,9 @@ def trace(
 
 def opaque_nodes(graph: Graph) -> list[str]:
     """One line per opaque node: its name, what it calls and where it came from."""
+    from .checks import require_graph
+
+    require_graph(graph, "nestir.opaque_nodes")
     return [f"{n.name} = {n.attrs.get('label')} ({n.source or 'unknown source'})"
             for n in graph if n.op == "opaque"]
 

@@ -195,8 +195,9 @@ class Graph:
 
     def to_onnx(self, path: str, *, compact: bool = True, opset: int = 18) -> None:
         from .backends.lower_onnx import lower_onnx
+        from .checks import require_path
 
-        lower_onnx(self, path, compact=compact, opset=opset)
+        lower_onnx(self, require_path(path, "Graph.to_onnx"), compact=compact, opset=opset)
 
     def summary(self) -> str:
         from .stats import format_table, stats

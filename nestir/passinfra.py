@@ -68,7 +68,15 @@ class Pass:
         raise NotImplementedError
 
     def __call__(self, graph: Graph, ctx: PassContext | None = None) -> PassResult:
-        return self.run(graph, ctx or PassContext())
+        from .checks import check_batches, require_graph
+
+        require_graph(graph, f"pass '{self.name}'")
+        if ctx is not None and not isinstance(ctx, PassContext):
+            raise PassError(f"pass '{self.name}': ctx must be a nestir.passes.PassContext, got {type(ctx).__name__}")
+        ctx = ctx or PassContext()
+        if self.needs_data:
+            check_batches(ctx.data, graph, ctx.loss)
+        return self.run(graph, ctx)
 
     def spec(self) -> str:
         opts = ",".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
@@ -130,6 +138,8 @@ def _check_value(cls: type[Pass], key: str, typ: type, value: Any) -> Any:
     """Refuse option values a pass cannot run with: wrong numeric type, NaN or infinite, a
     fraction outside [0, 1], a count beyond :data:`MAX_COUNT`."""
     bad = f"pass '{cls.name}': option {key}={value!r}"
+    if typ in (int, float) and isinstance(value, bool):
+        raise PassError(f"{bad} must be a number, not a bool")
     if typ is int and not isinstance(value, bool):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -162,6 +172,8 @@ def get(name: str, **options: Any) -> Pass:
 
 def parse(spec: str) -> Pass:
     """``"name:k=v,k2=v2"`` or ``"name{k=v k2=v2}"`` to a configured pass."""
+    if not isinstance(spec, str):
+        raise PassError(f"a pass spec must be a string like 'name:key=value', got {type(spec).__name__}")
     spec = spec.strip()
     m = re.fullmatch(r"([\w-]+)\s*(?:\{(.*)\}|:(.*))?", spec)
     if not m:
@@ -181,6 +193,8 @@ def parse(spec: str) -> Pass:
 def resolve(pipeline: Iterable[str | Pass] | str | Pass) -> list[Pass]:
     if isinstance(pipeline, (str, Pass)):
         pipeline = [pipeline]
+    if not isinstance(pipeline, Iterable) or isinstance(pipeline, (bytes, dict)):
+        raise PassError(f"pipeline must be a pass spec string, a pass, or a list of them; got {pipeline!r:.60}")
     out = []
     for item in pipeline:
         if isinstance(item, Pass):

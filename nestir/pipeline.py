@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .errors import PassError
+from .errors import DataError, PassError
 from .graph import Graph
 from .passinfra import Loss, Pass, PassContext, PassManager, resolve
 
@@ -18,11 +18,17 @@ def as_batches(data: Any, device: torch.device) -> list[tuple[torch.Tensor, torc
         return []
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         data = [data]
+    if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
+        raise PassError("data must be an (inputs, targets) pair of tensors or an iterable of such pairs, "
+                        f"got {type(data).__name__}")
     out = []
     for item in data:
         if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)):
             raise PassError("data must be an (inputs, targets) pair of tensors or an iterable of such pairs")
         out.append((item[0].to(device), item[1].to(device)))
+    if not out:
+        raise DataError("data holds no batches: give (inputs, targets) or a non-empty iterable of such pairs "
+                        "(or data=None for passes that do not score)")
     return out
 
 
@@ -41,9 +47,16 @@ def apply(
     else CPU) with ``loss`` (cross-entropy by default). The verifier runs between passes."""
     from nestir.backends.device import resolve_device
 
+    from .checks import check_batches, check_loss, check_seed, require_graph
+
+    require_graph(graph, "nestir.apply")
+    check_loss(loss, "nestir.apply")
+    check_seed(seed, "nestir.apply")
     dev = resolve_device(device)
     passes = resolve(pipeline)
-    ctx = PassContext(as_batches(data, dev), loss, dev, seed)
+    batches = as_batches(data, dev)
+    check_batches(batches, graph, loss)
+    ctx = PassContext(batches, loss, dev, seed)
     g = graph.copy().to(dev)
     res = PassManager(passes, verify_each=verify).run(g, ctx)
     return res.graph

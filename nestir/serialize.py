@@ -3,6 +3,7 @@ written atomically and checked with a SHA-256 digest on load."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .errors import ModelFileError, NestirError
+from .errors import ModelFileError, NestirError, OutputError
 from .graph import Graph, Node
 
 FORMAT = "nestir-graph"
@@ -94,24 +95,76 @@ def graph_from_state(state: dict[str, Any]) -> Graph:
     return g
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _write_failure(path: str, e: BaseException) -> OutputError | None:
+    """The :class:`OutputError` for an exception raised while writing ``path``, or None when the
+    exception is not a write failure (it then propagates as it is)."""
+    where = os.path.dirname(os.path.abspath(path))
+    text = str(e)
+    if isinstance(e, OSError) and e.errno in _NO_SPACE or "No space left" in text:
+        return OutputError(f"cannot write '{path}': no space left on the device that holds '{where}'; free some "
+                           "space and run again (the file that was there before is untouched)")
+    if isinstance(e, RuntimeError) and ("inline_container" in text or "file write failed" in text):
+        # torch's zip writer reports a failed write (usually a full disk) without errno
+        return OutputError(f"cannot write '{path}': the write failed, most likely no space left on the device "
+                           f"that holds '{where}'; free some space and run again (the file that was there before "
+                           "is untouched)")
+    if isinstance(e, OSError):
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            why = "the directory is not writable"
+        elif e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST):
+            why = "its directory does not exist and cannot be created (a file may stand in its place)"
+        elif e.errno == errno.EISDIR:
+            why = "it is a directory"
+        else:
+            why = e.strerror or type(e).__name__
+        return OutputError(f"cannot write '{path}': {why}")
+    return None
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``: readers
-    never see a half-written file, and a failed write leaves the old one in place."""
+    never see a half-written file, and a failed write (an unwritable directory, a full disk)
+    leaves the old file in place and raises :class:`OutputError` naming the reason."""
+    if os.path.isdir(path):
+        raise OutputError(f"cannot write '{path}': it is a directory")
     d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-    os.close(fd)
+    try:
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise _write_failure(path, e) from None  # type: ignore[misc]
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)  # on disk before the rename: a crash leaves the old file or the new one
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        err = _write_failure(path, e)
+        if err is None:
+            raise
+        raise err from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+def _torch_save(obj: Any, tmp: str) -> None:
+    # through a file object: torch then names the zip's folder "archive", not after the temporary
+    # file's random name, so equal objects give byte-identical files
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` through :func:`atomic_write`."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` through :func:`atomic_write` (byte-identical for equal objects)."""
+    atomic_write(path, lambda tmp: _torch_save(obj, tmp))
 
 
 def save_graph(graph: Graph, path: str, extra: dict[str, Any] | None = None) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .errors import NestirError
+from .errors import ArgumentError
 from .graph import Graph, Node
 
 
@@ -61,11 +61,11 @@ def stats(model: Graph | nn.Module, example_inputs: Any = None, *, compact: bool
     if isinstance(model, Graph):
         return graph_stats(model, compact)
     if not isinstance(model, nn.Module):
-        raise NestirError(f"stats needs a Graph or an nn.Module, got {type(model).__name__}")
+        raise ArgumentError(f"stats needs a Graph or an nn.Module, got {type(model).__name__}")
     if example_inputs is None:
         shapes = getattr(model, "nestir_input_shapes", None)
         if shapes is None:
-            raise NestirError("stats of a plain module needs example_inputs (its input shape)")
+            raise ArgumentError("stats of a plain module needs example_inputs (its input shape)")
         example_inputs = tuple(torch.zeros(1, *s) for s in shapes)
     from .frontend import trace
 

@@ -21,6 +21,9 @@ def verify(graph: Graph, *, check_values: bool = True) -> None:
     Checks: known ops, topological order and no dangling uses, one output node, parameter and
     mask shapes and dtypes, every stored shape against shape inference, neuron-group widths,
     and (``check_values``) finite parameters."""
+    from .checks import require_graph
+
+    require_graph(graph, "nestir.verify")
     seen: set[str] = set()
     nodes = list(graph)
     if not nodes or nodes[-1].op != "output":
