@@ -117,9 +117,11 @@ def _symbolic(module: nn.Module, leaves: tuple[type, ...], concrete_args: dict |
         else:
             what = f"cannot be traced symbolically ({type(e).__name__}: {str(e).splitlines()[0]})"
         raise TraceError(
-            f"{type(module).__name__} is not traceable: {where} {what}. Fix: make the submodule that "
-            "contains this line a leaf (nestir.trace(..., leaf_modules=[ThatModule]) or "
-            "--leaf ThatModule) so it stays an opaque node, or fix the value with concrete_args."
+            f"{type(module).__name__} is not traceable: {where} {what}. Fix: write that line without Python "
+            "control flow on tensor values (e.g. with torch.where), fix the value with concrete_args, or make "
+            "the submodule that contains it a leaf so it stays an opaque node: nestir.trace(..., "
+            "leaf_modules=[ThatModule]), or on the command line `nestir inspect` / `nestir export` with "
+            "--leaf ThatModule (the training verbs cannot store opaque nodes, so they take no --leaf)."
         ) from None
     return fx.GraphModule(tracer.root, graph, type(module).__name__)
 

@@ -135,3 +135,60 @@ def test_export_lists_opaque_nodes(tmp_path, capsys):
     f.write_text(OPAQUE_MODEL)
     assert main(["export", f"{f}:function", "--onnx", str(tmp_path / "m.onnx")]) == 0
     assert "opaque (kept as a call): " in capsys.readouterr().out
+
+
+UNTRACEABLE = '''
+import torch.nn as nn
+INPUT_SHAPE = (1, 28, 28)
+class Gate(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:
+            return x
+        return -x
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+        self.gate = Gate()
+    def forward(self, x):
+        return self.gate(self.fc(x.flatten(1)))
+def make():
+    return M()
+'''
+
+
+def test_untraceable_advice_names_only_options_that_exist(tmp_path, capsys):
+    f = tmp_path / "u.py"
+    f.write_text(UNTRACEABLE)
+    for verb in ("inspect", "synthesize", "apply"):
+        assert main([verb, f"{f}:make", "--out" if verb != "inspect" else "--input-shape",
+                     str(tmp_path / "o") if verb != "inspect" else "1,28,28"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "if x.sum() > 0" in err
+        assert "`nestir inspect` / `nestir export` with --leaf" in err and "take no --leaf" in err
+    # the advice works where it says it does
+    assert main(["inspect", f"{f}:make", "--leaf", "Gate"]) == 0
+    assert "opaque: gate = Gate" in capsys.readouterr().out
+
+
+def test_disk_full_during_a_run_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import nestir.serialize as ser
+
+    out = tmp_path / "a"
+    argv = ["apply", "lenet-300-100", "--pass", "eliminate-dead-neurons", "--out", str(out), "--batches", "1",
+            "--quiet"]
+
+    def full(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(ser.torch, "save", full)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nestir: error: cannot write") and "no space left" in err and err.count("\n") == 1
+    assert not list(out.glob("*.tmp")) and not (out / "model.pt").exists()
+    monkeypatch.undo()
+    assert main(argv) == 0 and (out / "model.pt").exists()
+    first = (out / "model.pt").read_bytes()
+    assert main(argv) == 0
+    assert (out / "model.pt").read_bytes() == first  # identical runs, byte-identical model.pt

@@ -45,3 +45,57 @@ def test_opaque_graph_cannot_be_saved(tmp_path):
     with pytest.raises(NestirError, match="opaque"):
         save_graph(g, str(tmp_path / "m.pt"))
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_equal_graphs_give_byte_identical_files(tmp_path):
+    """The zip's inner folder is not named after the random temporary file."""
+    import zipfile
+
+    g = nestir.trace(LeNet5(), torch.zeros(1, 1, 28, 28))
+    for name in ("a.pt", "b.pt", "model.pt"):
+        save_graph(g, str(tmp_path / name), {"step": 1})
+    data = (tmp_path / "a.pt").read_bytes()
+    assert data == (tmp_path / "b.pt").read_bytes() == (tmp_path / "model.pt").read_bytes()
+    assert all(n.startswith("archive/") for n in zipfile.ZipFile(tmp_path / "a.pt").namelist())
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(28, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/3: "
+                 "file write failed"),
+])
+def test_disk_full_is_a_clear_error_and_damages_nothing(tmp_path, monkeypatch, failure):
+    import nestir.serialize as ser
+    from nestir.errors import OutputError
+
+    g = nestir.trace(LeNet5(), torch.zeros(1, 1, 28, 28))
+    p = tmp_path / "model.pt"
+    save_graph(g, str(p))
+    before = p.read_bytes()
+    real = torch.save
+
+    def full(obj, f, *a, **k):  # writes half a file, then the device is full
+        real(obj, f, *a, **k)
+        f.seek(0)
+        f.truncate(100)
+        raise failure
+
+    monkeypatch.setattr(ser.torch, "save", full)
+    g["conv1"].params["weight"].add_(1.0)
+    with pytest.raises(OutputError, match="no space left"):
+        save_graph(g, str(p))
+    assert p.read_bytes() == before  # the old file is untouched
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["model.pt"]  # and no temporary file is left
+    load_graph(str(p))
+
+
+def test_other_writer_failures_propagate(tmp_path, monkeypatch):
+    import nestir.serialize as ser
+
+    def broken(obj, f, *a, **k):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(ser.torch, "save", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        ser.atomic_save({"a": 1}, str(tmp_path / "x.pt"))
+    assert list(tmp_path.iterdir()) == []
