@@ -113,6 +113,7 @@ def _run(args: argparse.Namespace, method: str) -> int:
         else:
             cfg = _config(args, prep.defaults, method)
             cfg.check()
+            _check_counts(cfg)
             from .stats import stats
 
             seed_params = stats(prep.graph)["params"]
@@ -153,6 +154,23 @@ def _run(args: argparse.Namespace, method: str) -> int:
         rep.summary(report)
     print(f"wrote {out}/report.json, model.onnx, model.pt, history.csv, plots ({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _check_counts(cfg: SynthConfig) -> None:
+    """Options that the run would refuse only after the dense reference has trained (the growth
+    passes' counts, the target accuracy): refused up front instead. Both found by the options fuzz."""
+    import math
+
+    from .passinfra import MAX_COUNT
+
+    ta = cfg.target_accuracy
+    if ta != 0 and not (math.isfinite(ta) and 0 < ta <= 1):
+        raise NestirError(f"--target-accuracy must be in (0, 1] (default 0: the paired rule), got {ta}")
+    for name in ("grow_neurons", "grow_maps"):
+        v = getattr(cfg, name)
+        if v > MAX_COUNT:
+            raise NestirError(f"--{name.replace('_', '-')} {v} is out of range (at most {MAX_COUNT:,} per layer "
+                              "and step)")
 
 
 def _check_storable(prep: Any, cmd: str) -> None:

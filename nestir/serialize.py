@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -174,14 +175,22 @@ def save_graph(graph: Graph, path: str, extra: dict[str, Any] | None = None) -> 
     atomic_save(state, path)
 
 
+def _reason(e: BaseException) -> str:
+    """Why torch.load failed, in a few words. Never torch's advice to retry with
+    ``weights_only=False``: that would run whatever code the file holds."""
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+        return f"{type(e).__name__}: it holds objects other than tensors and plain data"
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def load_state(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise ModelFileError(f"'{path}' does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModelFileError(f"'{path}' is corrupt, truncated or not a nestir file "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ModelFileError(f"'{path}' is corrupt, truncated or not a nestir file ({_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ModelFileError(f"'{path}' is not a nestir graph file")
     if state.get("version") != VERSION:

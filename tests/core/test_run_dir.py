@@ -87,6 +87,8 @@ def test_bad_options_exit_2_before_work(tmp_path, capsys):
         (["--seed-density", "2"], "seed-density"),
         (["--epochs", "-3"], "epochs"),
         (["--test-data", "digits"], "test data"),
+        (["--grow-neurons", "1000000000"], "grow-neurons"),  # found by the options fuzz
+        (["--target-accuracy=-0.5"], "target-accuracy"),  # found by the options fuzz
     ]
     for extra, word in cases:
         assert main(["synthesize", "lenet-300-100", "--out", out, "--quiet", *extra]) == 2, extra
