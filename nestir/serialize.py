@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pickle
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -156,11 +157,26 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
             os.remove(tmp)
 
 
+def _canonical(obj: Any) -> Any:
+    """A copy of a tree of dicts, lists and tuples in which equal strings are one object and no
+    container is shared. pickle writes an object seen before as a back-reference, so without this
+    the bytes would depend on which equal strings happened to be the same object in this process."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        return {_canonical(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_canonical(v) for v in obj)
+    return obj
+
+
 def _torch_save(obj: Any, tmp: str) -> None:
     # through a file object: torch then names the zip's folder "archive", not after the temporary
-    # file's random name, so equal objects give byte-identical files
+    # file's random name; with _canonical, equal objects give byte-identical files in any process
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        torch.save(_canonical(obj), f)
 
 
 def atomic_save(obj: Any, path: str) -> None:

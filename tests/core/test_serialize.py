@@ -99,3 +99,14 @@ def test_other_writer_failures_propagate(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="something else"):
         ser.atomic_save({"a": 1}, str(tmp_path / "x.pt"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bytes_do_not_depend_on_which_equal_strings_are_one_object(tmp_path):
+    """pickle writes a repeated object as a back-reference: equal content must still give equal bytes."""
+    from nestir.serialize import atomic_save
+
+    name = "".join(["mlp.py", ":make"])  # a fresh string object equal to the literal
+    atomic_save({"name": name, "extra": {"model": name}, "w": torch.ones(2)}, str(tmp_path / "a.pt"))
+    atomic_save({"name": "mlp.py:make", "extra": {"model": "".join(["mlp.py:", "make"])}, "w": torch.ones(2)},
+                str(tmp_path / "b.pt"))
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
