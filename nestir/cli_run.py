@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import NestirError
 from .runs import RunSpec, dense_reference, final_metrics, prepare, write_outputs
-from .synthesis import SynthConfig, Synthesizer
+from .synthesis import SynthConfig, Synthesizer, clear_chain
 
 
 class RichReporter:
@@ -203,14 +203,16 @@ def _clear_run(out: str) -> None:
         if os.path.isfile(path):
             os.remove(path)
     _clean_temp_files(out)
+    clear_chain(out)
 
 
 def _clean_temp_files(out: str) -> None:
     """Remove what interrupted atomic writes left behind (``*.tmp`` beside the run's files)."""
-    if os.path.isdir(out):
-        for name in os.listdir(out):
-            if name.endswith(".tmp"):
-                os.remove(os.path.join(out, name))
+    for d in (out, os.path.join(out, "chain")):
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                if name.endswith(".tmp"):
+                    os.remove(os.path.join(d, name))
 
 
 def _read_run(out: str, args: argparse.Namespace, method: str) -> tuple[RunSpec, dict[str, Any] | None]:
@@ -287,8 +289,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="mnist5k", help="mnist5k (default), digits, mnist-idx:DIR or npz:PATH")
     p.add_argument("--test-data", help="test set for the final report only, e.g. mnist-idx:../shared/data/mnist")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="validation split of --data, read by every decision (default 0.1)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="validation split of --data, read by every decision (default 0.2)")
     p.add_argument("--audit-fraction", type=float, default=0.1,
                    help="audit split of --data, read once at the end by no decision: the unbiased error "
                         "estimate (default 0.1; 0: none)")
@@ -306,7 +308,7 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float,
                    help="error allowed above the dense reference, as a fraction (default 0.0025)")
     p.add_argument("--confidence", type=float,
-                   help="z of the one-sided bound of the paired acceptance rule (default 1.0)")
+                   help="z of the one-sided bound of the paired acceptance rule (default 0.5)")
     p.add_argument("--no-distill", dest="distill", action="store_const", const=0.0,
                    help="train on the labels only (default: also on the dense reference's soft targets)")
     p.add_argument("--distill", dest="distill", type=float,
@@ -317,8 +319,10 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--initial-epochs", dest="initial_epochs", type=int)
     p.add_argument("--prune-epochs", dest="prune_epochs", type=int, help="retraining epochs per pruning step")
     p.add_argument("--shift-epochs", dest="shift_epochs", type=int, help="training after the leaky ReLU -> ReLU shift")
-    p.add_argument("--max-misses", dest="max_misses", type=int,
-                   help="pruning ends after this many rejected steps in a row (default 3)")
+    p.add_argument("--trial-epochs", dest="trial_epochs", type=int,
+                   help="trial refit (on train) of each chain network the selection judges (default 20)")
+    p.add_argument("--max-compression", dest="max_compression", type=float,
+                   help="the pruning chain stops at this many times fewer parameters than its start (default 400)")
     p.add_argument("--grow-maps", dest="grow_maps", type=int, help="feature maps added per conv per growth step")
     p.add_argument("--grow-neurons", dest="grow_neurons", type=int, help="neurons bridged per FC layer per growth step")
     p.add_argument("--max-growth-steps", dest="max_growth_steps", type=int)

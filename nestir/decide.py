@@ -40,8 +40,8 @@ class Verdict:
         return self.delta <= self.tolerance + 1e-12
 
     def describe(self) -> str:
-        return (f"error {100 * self.delta:+.2f} pts vs reference (+{100 * (self.bound - self.delta):.2f} "
-                f"bound, tolerance {100 * self.tolerance:.2f})")
+        return (f"error {100 * self.delta:+.2f} pts vs reference, bound {100 * self.bound:+.2f} "
+                f"(+{100 * (self.bound - self.delta):.2f}), tolerance {100 * self.tolerance:.2f}")
 
 
 def paired(candidate_wrong: torch.Tensor, reference_wrong: torch.Tensor, *, z: float = 1.0,

@@ -34,7 +34,7 @@ class RunSpec:
     model: str
     data: str = "mnist5k"
     test_data: str | None = None
-    val_fraction: float = 0.1
+    val_fraction: float = 0.2  # 1,000 of mnist5k: every decision reads them; the refit trains on them too
     seed_density: float | None = None
     device: str | None = None
     input_shape: str | None = None

@@ -1,6 +1,7 @@
 """The NeST synthesis flow: a sparse seed grows (connections, neurons, feature maps) until it is
-accurate enough or big enough, switches leaky ReLU to ReLU, then is pruned while it stays accurate.
-Checkpointed after every step; resumable."""
+accurate enough or big enough, switches leaky ReLU to ReLU, then is pruned along a chain of ever
+smaller networks; a binary search over the chain, judging each probe after a trial refit, keeps the
+smallest network that still passes the acceptance rule. Checkpointed after every step; resumable."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ from .stats import stats
 log = logging.getLogger(__name__)
 
 
-# Pruning only runs what practitioners run: unstructured global magnitude pruning, 20% per step.
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"prune": {"prune_fraction": 0.2, "prune_scope": "global"}}
+# Pruning only runs what practitioners run: unstructured global magnitude pruning, 20% per step,
+# without NeST's partial-area masks.
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"prune": {"partial_area": 0.0, "prune_neurons": 0.0}}
 
 
 @dataclass
@@ -41,19 +43,22 @@ class SynthConfig:
     target_accuracy: float = 0.0  # A on the validation split; 0: decide by paired comparison with the dense reference
     initial_epochs: int = 3
     epochs: int = 2  # training after each growth step
-    shift_epochs: int = 3  # training after the leaky ReLU -> ReLU shift
-    prune_epochs: int = 3  # retraining after each pruning step
+    shift_epochs: int = 20  # training after the leaky ReLU -> ReLU shift (the grown network converges)
+    prune_epochs: int = 3  # retraining after each pruning step of the chain
+    trial_epochs: int = 20  # the trial refit (on train) of a chain network before it is judged
     final_epochs: int = 80  # the refit of the chosen network on train + validation
     max_growth_steps: int = 20
     growth_patience: int = 2  # stop growing when this many steps in a row did not improve validation error
-    max_prune_steps: int = 60
+    max_prune_steps: int = 40  # the longest pruning chain
+    max_compression: float = 400.0  # the chain stops at this many times fewer parameters than its start
+    chain_slack: float = 0.03  # ... or after 2 networks in a row this much less accurate (before refit)
     grow_connections: float = 1.0  # grow-connection fraction (of live connections) per growth step
     grow_neurons: int = 30  # bridge-neuron count per FC layer per growth step
     grow_maps: int = 4  # add-feature-map count per conv layer per growth step
     grow_scope: str = "layer"  # grow-connection: top fraction per layer, or "global" across layers
-    prune_fraction: float = 0.15  # magnitude-prune fraction per pruning step
-    prune_neurons: float = 0.05  # magnitude-prune neuron_fraction per pruning step
-    prune_scope: str = "layer"  # magnitude-prune: per layer, or "global" (pruning-only's default)
+    prune_fraction: float = 0.2  # magnitude-prune fraction per pruning step
+    prune_neurons: float = 0.0  # magnitude-prune neuron_fraction per pruning step
+    prune_scope: str = "global"  # magnitude-prune: across layers, or "layer" (the same fraction of each)
     partial_area: float = 0.1  # partial-area-mask fraction per pruning step (convs; 0: off)
     batch_size: int = 64
     lr: float = 2e-3
@@ -61,15 +66,12 @@ class SynthConfig:
     augment: bool = False
     seed: int = 0
     score_batches: int = 4
-    recover_epochs: int = 4  # extra epochs after the shift while it is not accepted (pruning steps get none)
-    min_prune_scale: float = 0.1  # stop pruning when steps have been halved below this
-    max_misses: int = 3  # stop pruning after this many rejected steps in a row
-    backoff: bool = False  # on a rejected step: back to the last accepted network, halve the step size
+    recover_epochs: int = 4  # extra epochs after the shift while it is not accepted
     weight_decay: float = 5e-5  # L2 (through Adam): unused weights fade, so pruning finds them
     anneal: bool = True  # cosine learning-rate decay within the shift and pruning stints
     distill: float = 0.7  # weight of the dense reference's soft targets in the loss (0: labels only)
     temperature: float = 4.0  # distillation temperature
-    confidence: float = 1.0  # z of the one-sided bound in the paired acceptance rule
+    confidence: float = 0.5  # z of the one-sided bound in the paired acceptance rule
     tolerance: float = 0.0025  # accepted error above the dense reference (fraction), at that bound
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +98,7 @@ class SynthConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise NestirError(f"{name.replace('_', '-')} must be a positive number, got {v}")
-        for name in ("initial_epochs", "epochs", "shift_epochs", "prune_epochs", "final_epochs",
+        for name in ("initial_epochs", "epochs", "shift_epochs", "prune_epochs", "final_epochs", "trial_epochs",
                      "max_growth_steps", "max_prune_steps", "recover_epochs", "grow_neurons", "grow_maps"):
             if getattr(self, name) < 0:
                 raise NestirError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
@@ -106,6 +108,12 @@ class SynthConfig:
             raise NestirError(f"confidence must be a z-value >= 0, got {self.confidence}")
         if not (math.isfinite(self.tolerance) and 0 <= self.tolerance < 1):
             raise NestirError(f"tolerance must be in [0, 1), got {self.tolerance}")
+        if not (math.isfinite(self.max_compression) and self.max_compression >= 1):
+            raise NestirError(f"max-compression must be >= 1, got {self.max_compression}")
+        if not (math.isfinite(self.chain_slack) and 0 < self.chain_slack <= 1):
+            raise NestirError(f"chain-slack must be in (0, 1], got {self.chain_slack}")
+        if self.prune_scope not in ("layer", "global"):
+            raise NestirError(f"prune-scope must be 'layer' or 'global', got {self.prune_scope!r}")
 
 
 class _Silent:
@@ -124,7 +132,7 @@ class _Silent:
 
 @dataclass
 class RunState:
-    phase: str = "start"  # start, grow, shift, prune, refit, done
+    phase: str = "start"  # start, grow, shift, prune, select, refit, done
     step: int = 0
     epochs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -132,8 +140,9 @@ class RunState:
     best_row: int = -1  # the history row of the network kept (the last one accepted)
     target: float = 0.0
     target_reached: bool = True
-    prune_scale: float = 1.0  # halved when a pruning step misses the target, x1.5 when one meets it
-    misses: int = 0  # pruning steps rejected so far
+    chain: list[dict[str, Any]] = field(default_factory=list)  # the pruning chain's snapshots (file, digest)
+    lo: int = 0  # selection: the largest chain index known to pass the rule
+    hi: int = 0  # selection: the smallest chain index known to fail it (len(chain): none known)
     growth_stopped: str = ""
     rule: str = ""  # how steps are accepted, in words
     wall: float = 0.0
@@ -245,14 +254,13 @@ class Synthesizer:
         return pipe
 
     def pruning_pipeline(self) -> list[str]:
-        c, k = self.cfg, self.state.prune_scale
-        if c.method == "prune":  # what practitioners run: unstructured global magnitude pruning
-            return [f"magnitude-prune:fraction={c.prune_fraction * k:.4f},scope={c.prune_scope}",
-                    "eliminate-dead-neurons"]
-        pipe = [f"magnitude-prune:fraction={c.prune_fraction * k:.4f},neuron_fraction={c.prune_neurons * k:.4f},"
-                f"scope={c.prune_scope}"]
+        c = self.cfg
+        prune = f"magnitude-prune:fraction={c.prune_fraction:.4f},scope={c.prune_scope}"
+        if c.prune_neurons:
+            prune += f",neuron_fraction={c.prune_neurons:.4f}"
+        pipe = [prune]
         if c.partial_area and any(n.op == "conv" and n.attrs["groups"] == 1 for n in self.graph.parametric()):
-            pipe.append(f"partial-area-mask:fraction={c.partial_area * k:.4f}")
+            pipe.append(f"partial-area-mask:fraction={c.partial_area:.4f}")
         pipe.append("eliminate-dead-neurons")
         return pipe
 
@@ -307,29 +315,37 @@ class Synthesizer:
             self.trainer.set_lr(c.prune_lr)
             self.checkpoint()
         while st.phase == "prune":
-            if st.step >= c.max_prune_steps or st.prune_scale < c.min_prune_scale or st.misses >= c.max_misses:
-                st.phase = "refit"
+            if not st.chain:  # chain index 0: the network pruning starts from (already judged)
+                self._snapshot(st.best_row)
+            stop = self._chain_stop()
+            if stop:
+                st.phase, st.lo, st.hi = "select", 0, len(st.chain)
+                self.rep.message(f"pruning chain of {len(st.chain) - 1} steps ended ({stop}); "
+                                 "selecting the smallest network that passes after a trial refit")
+                self.checkpoint()
                 break
             infos = self._apply(self.pruning_pipeline())
             self._train(c.prune_epochs, f"pruning step {st.step + 1}", anneal=True)
             st.step += 1
-            row = self._record("prune", _summary(infos))
+            row = self._record("prune", _summary(infos) or "nothing left to prune")
+            row["accepted"] = False  # a chain step decides nothing: the selection judges it after a refit
+            row["note"] = "chain (before refit): " + row["note"]
+            self._snapshot(row["step"], removed=bool(_summary(infos)))
+            self.checkpoint()
+        while st.phase == "select":
+            if st.hi - st.lo <= 1:
+                st.phase = "refit"
+                self.checkpoint()
+                break
+            mid = (st.lo + st.hi) // 2
+            self.trainer = Trainer(self._load_snapshot(mid), device=self.dev, lr=c.lr, weight_decay=c.weight_decay)
+            self._train(c.trial_epochs, f"trial refit of chain step {mid}", anneal=True)
+            row = self._record("select", f"chain step {mid} after a {c.trial_epochs}-epoch trial refit")
             if row["accepted"]:
+                st.lo = mid
                 self._keep_best(row)
-                st.misses = 0
-                st.prune_scale = min(1.0, st.prune_scale * 1.5)  # it worked: take bigger steps again
-            elif not c.backoff:
-                # the chain goes on unconditioned on the validation images (no retries of a step):
-                # the kept network is the smallest one accepted before max_misses rejections in a row
-                st.misses += 1
             else:
-                # too much at once: go back to the last network that was accepted and prune less
-                st.prune_scale /= 2
-                st.misses += 1
-                self.trainer = Trainer(self.best.copy(), device=self.dev, lr=c.prune_lr,  # type: ignore[union-attr]
-                                       weight_decay=c.weight_decay)
-                self.rep.message(f"step not accepted ({row['note'].rsplit('; ', 1)[-1] or 'below the target'}): "
-                                 f"back to the last accepted network, step size x{st.prune_scale:g}")
+                st.hi = mid
             self.checkpoint()
         if st.phase == "refit":
             self.trainer = Trainer(self.best.copy(), device=self.dev, lr=c.lr,  # type: ignore[union-attr]
@@ -341,6 +357,7 @@ class Synthesizer:
                 st.epochs += c.final_epochs
             st.phase = "done"
             self.checkpoint()
+            clear_chain(self.out)  # the chain is no longer needed once the run is done
         return st
 
     def _recover(self) -> int:
@@ -362,6 +379,53 @@ class Synthesizer:
         self.best = self.graph.copy()
         self.state.best_val = 1 - row["val_error"]
         self.state.best_row = row["step"]
+
+    def _chain_stop(self) -> str:
+        """Why the pruning chain ends now ("" while it goes on)."""
+        st, c = self.state, self.cfg
+        rows = [st.history[e["row"]] for e in st.chain]
+        if st.step >= c.max_prune_steps:
+            return f"{c.max_prune_steps} steps"
+        if rows[0]["params"] >= c.max_compression * rows[-1]["params"]:
+            return f"{c.max_compression:g}x fewer parameters than its start"
+        if len(st.chain) > 1 and not st.chain[-1]["removed"]:
+            return "nothing left to prune"
+        ref = float(self.reference.float().mean()) if self.reference is not None else 1 - st.target
+        far = [r["val_error"] > ref + c.chain_slack for r in rows[-2:]]
+        if len(rows) > 2 and all(far):
+            return f"two networks in a row more than {100 * c.chain_slack:g} pts less accurate before refit"
+        return ""
+
+    def _snapshot(self, row: int, removed: bool = True) -> None:
+        """Save the current network as the next chain element (its own file, digest in the state)."""
+        i = len(self.state.chain)
+        state = graph_state(self.graph)
+        name = os.path.join("chain", f"{i:03d}.pt")
+        os.makedirs(os.path.join(self.out, "chain"), exist_ok=True)
+        atomic_save(state, os.path.join(self.out, name))
+        self.state.chain.append({"row": row, "file": name, "sha256": digest_tree(state), "removed": removed})
+
+    def _load_snapshot(self, i: int) -> Graph:
+        e = self.state.chain[i]
+        path = os.path.join(self.out, e["file"])
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise NestirError(f"the pruning chain's '{path}' is missing; start a new run") from None
+        except Exception as ex:
+            raise NestirError(f"the pruning chain's '{path}' is corrupt or truncated ({type(ex).__name__}); "
+                              "start a new run") from None
+        if digest_tree(state) != e["sha256"]:
+            raise NestirError(f"the pruning chain's '{path}' failed its integrity check (SHA-256 mismatch); "
+                              "start a new run")
+        try:
+            g = graph_from_state(state)
+            g.verify()
+        except NestirError:
+            raise
+        except Exception as ex:
+            raise NestirError(f"the pruning chain's '{path}' does not hold a valid network ({ex})") from None
+        return g
 
     @property
     def selection(self) -> dict[str, Any]:
@@ -428,6 +492,18 @@ class Synthesizer:
                                                    else sv for sk, sv in s.items()}
         self.gen.set_state(ck["rng"])
         return self
+
+
+def clear_chain(out: str) -> None:
+    """Remove the pruning chain's snapshot files (and the folder when nothing else is in it)."""
+    d = os.path.join(out, "chain")
+    if not os.path.isdir(d):
+        return
+    for name in os.listdir(d):
+        if name.endswith((".pt", ".tmp")):
+            os.remove(os.path.join(d, name))
+    if not os.listdir(d):
+        os.rmdir(d)
 
 
 def _summary(infos: dict[str, Any]) -> str:

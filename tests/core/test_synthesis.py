@@ -10,7 +10,7 @@ from nestir.serialize import load_graph
 from nestir.synthesis import SynthConfig, Synthesizer, sparsify_seed
 
 FAST = {"initial_epochs": 1, "epochs": 1, "shift_epochs": 1, "prune_epochs": 1, "max_growth_steps": 2,
-        "max_prune_steps": 3, "grow_neurons": 4, "target_accuracy": 0.99, "final_epochs": 1}
+        "max_prune_steps": 3, "grow_neurons": 4, "target_accuracy": 0.99, "final_epochs": 1, "trial_epochs": 1}
 
 
 def small_prep():
@@ -36,7 +36,9 @@ def test_grow_then_prune(tmp_path):
     assert phases[0] == "seed" and "shift" in phases
     first_prune = phases.index("shift")
     assert all(p == "grow" for p in phases[1:first_prune])
-    assert all(p == "prune" for p in phases[first_prune + 1:])  # growth once, then pruning
+    rest = phases[first_prune + 1:]
+    assert rest == sorted(rest, key=["prune", "select"].index)  # growth once, the pruning chain, the selection
+    assert all(not r["accepted"] for r in st.history if r["phase"] == "prune")  # the chain decides nothing
     grow = [r["params"] for r in st.history[: first_prune + 1]]
     assert grow == sorted(grow) and grow[-1] > grow[0]
     assert not st.target_reached  # 99% is out of reach here, and the run says so
@@ -168,7 +170,7 @@ def test_pruning_only_uses_the_same_loop(tmp_path):
     s = Synthesizer(dense["teacher"].copy(), prep.splits, cfg, str(tmp_path), teacher=dense["teacher"])
     st = s.run()
     assert [r["phase"] for r in st.history][0] == "dense"
-    assert {r["phase"] for r in st.history} <= {"dense", "prune"}
+    assert {r["phase"] for r in st.history} <= {"dense", "prune", "select"}
     assert "magnitude-prune" in s.pruning_pipeline()[0] and "neuron_fraction" not in s.pruning_pipeline()[0]
     assert nestir_params(s.graph) <= 266610
 
@@ -222,3 +224,56 @@ def test_resume_after_growth_overshot_the_budget(tmp_path):
     assert max(r["params"] for r in st.history) > budget  # bridged neurons overshoot a tight budget
     again = Synthesizer.resume(str(tmp_path), prep.splits)
     assert again.state.phase == "done"
+
+
+def test_chain_then_selection_keeps_the_smallest_passing_network(tmp_path):
+    """The pruning chain saves every network; the binary search judges probes after a trial refit
+    and keeps the smallest that passed; a tampered chain file is refused on resume; the chain's
+    files are removed once the run is done."""
+    from nestir.runs import dense_reference
+
+    prep = small_prep()
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "method": "prune", "final_epochs": 1,
+                         "max_prune_steps": 6, "prune_fraction": 0.5, "tolerance": 0.2})
+    dense = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)
+
+    class StopAtSelect:
+        def phase(self, *a):
+            pass
+
+        def epoch(self, *a):
+            pass
+
+        def message(self, *a):
+            pass
+
+        def step(self, row):
+            if row["phase"] == "select":
+                raise KeyboardInterrupt
+
+    s = Synthesizer(dense["teacher"].copy(), prep.splits, cfg, str(tmp_path), teacher=dense["teacher"],
+                    reporter=StopAtSelect())
+    with pytest.raises(KeyboardInterrupt):
+        s.run()
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    chain = ck["state"]["chain"]
+    assert ck["state"]["phase"] == "select" and len(chain) == 7
+    sizes = [ck["state"]["history"][e["row"]]["params"] for e in chain]
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0] / 20
+    f = tmp_path / chain[3]["file"]
+    good = f.read_bytes()
+    state = torch.load(f, weights_only=True)
+    next(n for n in state["nodes"] if "weight" in n["params"])["params"]["weight"].mul_(2)
+    torch.save(state, f)
+    with pytest.raises(NestirError, match="integrity"):
+        Synthesizer.resume(str(tmp_path), prep.splits).run()
+    f.write_bytes(good)
+    s = Synthesizer.resume(str(tmp_path), prep.splits)
+    st = s.run()
+    probes = [r for r in st.history if r["phase"] == "select"]
+    assert 1 <= len(probes) <= 3  # log2(7) probes at most
+    kept = s.selection
+    passed = [r for r in probes if r["accepted"]]
+    assert kept == (min(passed, key=lambda r: r["params"]) if passed else st.history[0])
+    assert all(r["params"] < kept["params"] for r in probes if not r["accepted"]) or not passed
+    assert st.phase == "done" and not (tmp_path / "chain").exists()
