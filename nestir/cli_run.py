@@ -108,12 +108,11 @@ def _run(args: argparse.Namespace, method: str) -> int:
     with RichReporter(args.quiet) as rep:
         if args.resume:
             synth = Synthesizer.resume(out, prep.splits, spec.device, rep)
-            baseline = resumed_baseline
+            baseline = _match_checkpoint(out, spec, synth.meta, resumed_baseline)
             rep.message(f"resuming '{out}' at phase {synth.state.phase}, step {synth.state.step}")
         else:
             cfg = _config(args, prep.defaults, method)
             cfg.check()
-            _check_counts(cfg)
             from .stats import stats
 
             seed_params = stats(prep.graph)["params"]
@@ -134,7 +133,7 @@ def _run(args: argparse.Namespace, method: str) -> int:
                                                        "baseline": baseline})
             start = dense["teacher"].copy() if method == "prune" else prep.graph
             synth = Synthesizer(start, prep.splits, cfg, out, spec.device, rep, teacher=dense["teacher"],
-                                final_teacher=dense["graph"])
+                                final_teacher=dense["graph"], meta={"spec": dict(spec.__dict__), "baseline": baseline})
         try:
             state = synth.run()
         except KeyboardInterrupt:
@@ -154,23 +153,6 @@ def _run(args: argparse.Namespace, method: str) -> int:
         rep.summary(report)
     print(f"wrote {out}/report.json, model.onnx, model.pt, history.csv, plots ({time.perf_counter() - t0:.0f} s)")
     return 0
-
-
-def _check_counts(cfg: SynthConfig) -> None:
-    """Options that the run would refuse only after the dense reference has trained (the growth
-    passes' counts, the target accuracy): refused up front instead. Both found by the options fuzz."""
-    import math
-
-    from .passinfra import MAX_COUNT
-
-    ta = cfg.target_accuracy
-    if ta != 0 and not (math.isfinite(ta) and 0 < ta <= 1):
-        raise NestirError(f"--target-accuracy must be in (0, 1] (default 0: the paired rule), got {ta}")
-    for name in ("grow_neurons", "grow_maps"):
-        v = getattr(cfg, name)
-        if v > MAX_COUNT:
-            raise NestirError(f"--{name.replace('_', '-')} {v} is out of range (at most {MAX_COUNT:,} per layer "
-                              "and step)")
 
 
 def _check_storable(prep: Any, cmd: str) -> None:
@@ -213,6 +195,22 @@ def _clean_temp_files(out: str) -> None:
             for name in os.listdir(d):
                 if name.endswith(".tmp"):
                     os.remove(os.path.join(d, name))
+
+
+def _match_checkpoint(out: str, spec: RunSpec, meta: dict[str, Any],
+                      baseline: dict[str, Any] | None) -> dict[str, Any] | None:
+    """run.json must describe the run its checkpoint holds (the checkpoint is checksummed, run.json
+    is not): a changed seed or data set would resume with other splits. Returns the checkpoint's
+    baseline, which the report carries."""
+    saved = meta.get("spec")
+    if not saved:  # a checkpoint without it: nothing to compare with
+        return baseline
+    mine = dict(spec.__dict__)
+    diff = sorted(k for k in set(saved) | set(mine) if k != "device" and saved.get(k) != mine.get(k))
+    if diff:
+        raise NestirError(f"'{out}/run.json' does not match the run its checkpoint holds ({', '.join(diff)} "
+                          "changed): the run directory was edited; start a new run")
+    return meta.get("baseline", baseline)
 
 
 def _read_run(out: str, args: argparse.Namespace, method: str) -> tuple[RunSpec, dict[str, Any] | None]:

@@ -126,6 +126,15 @@ def _write_failure(path: str, e: BaseException) -> OutputError | None:
     return None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once at import: os.umask can only be read by setting it
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``: readers
     never see a half-written file, and a failed write (an unwritable directory, a full disk)
@@ -137,6 +146,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
         os.makedirs(d, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # the permissions a plain open() would give, not mkstemp's 0600
     except OSError as e:
         raise _write_failure(path, e) from None  # type: ignore[misc]
     try:

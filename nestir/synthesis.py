@@ -21,12 +21,14 @@ from .data import Splits
 from .decide import paired
 from .errors import NestirError
 from .graph import Graph
-from .passinfra import PassContext, PassManager, resolve
+from .passinfra import MAX_COUNT, PassContext, PassManager, resolve
 from .recipe import Recipe, Reporter, SoftTargets, stint
 from .serialize import atomic_save, digest_tree, graph_from_state, graph_state
 from .stats import stats
 
 log = logging.getLogger(__name__)
+
+MAX_EPOCHS = 100_000  # per stint: anything above is a typo, refused before work starts
 
 
 # Pruning only runs what practitioners run: unstructured global magnitude pruning, 20% per step,
@@ -102,6 +104,18 @@ class SynthConfig:
                      "max_growth_steps", "max_prune_steps", "recover_epochs", "grow_neurons", "grow_maps"):
             if getattr(self, name) < 0:
                 raise NestirError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("initial_epochs", "epochs", "shift_epochs", "prune_epochs", "final_epochs", "trial_epochs",
+                     "recover_epochs"):
+            if getattr(self, name) > MAX_EPOCHS:
+                raise NestirError(f"{name.replace('_', '-')} {getattr(self, name)} is out of range "
+                                  f"(at most {MAX_EPOCHS:,})")
+        for name in ("grow_neurons", "grow_maps"):  # else refused only after the dense reference trained
+            if getattr(self, name) > MAX_COUNT:
+                raise NestirError(f"{name.replace('_', '-')} {getattr(self, name)} is out of range (at most "
+                                  f"{MAX_COUNT:,} per layer and step)")
+        ta = self.target_accuracy
+        if ta != 0 and not (math.isfinite(ta) and 0 < ta <= 1):
+            raise NestirError(f"target-accuracy must be in (0, 1] (default 0: the paired rule), got {ta}")
         if self.batch_size < 1:
             raise NestirError(f"batch-size must be >= 1, got {self.batch_size}")
         if not (math.isfinite(self.confidence) and self.confidence >= 0):
@@ -159,8 +173,10 @@ class Synthesizer:
 
     def __init__(self, graph: Graph, splits: Splits, cfg: SynthConfig, out: str, device: str | None = None,
                  reporter: Reporter | None = None, teacher: Graph | None = None,
-                 final_teacher: Graph | None = None, resuming: bool = False) -> None:
+                 final_teacher: Graph | None = None, resuming: bool = False,
+                 meta: dict[str, Any] | None = None) -> None:
         cfg.check()
+        self.meta = meta or {}  # what the caller needs back on resume (run spec, baseline): checksummed
         self.cfg = cfg
         self.out = out
         self.dev = resolve_device(device)
@@ -449,7 +465,7 @@ class Synthesizer:
               "graph": graph_state(self.graph), "best": gs(self.best), "teacher": gs(self.teacher),
               "final_teacher": gs(self.final_teacher),
               "reference": self.reference.cpu() if self.reference is not None else None,
-              "optimizer": opt, "lr": self.trainer.lr, "rng": self.gen.get_state()}
+              "optimizer": opt, "lr": self.trainer.lr, "rng": self.gen.get_state(), "meta": self.meta}
         ck["sha256"] = digest_tree({k: v for k, v in ck.items() if k != "sha256"})
         atomic_save(ck, os.path.join(self.out, "checkpoint.pt"))
 
@@ -479,7 +495,7 @@ class Synthesizer:
         except Exception as e:
             raise NestirError(f"checkpoint '{path}' does not hold a valid run ({type(e).__name__}: {e})") from None
         self = cls(g, splits, cfg, out, device, reporter, teacher=teacher, final_teacher=final_teacher,
-                   resuming=True)
+                   resuming=True, meta=ck.get("meta") or {})
         self.state = RunState(**ck["state"])
         self.best = graph_from_state(ck["best"]) if ck["best"] is not None else None
         if ck.get("reference") is not None:

@@ -74,6 +74,16 @@ def test_force_clears_the_old_run_and_overshoot_resumes(tmp_path, capsys):
     assert main(["synthesize", "--resume", str(out), "--quiet"]) == 0  # finishes the *new* run
     new = json.loads((out / "report.json").read_text())
     assert new["config"]["max_params"] == 20000 and new["seed"] == 1 and old["seed"] == 0
+    # run.json edited to another seed (valid JSON, no code): refused, nothing rewritten
+    meta = json.loads((out / "run.json").read_text())
+    meta["spec"]["seed"] = 7
+    (out / "run.json").write_text(json.dumps(meta))
+    before = (out / "report.json").read_bytes()
+    capsys.readouterr()
+    assert main(["synthesize", "--resume", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match" in err and "seed" in err and err.count("nestir: error") == 1
+    assert (out / "report.json").read_bytes() == before
 
 
 def test_bad_options_exit_2_before_work(tmp_path, capsys):

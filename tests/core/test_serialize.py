@@ -59,6 +59,17 @@ def test_equal_graphs_give_byte_identical_files(tmp_path):
     assert all(n.startswith("archive/") for n in zipfile.ZipFile(tmp_path / "a.pt").namelist())
 
 
+def test_saved_files_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    g = nestir.trace(LeNet5(), torch.zeros(1, 1, 28, 28))
+    save_graph(g, str(tmp_path / "a.pt"), {})
+    (tmp_path / "b").write_text("x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "a.pt").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "b").st_mode)  # not mkstemp's 0600
+
+
 @pytest.mark.parametrize("failure", [
     OSError(28, "No space left on device"),
     RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/3: "
