@@ -181,33 +181,43 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="each seed: its own split, initialization, growth")
     ap.add_argument("--methods", default="prune,nest,nest-nodistill")
     ap.add_argument("--fresh", action="store_true", help="ignore results already saved")
+    ap.add_argument("--results", default="pareto.json",
+                    help="results file under results/ (separate files let models run in parallel)")
+    ap.add_argument("--merge", default="",
+                    help="comma-separated results files whose models are merged into --results (no runs)")
     args = ap.parse_args()
-    path = os.path.join(RESULTS, "pareto.json")
+    path = os.path.join(RESULTS, args.results)
     results = {"models": {}}
     if os.path.isfile(path) and not args.fresh:
         with open(path) as f:
             results = json.load(f)
+    for extra in filter(None, args.merge.split(",")):
+        with open(os.path.join(RESULTS, extra)) as f:
+            results["models"].update(json.load(f)["models"])
+    if args.merge:
+        args.models = ""
     results["machine"] = machine()
     results["data"] = ("mnist5k per seed: 3,500 train / 1,000 validation / 500 audit; refit on train + validation; "
                        "test: MNIST t10k (10,000 images), read once per point")
     methods = args.methods.split(",")
-    for model in args.models.split(","):
+    for model in filter(None, args.models.split(",")):
         for seed in (int(s) for s in args.seeds.split(",")):
             entry = results["models"].setdefault(model, {}).setdefault(str(seed), {"points": {}})
 
             def save_point(method: str, p: dict, entry=entry, model=model, seed=seed) -> None:  # type: ignore[no-untyped-def]
                 entry["points"][method] = p
-                save("pareto.json", results)
+                save(args.results, results)
                 print(f"{model} seed {seed} {method}: {p}", flush=True)
 
             if all(m in entry["points"] for m in ["dense", *methods]):
                 continue
             run_seed(model, seed, methods, entry["points"], save_point)
     results["summary"] = summarize(results)
-    save("pareto.json", results)
-    with open(os.path.join(RESULTS, "pareto.md"), "w") as f:
+    save(args.results, results)
+    stem = os.path.splitext(args.results)[0]
+    with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
         f.write(markdown(results["summary"], results))
-    plot(results, os.path.join(RESULTS, "pareto.png"))
+    plot(results, os.path.join(RESULTS, stem + ".png"))
     print(markdown(results["summary"], results))
 
 
