@@ -306,7 +306,7 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float,
                    help="error allowed above the dense reference, as a fraction (default 0.0025)")
     p.add_argument("--confidence", type=float,
-                   help="z of the one-sided bound of the paired acceptance rule (default 0.5)")
+                   help="z of the one-sided bound of the paired acceptance rule (default 1)")
     p.add_argument("--no-distill", dest="distill", action="store_const", const=0.0,
                    help="train on the labels only (default: also on the dense reference's soft targets)")
     p.add_argument("--distill", dest="distill", type=float,
