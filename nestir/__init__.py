@@ -32,8 +32,18 @@ def apply(graph: Graph, pipeline: Any, data: Any = None, loss: Any = None, devic
     return _apply(graph, pipeline, data, loss=loss, device=device, **kw)
 
 
+def synthesize(model: Any, example_inputs: Any, *, train: Any, val: Any, loss: Any = None, metric: Any = None,
+               target: float | None = None, max_params: int | None = None, device: Any = None, out: str | None = None,
+               **options: Any) -> Any:
+    """NeST on your model and loaders; returns ``.graph`` and ``.report`` (see :func:`nestir.api.synthesize`)."""
+    from .api import synthesize as _synthesize
+
+    return _synthesize(model, example_inputs, train=train, val=val, loss=loss, metric=metric, target=target,
+                       max_params=max_params, device=device, out=out, **options)
+
+
 __all__ = [
     "ArgumentError", "DataError", "EditError", "Graph", "LoweringError", "ModelFileError", "NestirError", "Node",
     "OutputError", "PassError", "ShapeError", "TraceError", "VerifyError", "apply", "opaque_nodes", "stats", "trace",
-    "verify",
+    "synthesize", "verify",
 ]

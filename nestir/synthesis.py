@@ -174,8 +174,10 @@ class Synthesizer:
     def __init__(self, graph: Graph, splits: Splits, cfg: SynthConfig, out: str, device: str | None = None,
                  reporter: Reporter | None = None, teacher: Graph | None = None,
                  final_teacher: Graph | None = None, resuming: bool = False,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, loss: Any = None, metric: Any = None,
+                 metric_target: float | None = None) -> None:
         cfg.check()
+        self.loss, self.metric = loss, metric  # None: cross-entropy and accuracy (classification)
         self.meta = meta or {}  # what the caller needs back on resume (run spec, baseline): checksummed
         self.cfg = cfg
         self.out = out
@@ -184,14 +186,22 @@ class Synthesizer:
         self.refit_d = self.data.refit
         self.rep = reporter or _Silent()
         self.state = RunState(target=cfg.target_accuracy)
-        self.trainer = Trainer(graph, device=self.dev, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.trainer = self._trainer(graph, cfg.lr)
         self.best: Graph | None = None
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.teacher = teacher.to(self.dev) if teacher is not None else None
         self.final_teacher = (final_teacher or teacher).to(self.dev) if teacher is not None else None
-        self.soft = SoftTargets(self.teacher, self.data.train, self.dev) if self.teacher is not None else None
+        classify = loss is None and metric is None  # distillation's KL is defined for class logits only
+        self.soft = (SoftTargets(self.teacher, self.data.train, self.dev)
+                     if self.teacher is not None and classify and cfg.distill > 0 else None)
         self.reference: torch.Tensor | None = None  # per-image 0/1 errors of the reference on val
-        if self.teacher is not None and not cfg.target_accuracy:
+        if metric is not None:
+            if metric_target is None or not math.isfinite(metric_target):
+                raise NestirError(f"a custom metric needs a finite target (the metric value to keep), got "
+                                  f"{metric_target}")
+            self.state.target = float(metric_target)
+            self.state.rule = f"validation metric >= {metric_target:.6g}"
+        elif self.teacher is not None and not cfg.target_accuracy:  # accuracy: paired with the reference
             self.reference = evaluate(self.teacher, self.data.val.x, self.data.val.y, device=self.dev).wrong
             self.state.rule = (f"paired with the dense reference on {len(self.data.val)} validation images: "
                                f"accept when error difference + {cfg.confidence:g} SE <= {100 * cfg.tolerance:g} pts")
@@ -216,10 +226,21 @@ class Synthesizer:
               label=label, reporter=self.rep)
         self.state.epochs += epochs
 
+    def _trainer(self, graph: Graph, lr: float) -> Trainer:
+        return Trainer(graph, device=self.dev, lr=lr, weight_decay=self.cfg.weight_decay, loss=self.loss)
+
+    def score(self, graph: Graph, data: Any) -> float:
+        """The run's metric (higher is better) of ``graph`` on ``data``."""
+        return score(graph, data, metric=self.metric, loss=self.loss, device=self.dev)
+
     def _judge(self) -> tuple[float, bool, bool, str]:
         """(validation error, accepted?, point estimate within the target?, how) of the current
-        network under the run's rule."""
-        ev = evaluate(self.graph, self.data.val.x, self.data.val.y, device=self.dev)
+        network under the run's rule. With a custom metric, "error" is 1 - metric."""
+        if self.metric is not None:
+            m = self.score(self.graph, self.data.val)
+            ok = m >= self.state.target
+            return 1 - m, ok, ok, f"metric {m:.6g} (target {self.state.target:.6g})"
+        ev = evaluate(self.graph, self.data.val.x, self.data.val.y, device=self.dev, loss=self.loss)
         if self.reference is not None:
             v = paired(ev.wrong, self.reference, z=self.cfg.confidence, tolerance=self.cfg.tolerance)
             return ev.error, v.accept, v.point_ok, v.describe()
@@ -246,7 +267,7 @@ class Synthesizer:
         x, y = tr.x[idx], tr.y[idx]
         bs = self.cfg.batch_size * 2
         data = [(x[i:i + bs], y[i:i + bs]) for i in range(0, x.shape[0], bs)]
-        return PassContext(data=data, device=self.dev, seed=self.cfg.seed + len(self.state.history))
+        return PassContext(data=data, loss=self.loss, device=self.dev, seed=self.cfg.seed + len(self.state.history))
 
     def _apply(self, pipeline: list[str]) -> dict[str, Any]:
         passes = resolve(pipeline)
@@ -321,10 +342,13 @@ class Synthesizer:
             if not row["accepted"]:
                 st.target_reached = False
                 row["note"] += "; not accepted: this network becomes the reference"
-                self.rep.message(f"the target was not reached after growth ({st.growth_stopped}; validation error "
-                                 f"{row['val_error']:.2%}): pruning keeps this network's accuracy instead")
+                got = (f"validation metric {1 - row['val_error']:.6g}" if self.metric is not None
+                       else f"validation error {row['val_error']:.2%}")
+                self.rep.message(f"the target was not reached after growth ({st.growth_stopped}; {got}): "
+                                 "pruning keeps this network's accuracy instead")
                 # the reference becomes this network: pruning must not get worse than it
-                self.reference = evaluate(self.graph, self.data.val.x, self.data.val.y, device=self.dev).wrong
+                if self.reference is not None:
+                    self.reference = evaluate(self.graph, self.data.val.x, self.data.val.y, device=self.dev).wrong
                 st.target = 1 - row["val_error"]
             self._keep_best(row)
             st.phase, st.step = "prune", 0
@@ -354,7 +378,7 @@ class Synthesizer:
                 self.checkpoint()
                 break
             mid = (st.lo + st.hi) // 2
-            self.trainer = Trainer(self._load_snapshot(mid), device=self.dev, lr=c.lr, weight_decay=c.weight_decay)
+            self.trainer = self._trainer(self._load_snapshot(mid), c.lr)
             self._train(c.trial_epochs, f"trial refit of chain step {mid}", anneal=True)
             row = self._record("select", f"chain step {mid} after a {c.trial_epochs}-epoch trial refit")
             if row["accepted"]:
@@ -364,10 +388,10 @@ class Synthesizer:
                 st.hi = mid
             self.checkpoint()
         if st.phase == "refit":
-            self.trainer = Trainer(self.best.copy(), device=self.dev, lr=c.lr,  # type: ignore[union-attr]
-                                   weight_decay=c.weight_decay)
+            self.trainer = self._trainer(self.best.copy(), c.lr)  # type: ignore[union-attr]
             if c.final_epochs:
-                soft = SoftTargets(self.final_teacher, self.refit_d, self.dev) if self.final_teacher else None
+                soft = (SoftTargets(self.final_teacher, self.refit_d, self.dev)
+                        if self.final_teacher is not None and self.soft is not None else None)
                 stint(self.trainer, self.refit_d, c.final_epochs, c.recipe(), self.gen, soft=soft, anneal=True,
                       label="refit on train + validation", reporter=self.rep)
                 st.epochs += c.final_epochs
@@ -508,6 +532,24 @@ class Synthesizer:
                                                    else sv for sk, sv in s.items()}
         self.gen.set_state(ck["rng"])
         return self
+
+
+def score(graph: Graph, data: Any, *, metric: Any = None, loss: Any = None, device: Any = None) -> float:
+    """The metric (higher is better) of ``graph`` on ``data`` (a Dataset): accuracy by default,
+    else ``metric(outputs, targets)`` averaged over batches weighted by their size."""
+    dev = resolve_device(device)
+    if metric is None:
+        return 1 - evaluate(graph, data.x, data.y, device=dev, loss=loss).error
+    from .backends.executor import IRModule
+    from .backends.train import batches
+
+    mod = IRModule(graph.copy(), dev).eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for xb, yb in batches(data.x.to(dev), data.y.to(dev), 1024):
+            total += float(metric(mod(xb), yb)) * xb.shape[0]
+            n += xb.shape[0]
+    return total / max(1, n)
 
 
 def clear_chain(out: str) -> None:

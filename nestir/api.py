@@ -1,0 +1,174 @@
+"""``nestir.synthesize``: NeST (or pruning only) on the user's own model, loaders, loss and metric.
+
+The data are read from the loaders once, into memory on the CPU (a streaming version, for data
+sets that do not fit, is issue 10's next step); each ``(inputs, targets)`` batch is checked
+against the traced model before any training. The flow is the CLI's: a dense reference (the
+user's model, trained under the run's recipe unless ``dense_epochs=0`` says it is trained
+already), then growth, the pruning chain, the selection and the refit on train + validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .backends.device import resolve_device
+from .backends.train import Trainer
+from .checks import check_batches, check_loss, check_seed
+from .data import Dataset, Splits
+from .errors import ArgumentError, DataError
+from .frontend import trace
+from .graph import Graph
+from .pipeline import as_batches
+from .recipe import Reporter, stint
+from .serialize import check_storable
+from .stats import stats
+from .synthesis import SynthConfig, Synthesizer, score, sparsify_seed
+
+Metric = Callable[[torch.Tensor, torch.Tensor], Any]
+
+_FIELDS = {f.name for f in dataclasses.fields(SynthConfig)}
+_OWN = {"dense_epochs", "seed_density", "metric_tolerance", "reporter"}
+
+
+@dataclass
+class SynthesisResult:
+    """What :func:`synthesize` returns: the kept network and the ``report.json`` dict."""
+
+    graph: Graph
+    report: dict[str, Any]
+
+    def to_torch(self) -> nn.Module:
+        return self.graph.to_torch()
+
+
+def _collect(loader: Any, name: str, graph: Graph, loss: Any) -> Dataset:
+    if loader is None:
+        raise ArgumentError(f"synthesize: {name}= is required (a DataLoader or an iterable of (inputs, targets))")
+    try:
+        batches = as_batches(loader, torch.device("cpu"))
+    except (TypeError, ValueError) as e:
+        raise DataError(f"synthesize: {name}= could not be read as (inputs, targets) batches ({e})") from None
+    check_batches(batches, graph, loss)
+    shapes = {tuple(y.shape[1:]) for _, y in batches}
+    if len(shapes) != 1:
+        raise DataError(f"synthesize: {name}= batches have targets of different per-sample shapes {sorted(shapes)}")
+    return Dataset(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]), name)
+
+
+def _measure(graph: Graph, synth: Synthesizer, data: Dataset, selection: float | None) -> dict[str, Any]:
+    s = stats(graph)
+    err = 1 - synth.score(graph, data)  # with a custom metric: 1 - metric
+    return {"params": s["params"], "flops": s["flops"],
+            "val_error": selection if selection is not None else err, "val_error_after_refit": err,
+            "test_error": None,
+            "layers": [{k: r[k] for k in ("name", "layer", "neurons", "connections", "params", "flops")}
+                       for r in s["layers"]]}
+
+
+def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, loss: Any = None,
+               metric: Metric | None = None, target: float | None = None, max_params: int | None = None,
+               device: Any = None, out: str | None = None, **options: Any) -> SynthesisResult:
+    """NeST on ``model`` with the user's loaders; returns ``.graph`` and ``.report``.
+
+    ``train``/``val``: iterables of ``(inputs, targets)`` batches (DataLoaders). ``loss(outputs,
+    targets)`` defaults to cross-entropy; ``metric(outputs, targets)`` (higher is better, averaged
+    over ``val``) to accuracy. ``target``: the metric value the kept network must keep on ``val``
+    (default: the paired comparison with the dense reference for accuracy, or the dense
+    reference's metric minus ``metric_tolerance`` for a custom metric). ``max_params``: the size
+    budget S (default twice the model's). ``out``: a run directory for the checkpoint and the
+    outputs (a temporary one when None). ``options``: any :class:`nestir.synthesis.SynthConfig`
+    field (``method="prune"``, ``final_epochs``, ``trial_epochs``, ``tolerance``, ``seed`` ...),
+    plus ``dense_epochs`` (40; 0: the model is trained already and is the reference as given),
+    ``seed_density`` (1.0: the model itself is the seed) and ``reporter`` (progress callbacks)."""
+    if not isinstance(model, nn.Module):
+        raise ArgumentError(f"synthesize: model must be a torch.nn.Module, got {type(model).__name__}")
+    check_loss(loss, "synthesize")
+    if metric is not None and not callable(metric):
+        raise ArgumentError(f"synthesize: metric must be callable, metric(outputs, targets) -> number, "
+                            f"got {type(metric).__name__}")
+    unknown = sorted(set(options) - _FIELDS - _OWN)
+    if unknown:
+        raise ArgumentError(f"synthesize: unknown option(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(sorted(_FIELDS | _OWN))}")
+    dense_epochs = options.pop("dense_epochs", 40)
+    density = options.pop("seed_density", 1.0)
+    metric_tolerance = float(options.pop("metric_tolerance", 0.0))
+    reporter: Reporter | None = options.pop("reporter", None)
+    if isinstance(dense_epochs, bool) or not isinstance(dense_epochs, int) or dense_epochs < 0:
+        raise ArgumentError(f"synthesize: dense_epochs must be an integer >= 0, got {dense_epochs!r}")
+    seed = check_seed(options.get("seed", 0), "synthesize")
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+
+    torch.manual_seed(seed)
+    dense = trace(model, example_inputs)
+    check_storable(dense, "synthesize cannot train this model (its checkpoints cannot store code)",
+                   "Fix: write those ops with layers nestir knows, or make the block a leaf module.")
+    for n in dense.parametric():
+        n.params["mask"] = torch.ones_like(n.params["mask"])
+    splits = Splits(_collect(train, "train", dense, loss), _collect(val, "val", dense, loss))
+    size = stats(dense)["params"]
+    cfg_kw: dict[str, Any] = {"max_params": max_params if max_params is not None else 2 * size, **options}
+    if target is not None and metric is None:
+        cfg_kw["target_accuracy"] = float(target)
+    try:
+        cfg = SynthConfig(**cfg_kw)
+    except TypeError as e:
+        raise ArgumentError(f"synthesize: {e}") from None
+    cfg.check()
+
+    # the dense reference: trained under the run's recipe (labels only), or the model as given
+    gen = torch.Generator().manual_seed(seed)
+    recipe = dataclasses.replace(cfg.recipe(), alpha=0.0)
+    trainer = Trainer(dense.copy(), device=dev, lr=cfg.lr, weight_decay=cfg.weight_decay, loss=loss)
+    data = splits.to(dev)
+    if dense_epochs:
+        stint(trainer, data.train, dense_epochs, recipe, gen, anneal=True, label="dense training", reporter=reporter)
+    teacher = trainer.graph.copy()
+    final_teacher = teacher
+    if dense_epochs and cfg.final_epochs:
+        stint(trainer, data.refit, cfg.final_epochs, recipe, gen, anneal=True,
+              label="dense refit on train + validation", reporter=reporter)
+        final_teacher = trainer.graph.copy()
+
+    metric_target = None
+    if metric is not None:  # the value to keep: the user's target, or the dense reference's on val
+        metric_target = (float(target) if target is not None
+                         else score(teacher, data.val, metric=metric, loss=loss, device=dev) - metric_tolerance)
+
+    start = teacher.copy() if cfg.method == "prune" else dense.copy()
+    if cfg.method != "prune" and density < 1:
+        sparsify_seed(start, density, seed)
+
+    def run(directory: str) -> SynthesisResult:
+        synth = Synthesizer(start, splits, cfg, directory, device=dev, reporter=reporter, teacher=teacher,
+                            final_teacher=final_teacher, loss=loss, metric=metric, metric_target=metric_target)
+        state = synth.run()
+        baseline = _measure(final_teacher, synth, splits.val, None)
+        report = {
+            "model": type(model).__name__, "method": cfg.method, "data": "user loaders", "test_data": None,
+            "seed": seed, "final": _measure(synth.graph, synth, splits.val, synth.selection.get("val_error")),
+            "baseline": baseline, "phases": state.history, "rule": state.rule, "target_accuracy": state.target,
+            "target_reached": state.target_reached, "growth_stopped": state.growth_stopped,
+            "wall_seconds": round(time.perf_counter() - t0, 2), "device": str(synth.dev), "config": cfg.to_dict(),
+            "metric": getattr(metric, "__name__", "custom") if metric is not None else "accuracy",
+        }
+        return SynthesisResult(synth.graph, report)
+
+    if out is None:
+        with tempfile.TemporaryDirectory() as d:
+            return run(d)
+    os.makedirs(out, exist_ok=True)
+    result = run(out)
+    from .runs import write_outputs
+
+    write_outputs(out, result.graph, result.report, f"{cfg.method} on {type(model).__name__}")
+    return result
