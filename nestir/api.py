@@ -4,7 +4,7 @@ The data are read from the loaders once, into memory on the CPU (a streaming ver
 sets that do not fit, is issue 10's next step); each ``(inputs, targets)`` batch is checked
 against the traced model before any training. The flow is the CLI's: a dense reference (the
 user's model, trained under the run's recipe unless ``dense_epochs=0`` says it is trained
-already), then growth, the pruning chain, the selection and the refit on train + validation."""
+already), then growth, the pruning chain, the selection and the final training (on train)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def _measure(graph: Graph, synth: Synthesizer, data: Dataset, selection: float |
     s = stats(graph)
     err = 1 - synth.score(graph, data)  # with a custom metric: 1 - metric
     return {"params": s["params"], "flops": s["flops"],
-            "val_error": selection if selection is not None else err, "val_error_after_refit": err,
+            "val_error": selection if selection is not None else err, "val_error_after_final_training": err,
             "test_error": None,
             "layers": [{k: r[k] for k in ("name", "layer", "neurons", "connections", "params", "flops")}
                        for r in s["layers"]]}
@@ -132,12 +132,10 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
     data = splits.to(dev)
     if dense_epochs:
         stint(trainer, data.train, dense_epochs, recipe, gen, anneal=True, label="dense training", reporter=reporter)
-    teacher = trainer.graph.copy()
-    final_teacher = teacher
     if dense_epochs and cfg.final_epochs:
-        stint(trainer, data.refit, cfg.final_epochs, recipe, gen, anneal=True,
-              label="dense refit on train + validation", reporter=reporter)
-        final_teacher = trainer.graph.copy()
+        stint(trainer, data.train, cfg.final_epochs, recipe, gen, anneal=True, label="dense final training",
+              reporter=reporter)
+    teacher = final_teacher = trainer.graph.copy()
 
     metric_target = None
     if metric is not None:  # the value to keep: the user's target, or the dense reference's on val

@@ -312,7 +312,7 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill", dest="distill", type=float,
                    help="weight of the dense reference's soft targets in the loss (default 0.7)")
     p.add_argument("--final-epochs", dest="final_epochs", type=int,
-                   help="refit epochs of the chosen network on train + validation (default 80)")
+                   help="final training epochs of the chosen network, and of the dense reference (default 80)")
     p.add_argument("--epochs", type=int, help="training epochs after each growth step")
     p.add_argument("--initial-epochs", dest="initial_epochs", type=int)
     p.add_argument("--prune-epochs", dest="prune_epochs", type=int, help="retraining epochs per pruning step")

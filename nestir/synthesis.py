@@ -48,7 +48,7 @@ class SynthConfig:
     shift_epochs: int = 20  # training after the leaky ReLU -> ReLU shift (the grown network converges)
     prune_epochs: int = 3  # retraining after each pruning step of the chain
     trial_epochs: int = 20  # the trial refit (on train) of a chain network before it is judged
-    final_epochs: int = 80  # the refit of the chosen network on train + validation
+    final_epochs: int = 80  # the final training of the chosen network (on train)
     max_growth_steps: int = 20
     growth_patience: int = 2  # stop growing when this many steps in a row did not improve validation error
     max_prune_steps: int = 40  # the longest pruning chain
@@ -168,8 +168,9 @@ class Synthesizer:
 
     With a dense ``teacher`` (trained on ``splits.train``) every keep-or-reject decision is a
     paired comparison with it on the validation images (:func:`nestir.decide.paired`), and every
-    stint of training distils from it. At the end the kept network is refit on train +
-    validation, distilling from ``final_teacher`` (the dense reference refit the same way)."""
+    stint of training distils from it. At the end the kept network trains ``final_epochs`` more
+    on train (the final training), distilling from ``final_teacher`` (by default the teacher).
+    Nothing trains on the validation images: what the decisions compared is what ships."""
 
     def __init__(self, graph: Graph, splits: Splits, cfg: SynthConfig, out: str, device: str | None = None,
                  reporter: Reporter | None = None, teacher: Graph | None = None,
@@ -183,14 +184,14 @@ class Synthesizer:
         self.out = out
         self.dev = resolve_device(device)
         self.data = splits.to(self.dev)
-        self.refit_d = self.data.refit
         self.rep = reporter or _Silent()
         self.state = RunState(target=cfg.target_accuracy)
         self.trainer = self._trainer(graph, cfg.lr)
         self.best: Graph | None = None
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.teacher = teacher.to(self.dev) if teacher is not None else None
-        self.final_teacher = (final_teacher or teacher).to(self.dev) if teacher is not None else None
+        self.final_teacher = ((final_teacher.to(self.dev) if final_teacher is not None else self.teacher)
+                              if teacher is not None else None)
         classify = loss is None and metric is None  # distillation's KL is defined for class logits only
         self.soft = (SoftTargets(self.teacher, self.data.train, self.dev)
                      if self.teacher is not None and classify and cfg.distill > 0 else None)
@@ -390,10 +391,11 @@ class Synthesizer:
         if st.phase == "refit":
             self.trainer = self._trainer(self.best.copy(), c.lr)  # type: ignore[union-attr]
             if c.final_epochs:
-                soft = (SoftTargets(self.final_teacher, self.refit_d, self.dev)
-                        if self.final_teacher is not None and self.soft is not None else None)
-                stint(self.trainer, self.refit_d, c.final_epochs, c.recipe(), self.gen, soft=soft, anneal=True,
-                      label="refit on train + validation", reporter=self.rep)
+                soft = self.soft
+                if self.final_teacher is not None and self.soft is not None and self.final_teacher is not self.teacher:
+                    soft = SoftTargets(self.final_teacher, self.data.train, self.dev)
+                stint(self.trainer, self.data.train, c.final_epochs, c.recipe(), self.gen, soft=soft, anneal=True,
+                      label="final training", reporter=self.rep)
                 st.epochs += c.final_epochs
             st.phase = "done"
             self.checkpoint()

@@ -234,7 +234,7 @@ def test_chain_then_selection_keeps_the_smallest_passing_network(tmp_path):
 
     prep = small_prep()
     cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "method": "prune", "final_epochs": 1,
-                         "max_prune_steps": 6, "prune_fraction": 0.5, "tolerance": 0.2})
+                         "max_prune_steps": 6, "prune_fraction": 0.5, "tolerance": 0.2, "chain_slack": 1.0})
     dense = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)
 
     class StopAtSelect:
