@@ -3,7 +3,7 @@
 
 One recipe for every method: the same mnist5k splits per seed (train / validation for every
 decision / audit read once), the same training stints, the same paired acceptance rule against
-the same dense reference, the same distillation (where on), the same refit on train + validation.
+the same dense reference, the same distillation (where on), the same final training (on train).
 Every point is the network the method kept by validation only, scored once on the official MNIST
 test set (../shared/data/mnist), which nothing else reads.
 
@@ -197,7 +197,7 @@ def main() -> None:
     if args.merge:
         args.models = ""
     results["machine"] = machine()
-    results["data"] = ("mnist5k per seed: 3,500 train / 1,000 validation / 500 audit; refit on train + validation; "
+    results["data"] = ("mnist5k per seed: 3,500 train / 1,000 validation / 500 audit; nothing trains on validation; "
                        "test: MNIST t10k (10,000 images), read once per point")
     methods = args.methods.split(",")
     for model in filter(None, args.models.split(",")):

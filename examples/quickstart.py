@@ -16,7 +16,7 @@ cfg = SynthConfig(**prep.defaults)  # budget S = 266,610 params; decisions paire
 dense = dense_reference(prep, spec, cfg, dense_epochs=40)
 synth = Synthesizer(prep.graph, prep.splits, cfg, out="runs/example-quickstart", teacher=dense["teacher"],
                     final_teacher=dense["graph"])
-state = synth.run()  # grow, shift leaky ReLU -> ReLU, prune while accepted, refit on train + validation
+state = synth.run()  # grow, shift leaky ReLU -> ReLU, pruning chain, selection, final training
 
 print(nestir.stats(synth.graph)["params"], "live parameters")
 print("dense:", {k: dense["final"][k] for k in ("params", "val_error", "audit_error")})

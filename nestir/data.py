@@ -38,8 +38,8 @@ class Dataset:
 @dataclass
 class Splits:
     """The splits of one run: ``train`` (gradients), ``val`` (every keep-or-reject decision),
-    ``audit`` (read once, at the end, by no decision: the unbiased error estimate). The final
-    refit trains on ``train + val``."""
+    ``audit`` (read once, at the end, by no decision: the unbiased error estimate). ``refit``
+    (train + val) is there for callers that want to train on both once every decision is taken."""
 
     train: Dataset
     val: Dataset
