@@ -375,6 +375,7 @@ class Synthesizer:
             self.checkpoint()
         while st.phase == "select":
             if st.hi - st.lo <= 1:
+                self._no_bigger_than_dense()
                 st.phase = "refit"
                 self.checkpoint()
                 break
@@ -421,6 +422,17 @@ class Synthesizer:
         self.best = self.graph.copy()
         self.state.best_val = 1 - row["val_error"]
         self.state.best_row = row["step"]
+
+    def _no_bigger_than_dense(self) -> None:
+        """Nothing smaller passed, and the network kept is not smaller than the dense reference:
+        ship the dense reference instead (same accuracy by definition, no more parameters)."""
+        if self.teacher is None or self.best is None or self.state.lo != 0:
+            return
+        if stats(self.best)["params"] >= stats(self.teacher)["params"]:
+            self.best = self.teacher.copy()
+            self.state.target_reached = False
+            self.rep.message("no network smaller than the dense reference passed the rule: "
+                             "the dense reference is kept")
 
     def _chain_stop(self) -> str:
         """Why the pruning chain ends now ("" while it goes on)."""

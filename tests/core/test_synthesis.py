@@ -277,3 +277,18 @@ def test_chain_then_selection_keeps_the_smallest_passing_network(tmp_path):
     assert kept == (min(passed, key=lambda r: r["params"]) if passed else st.history[0])
     assert all(r["params"] < kept["params"] for r in probes if not r["accepted"]) or not passed
     assert st.phase == "done" and not (tmp_path / "chain").exists()
+
+
+def test_nothing_smaller_than_dense_passes_then_dense_ships(tmp_path):
+    """A kept network at least as big as the dense reference (nothing smaller passed) is replaced
+    by the dense reference itself."""
+    from nestir.runs import dense_reference
+
+    prep = small_prep()
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "method": "prune", "final_epochs": 0,
+                         "max_prune_steps": 2, "prune_fraction": 0.5, "tolerance": 0.0, "confidence": 50.0})
+    dense = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)
+    s = Synthesizer(dense["teacher"].copy(), prep.splits, cfg, str(tmp_path), teacher=dense["teacher"])
+    st = s.run()
+    assert not any(r["accepted"] for r in st.history if r["phase"] == "select")
+    assert nestir_params(s.graph) == 266610 and not st.target_reached
