@@ -429,7 +429,9 @@ class Synthesizer:
         if self.teacher is None or self.best is None or self.state.lo != 0:
             return
         if stats(self.best)["params"] >= stats(self.teacher)["params"]:
-            self.best = self.teacher.copy()
+            self.trainer = self._trainer(self.teacher.copy(), self.cfg.lr)
+            row = self._record("select", "the dense reference: no smaller network passed the rule")
+            self._keep_best(row)
             self.state.target_reached = False
             self.rep.message("no network smaller than the dense reference passed the rule: "
                              "the dense reference is kept")

@@ -290,5 +290,7 @@ def test_nothing_smaller_than_dense_passes_then_dense_ships(tmp_path):
     dense = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)
     s = Synthesizer(dense["teacher"].copy(), prep.splits, cfg, str(tmp_path), teacher=dense["teacher"])
     st = s.run()
-    assert not any(r["accepted"] for r in st.history if r["phase"] == "select")
+    probes = [r for r in st.history if r["phase"] == "select"]
+    assert not any(r["accepted"] for r in probes[:-1]) and "dense reference" in probes[-1]["note"]
+    assert s.selection is probes[-1]  # the report's selection estimate is the dense reference's
     assert nestir_params(s.graph) == 266610 and not st.target_reached
