@@ -14,8 +14,7 @@ prep = prepare(spec)
 cfg = SynthConfig(**prep.defaults)  # budget S = 266,610 params; decisions paired with the dense reference
 # The dense reference under the same recipe: the teacher for distillation and the yardstick of every decision.
 dense = dense_reference(prep, spec, cfg, dense_epochs=40)
-synth = Synthesizer(prep.graph, prep.splits, cfg, out="runs/example-quickstart", teacher=dense["teacher"],
-                    final_teacher=dense["graph"])
+synth = Synthesizer(prep.graph, prep.splits, cfg, out="runs/example-quickstart", teacher=dense["teacher"])
 state = synth.run()  # grow, shift leaky ReLU -> ReLU, pruning chain, selection, final training
 
 print(nestir.stats(synth.graph)["params"], "live parameters")

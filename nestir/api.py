@@ -135,7 +135,7 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
     if dense_epochs and cfg.final_epochs:
         stint(trainer, data.train, cfg.final_epochs, recipe, gen, anneal=True, label="dense final training",
               reporter=reporter)
-    teacher = final_teacher = trainer.graph.copy()
+    teacher = trainer.graph.copy()
 
     metric_target = None
     if metric is not None:  # the value to keep: the user's target, or the dense reference's on val
@@ -148,9 +148,9 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
 
     def run(directory: str) -> SynthesisResult:
         synth = Synthesizer(start, splits, cfg, directory, device=dev, reporter=reporter, teacher=teacher,
-                            final_teacher=final_teacher, loss=loss, metric=metric, metric_target=metric_target)
+                            loss=loss, metric=metric, metric_target=metric_target)
         state = synth.run()
-        baseline = _measure(final_teacher, synth, splits.val, None)
+        baseline = _measure(teacher, synth, splits.val, None)
         report = {
             "model": type(model).__name__, "method": cfg.method, "data": "user loaders", "test_data": None,
             "seed": seed, "final": _measure(synth.graph, synth, splits.val, synth.selection.get("val_error")),

@@ -133,7 +133,7 @@ def _run(args: argparse.Namespace, method: str) -> int:
                                                        "baseline": baseline})
             start = dense["teacher"].copy() if method == "prune" else prep.graph
             synth = Synthesizer(start, prep.splits, cfg, out, spec.device, rep, teacher=dense["teacher"],
-                                final_teacher=dense["graph"], meta={"spec": dict(spec.__dict__), "baseline": baseline})
+                                meta={"spec": dict(spec.__dict__), "baseline": baseline})
         try:
             state = synth.run()
         except KeyboardInterrupt:

@@ -464,13 +464,7 @@ class Synthesizer:
     def _load_snapshot(self, i: int) -> Graph:
         e = self.state.chain[i]
         path = os.path.join(self.out, e["file"])
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise NestirError(f"the pruning chain's '{path}' is missing; start a new run") from None
-        except Exception as ex:
-            raise NestirError(f"the pruning chain's '{path}' is corrupt or truncated ({type(ex).__name__}); "
-                              "start a new run") from None
+        state = _read(path, f"the pruning chain's '{path}' is missing; start a new run", "the pruning chain's")
         if digest_tree(state) != e["sha256"]:
             raise NestirError(f"the pruning chain's '{path}' failed its integrity check (SHA-256 mismatch); "
                               "start a new run")
@@ -503,7 +497,7 @@ class Synthesizer:
 
         ck = {"format": "nestir-checkpoint", "config": self.cfg.to_dict(), "state": dataclasses.asdict(st),
               "graph": graph_state(self.graph), "best": gs(self.best), "teacher": gs(self.teacher),
-              "final_teacher": gs(self.final_teacher),
+              "final_teacher": gs(self.final_teacher) if self.final_teacher is not self.teacher else None,
               "reference": self.reference.cpu() if self.reference is not None else None,
               "optimizer": opt, "lr": self.trainer.lr, "rng": self.gen.get_state(), "meta": self.meta}
         ck["sha256"] = digest_tree({k: v for k, v in ck.items() if k != "sha256"})
@@ -513,13 +507,7 @@ class Synthesizer:
     def resume(cls, out: str, splits: Splits, device: str | None = None,
                reporter: Reporter | None = None) -> Synthesizer:
         path = os.path.join(out, "checkpoint.pt")
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise NestirError(f"nothing to resume: '{path}' does not exist") from None
-        except Exception as e:
-            raise NestirError(f"checkpoint '{path}' is corrupt or truncated ({type(e).__name__}); "
-                              "start a new run") from None
+        ck = _read(path, f"nothing to resume: '{path}' does not exist", "checkpoint")
         if not isinstance(ck, dict) or ck.get("format") != "nestir-checkpoint":
             raise NestirError(f"'{path}' is not a nestir checkpoint")
         if ck.get("sha256") != digest_tree({k: v for k, v in ck.items() if k != "sha256"}):
@@ -548,6 +536,16 @@ class Synthesizer:
                                                    else sv for sk, sv in s.items()}
         self.gen.set_state(ck["rng"])
         return self
+
+
+def _read(path: str, missing: str, what: str) -> Any:
+    """A run file loaded without executing code; ``missing`` or a corrupt-file error otherwise."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise NestirError(missing) from None
+    except Exception as e:
+        raise NestirError(f"{what} '{path}' is corrupt or truncated ({type(e).__name__}); start a new run") from None
 
 
 def score(graph: Graph, data: Any, *, metric: Any = None, loss: Any = None, device: Any = None) -> float:

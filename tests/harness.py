@@ -60,3 +60,19 @@ def run_ir(g: Graph, x: torch.Tensor) -> np.ndarray:
 
     with torch.no_grad():
         return IRModule(g.copy()).eval()(x).numpy()
+
+
+# A user model file for CLI runs on `digits` (8x8): a tiny MLP, fast enough for fuzz and kill tests.
+TINY_MLP_FILE = '''
+import torch.nn as nn
+INPUT_SHAPE = (1, 8, 8)
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 16)
+        self.fc2 = nn.Linear(16, 10)
+    def forward(self, x):
+        return self.fc2(self.fc1(x.flatten(1)).relu())
+def make():
+    return MLP()
+'''

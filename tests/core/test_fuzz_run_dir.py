@@ -12,24 +12,12 @@ import shutil
 
 import onnx
 import pytest
+from harness import TINY_MLP_FILE as MLP
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nestir.cli import main
 
-MLP = '''
-import torch.nn as nn
-INPUT_SHAPE = (1, 8, 8)
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(64, 16)
-        self.fc2 = nn.Linear(16, 10)
-    def forward(self, x):
-        return self.fc2(self.fc1(x.flatten(1)).relu())
-def make():
-    return MLP()
-'''
 TINY = ["--quiet", "--data", "digits", "--dense-epochs", "1", "--initial-epochs", "1", "--epochs", "1",
         "--prune-epochs", "1", "--shift-epochs", "1", "--max-growth-steps", "1", "--max-prune-steps", "1",
         "--final-epochs", "1"]

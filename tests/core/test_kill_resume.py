@@ -14,23 +14,11 @@ import sys
 import time
 
 import pytest
+from harness import TINY_MLP_FILE as MLP
 
 import nestir
 from nestir.cli import main
 
-MLP = '''
-import torch.nn as nn
-INPUT_SHAPE = (1, 8, 8)
-class MLP(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(64, 16)
-        self.fc2 = nn.Linear(16, 10)
-    def forward(self, x):
-        return self.fc2(self.fc1(x.flatten(1)).relu())
-def make():
-    return MLP()
-'''
 OPTIONS = ["--quiet", "--data", "digits", "--dense-epochs", "1", "--initial-epochs", "1", "--epochs", "1",
            "--prune-epochs", "1", "--shift-epochs", "1", "--max-growth-steps", "2", "--max-prune-steps", "3",
            "--final-epochs", "1", "--seed", "3"]

@@ -13,6 +13,26 @@ FAST = {"initial_epochs": 1, "epochs": 1, "shift_epochs": 1, "prune_epochs": 1, 
         "max_prune_steps": 3, "grow_neurons": 4, "target_accuracy": 0.99, "final_epochs": 1, "trial_epochs": 1}
 
 
+class StopWhen:
+    """A reporter that interrupts the run (as Ctrl-C would) at the first step row ``stop`` accepts."""
+
+    def __init__(self, stop):
+        self.stop = stop
+
+    def phase(self, *a):
+        pass
+
+    def epoch(self, *a):
+        pass
+
+    def message(self, *a):
+        pass
+
+    def step(self, row):
+        if self.stop(row):
+            raise KeyboardInterrupt
+
+
 def small_prep():
     prep = prepare(RunSpec(model="lenet-300-100", val_fraction=0.1))
     prep.splits.train = Dataset(prep.train.x[:600], prep.train.y[:600], "small")
@@ -49,25 +69,10 @@ def test_interrupted_run_resumes(tmp_path):
     prep = small_prep()
     cfg = SynthConfig(**{**prep.defaults, **FAST})
 
-    class Stop:
-        steps = 0
-
-        def phase(self, *a):
-            pass
-
-        def epoch(self, *a):
-            pass
-
-        def message(self, *a):
-            pass
-
-        def step(self, row):
-            Stop.steps += 1
-            if Stop.steps == 3:
-                raise KeyboardInterrupt
-
+    steps = iter(range(1, 10**6))
     with pytest.raises(KeyboardInterrupt):
-        Synthesizer(prep.graph.copy(), prep.splits, cfg, str(tmp_path), reporter=Stop()).run()
+        Synthesizer(prep.graph.copy(), prep.splits, cfg, str(tmp_path),
+                    reporter=StopWhen(lambda row: next(steps) == 3)).run()
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert len(ck["state"]["history"]) == 2  # the interrupted step was not half-saved
     s = Synthesizer.resume(str(tmp_path), prep.splits)
@@ -145,8 +150,7 @@ def test_teacher_decides_and_distils_then_refit(tmp_path):
     cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "final_epochs": 1, "max_prune_steps": 2})
     dense = dense_reference(prep, spec, cfg, dense_epochs=1)
     assert dense["final"]["params"] == 266610 and "audit_error" in dense["final"]
-    s = Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path), teacher=dense["teacher"],
-                    final_teacher=dense["graph"])
+    s = Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path), teacher=dense["teacher"])
     assert s.reference is not None and s.reference.shape == (len(prep.val),)
     assert s.soft is not None
     st = s.run()
@@ -237,22 +241,8 @@ def test_chain_then_selection_keeps_the_smallest_passing_network(tmp_path):
                          "max_prune_steps": 6, "prune_fraction": 0.5, "tolerance": 0.2, "chain_slack": 1.0})
     dense = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)
 
-    class StopAtSelect:
-        def phase(self, *a):
-            pass
-
-        def epoch(self, *a):
-            pass
-
-        def message(self, *a):
-            pass
-
-        def step(self, row):
-            if row["phase"] == "select":
-                raise KeyboardInterrupt
-
     s = Synthesizer(dense["teacher"].copy(), prep.splits, cfg, str(tmp_path), teacher=dense["teacher"],
-                    reporter=StopAtSelect())
+                    reporter=StopWhen(lambda row: row["phase"] == "select"))
     with pytest.raises(KeyboardInterrupt):
         s.run()
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
