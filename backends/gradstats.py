@@ -4,7 +4,11 @@ The connection score of Policy 1 is the dense gradient of the loss with respect 
 *effective* (masked) weight: autograd computes exactly sum_batch delta^T x for it, dormant entries
 included, so scoring costs one backward pass. The bridge matrices of Policy 2 are
 G = sum_batch delta_{l+1}^T x_{l-1}, one matmul per (consumer, producer) pair. Accumulators are
-fp32 on the device: memory O(parameters), independent of the number of batches."""
+fp32 on the device: memory O(parameters), independent of the number of batches.
+
+Under an initialised ``torch.distributed`` process group the sums and the batch count are summed
+over the ranks before averaging: every rank gets the statistics of the union of the ranks'
+batches (the same as one process reading them all), and so takes the same pass decisions."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from nestir import dist
 from nestir.graph import Graph
 
 from .executor import IRModule
@@ -73,6 +78,22 @@ def collect(
         mod.capture = None
         mod.zero_grad(set_to_none=True)
         mod.train(was_training)
+    if dist.active():
+        # a rank without batches still takes part, with zeros of the right shapes
+        for name in sorted(names):
+            if name not in st.weight_grad:
+                w = graph[name].params["weight"]
+                st.weight_grad[name] = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        for c, p in pairs:
+            if (c, p) not in st.bridge:
+                rows, cols = graph[c].shape[-1], graph[graph[p].inputs[0]].shape[-1]  # type: ignore[index]
+                st.bridge[(c, p)] = torch.zeros((rows, cols), device=graph[c].params["weight"].device)
+        keys = sorted(st.weight_grad)
+        bkeys = sorted(st.bridge)
+        count = torch.tensor([st.loss, float(st.batches)], dtype=torch.float64)
+        dist.all_sum([count])
+        dist.all_sum([*(st.weight_grad[k] for k in keys), *(st.bridge[k] for k in bkeys)])  # fp32
+        st.loss, st.batches = float(count[0]), int(count[1])
     k = max(1, st.batches)
     st.loss /= k
     for d in (st.weight_grad, st.bridge):

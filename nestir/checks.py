@@ -47,15 +47,16 @@ def _classes(graph: Graph) -> int | None:
     return int(shape[1]) if shape is not None and len(shape) == 2 else None
 
 
-def check_batches(batches: Sequence[tuple[Any, Any]], graph: Graph, loss: Any = None) -> None:
+def check_batches(batches: Sequence[tuple[Any, Any]], graph: Graph, loss: Any = None, start: int = 0) -> None:
     """Every ``(inputs, targets)`` batch must fit ``graph``: non-empty, the same number of inputs
     as targets, floating-point finite inputs of the graph's per-sample shape and, for the default
-    cross-entropy loss, 1-D integer labels in ``[0, classes)``."""
+    cross-entropy loss, 1-D integer labels in ``[0, classes)``. ``start``: the index of the first
+    batch in the data (for the error message)."""
     shapes = _input_shapes(graph)
     classes = _classes(graph) if loss is None else None
     dtype = next((n.params["weight"].dtype for n in graph.parametric()), None)
     for i, (x, y) in enumerate(batches):
-        where = f"data batch {i}"
+        where = f"data batch {start + i}"
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise DataError(f"{where}: inputs and targets must be tensors, got {type(x).__name__} and "
                             f"{type(y).__name__}")

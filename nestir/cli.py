@@ -101,7 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the verbs report opaque nodes themselves (inspect and export list them, the training verbs
     # refuse them with the reason): the tracer's warning would only repeat it on stderr
     logging.getLogger("nestir.frontend").setLevel(logging.INFO if args.verbose else logging.ERROR)
+    from . import dist
+
+    joined = False
     try:
+        # under torchrun: join its process group; every rank takes the same decisions, rank 0 writes
+        joined = dist.init_from_env(getattr(args, "device", None))
         return int(args.func(args) or 0)
     except NestirError as e:
         if args.debug:
@@ -117,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nestir: internal error: {type(e).__name__}: {e} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
+    finally:
+        if joined:
+            dist.shutdown()
 
 
 if __name__ == "__main__":

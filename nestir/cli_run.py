@@ -9,7 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import dist
 from .errors import NestirError
+from .loading import is_data_factory
 from .runs import RunSpec, dense_reference, final_metrics, prepare, write_outputs
 from .synthesis import SynthConfig, Synthesizer, clear_chain
 
@@ -88,6 +90,8 @@ def _run(args: argparse.Namespace, method: str) -> int:
     reference is trained first under the same recipe; it is the baseline of the report, the
     teacher that growth, shift, pruning and refit distil from, and the reference every
     keep-or-reject decision is compared with."""
+    if not args.resume and args.data and is_data_factory(args.data):
+        return _run_on_loaders(args, method)
     resumed_baseline = None
     out = args.resume or args.out or (_default_out(args.model, method) if args.model else None)
     if args.resume:
@@ -101,11 +105,12 @@ def _run(args: argparse.Namespace, method: str) -> int:
         if os.path.isfile(os.path.join(out, "checkpoint.pt")) or os.path.isfile(os.path.join(out, "run.json")):
             if not args.force:
                 raise NestirError(f"'{out}' already holds a run: --resume {out} to continue it, --force to start over")
+    dist.barrier()  # every rank has read the run directory before rank 0 writes to it
     prep = prepare(spec)
     _check_storable(prep, args.cmd)
     t0 = time.perf_counter()
     title = f"NeST on {spec.model}" if method == "nest" else f"pruning only: {spec.model}"
-    with RichReporter(args.quiet) as rep:
+    with RichReporter(args.quiet or not dist.is_main()) as rep:
         if args.resume:
             synth = Synthesizer.resume(out, prep.splits, spec.device, rep)
             baseline = _match_checkpoint(out, spec, synth.meta, resumed_baseline)
@@ -119,9 +124,10 @@ def _run(args: argparse.Namespace, method: str) -> int:
             if method == "nest" and cfg.max_params and seed_params > cfg.max_params:
                 raise NestirError(f"the budget --max-params {cfg.max_params} is smaller than the seed "
                                   f"({seed_params} params): raise it or start from a smaller seed")
-            if args.force:
+            if args.force and dist.is_main():
                 _clear_run(out)  # nothing of the old run may pass for the new one's
-            os.makedirs(out, exist_ok=True)
+            if dist.is_main():
+                os.makedirs(out, exist_ok=True)
             dense = dense_reference(prep, spec, cfg, dense_epochs=args.dense_epochs, reporter=rep)
             baseline = dense["final"]
             rep.message(f"dense reference: validation error {baseline['val_error']:.2%}; every step is accepted "
@@ -129,8 +135,10 @@ def _run(args: argparse.Namespace, method: str) -> int:
                            else f"when validation accuracy >= {cfg.target_accuracy:.2%}"))
             from .report import write_json
 
-            write_json(os.path.join(out, "run.json"), {"spec": spec.__dict__, "config": cfg.to_dict(),
-                                                       "baseline": baseline})
+            if dist.is_main():
+                write_json(os.path.join(out, "run.json"), {"spec": spec.__dict__, "config": cfg.to_dict(),
+                                                           "baseline": baseline})
+            dist.barrier()
             start = dense["teacher"].copy() if method == "prune" else prep.graph
             synth = Synthesizer(start, prep.splits, cfg, out, spec.device, rep, teacher=dense["teacher"],
                                 meta={"spec": dict(spec.__dict__), "baseline": baseline})
@@ -149,9 +157,60 @@ def _run(args: argparse.Namespace, method: str) -> int:
         }
         if baseline is not None:
             report["baseline"] = baseline
+        if dist.world() > 1:
+            report["world_size"] = dist.world()
+        if not dist.is_main():
+            return 0
         write_outputs(out, synth.graph, report, title)
         rep.summary(report)
     print(f"wrote {out}/report.json, model.onnx, model.pt, history.csv, plots ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _run_on_loaders(args: argparse.Namespace, method: str) -> int:
+    """``--data file.py:factory``: the user's loaders (and loss-free classification) through
+    :func:`nestir.synthesize`, the same flow as the built-in data."""
+    import torch
+
+    from .api import synthesize
+    from .loading import load_loaders, load_model, parse_shape
+
+    if args.model is None:
+        raise NestirError(f"{args.cmd} needs a MODEL")
+    out = args.out or _default_out(args.model, method)
+    _check_out_dir(out)
+    if os.path.isfile(os.path.join(out, "report.json")) and not args.force:
+        raise NestirError(f"'{out}' already holds a run: --force to start over")
+    model, shape = load_model(args.model)
+    if getattr(args, "input_shape", None):
+        shape = parse_shape(args.input_shape)
+    train, val, test = load_loaders(args.data)
+    if shape is None:  # from the first training batch
+        first = next(iter(train), None)
+        if not (isinstance(first, (tuple, list)) and len(first) == 2 and isinstance(first[0], torch.Tensor)):
+            raise NestirError(f"--data {args.data}: the train loader gives no (inputs, targets) batch")
+        shape = tuple(first[0].shape[1:])
+    cfg = _config(args, {}, method)
+    options = {k: v for k, v in cfg.to_dict().items() if k != "max_params"}
+    if args.seed_density is not None:
+        options["seed_density"] = args.seed_density
+    t0 = time.perf_counter()
+    with RichReporter(args.quiet or not dist.is_main()) as rep:
+        r = synthesize(model, torch.zeros(1, *shape), train=train, val=val, max_params=cfg.max_params or None,
+                       device=args.device, out=out, dense_epochs=args.dense_epochs, reporter=rep, **options)
+        if test is not None:
+            from .api import classification_error
+
+            for key, g in (("final", r.graph), ("baseline", r.baseline)):
+                r.report[key]["test_error"] = classification_error(g, test, args.device)
+            if dist.is_main():
+                from .report import write_json
+
+                write_json(os.path.join(out, "report.json"), r.report)
+        if dist.is_main():
+            rep.summary(r.report)
+    if dist.is_main():
+        print(f"wrote {out}/report.json, model.onnx, model.pt, history.csv, plots ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
@@ -264,11 +323,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if not args.passes:
         raise NestirError("apply needs at least one --pass NAME[:key=value,...]")
     out = args.out or "runs/apply"
-    os.makedirs(out, exist_ok=True)
+    if dist.is_main():
+        os.makedirs(out, exist_ok=True)
     before = stats(prep.graph)
     n = min(prep.train.x.shape[0], args.batches * args.batch_size)
-    data = [(prep.train.x[i:i + args.batch_size], prep.train.y[i:i + args.batch_size])
-            for i in range(0, n, args.batch_size)]
+    # under torchrun each rank scores its share of every batch; the passes sum over the ranks
+    data = []
+    for i in range(0, n, args.batch_size):
+        xb, yb = prep.train.x[i:i + args.batch_size], prep.train.y[i:i + args.batch_size]
+        part = dist.shard(xb.shape[0])
+        data.append((xb[part], yb[part]))
     g = apply(prep.graph, args.passes, data, device=spec.device, seed=args.seed)
     if args.epochs:
         from .backends.train import Trainer
@@ -279,13 +343,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
     after = final_metrics(g, prep, prep.device)
     report = {"model": spec.model, "data": spec.data, "passes": args.passes,
               "before": {"params": before["params"], "flops": before["flops"]}, "final": after, "phases": []}
+    if not dist.is_main():
+        return 0
     write_outputs(out, g, report, f"apply on {spec.model}", plots=False)
     print(json.dumps({"before": report["before"], "after": after}, indent=2))
     return 0
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="mnist5k", help="mnist5k (default), digits, mnist-idx:DIR or npz:PATH")
+    p.add_argument("--data", default="mnist5k",
+                   help="mnist5k (default), digits, mnist-idx:DIR, npz:PATH, or your loaders: "
+                   "file.py:factory / package.module:factory returning (train, val[, test]) DataLoaders")
     p.add_argument("--test-data", help="test set for the final report only, e.g. mnist-idx:../shared/data/mnist")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="validation split of --data, read by every decision (default 0.2)")

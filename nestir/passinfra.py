@@ -28,9 +28,12 @@ class PassResult:
 
 @dataclass
 class PassContext:
-    """What scoring passes need: batches on the device, a loss, a device and a seed."""
+    """What scoring passes need: batches on the device (a list, or a :class:`nestir.batches.Stream`
+    that reads the user's loader one batch at a time), a loss, a device and a seed. Passes
+    iterate over ``data`` (possibly more than once) and never index it; statistics they sum over
+    it are summed over the ranks too (:mod:`nestir.dist`) so that every rank edits alike."""
 
-    data: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    data: Iterable[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     loss: Loss | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
@@ -38,8 +41,8 @@ class PassContext:
     def loss_fn(self) -> Loss:
         return self.loss or torch.nn.functional.cross_entropy
 
-    def require_data(self, name: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if not self.data:
+    def require_data(self, name: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        if self.data is None or (isinstance(self.data, (list, tuple)) and not self.data):
             raise PassError(f"pass '{name}' scores with gradients and needs data: "
                             "pass data=(inputs, targets) or an iterable of such batches")
         return self.data
@@ -74,7 +77,7 @@ class Pass:
         if ctx is not None and not isinstance(ctx, PassContext):
             raise PassError(f"pass '{self.name}': ctx must be a nestir.passes.PassContext, got {type(ctx).__name__}")
         ctx = ctx or PassContext()
-        if self.needs_data:
+        if self.needs_data and isinstance(ctx.data, (list, tuple)):  # a Stream checks batches as it reads them
             check_batches(ctx.data, graph, ctx.loss)
         return self.run(graph, ctx)
 

@@ -7,29 +7,16 @@ from typing import Any
 
 import torch
 
-from .errors import DataError, PassError
+from .batches import Stream
 from .graph import Graph
 from .passinfra import Loss, Pass, PassContext, PassManager, resolve
 
 
 def as_batches(data: Any, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``(inputs, targets)`` or an iterable of such pairs, moved to ``device``."""
+    """``(inputs, targets)`` or an iterable of such pairs, read into a list on ``device``."""
     if data is None:
         return []
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        data = [data]
-    if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
-        raise PassError("data must be an (inputs, targets) pair of tensors or an iterable of such pairs, "
-                        f"got {type(data).__name__}")
-    out = []
-    for item in data:
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)):
-            raise PassError("data must be an (inputs, targets) pair of tensors or an iterable of such pairs")
-        out.append((item[0].to(device), item[1].to(device)))
-    if not out:
-        raise DataError("data holds no batches: give (inputs, targets) or a non-empty iterable of such pairs "
-                        "(or data=None for passes that do not score)")
-    return out
+    return list(Stream(data, device))
 
 
 def apply(
@@ -41,10 +28,17 @@ def apply(
     *,
     seed: int = 0,
     verify: bool = True,
+    batches: int | None = None,
 ) -> Graph:
     """Run ``pipeline`` (pass specs like ``"grow-connection:fraction=0.1"`` or pass objects) on a
     copy of ``graph``; gradients for scoring come from ``data`` on ``device`` (CUDA when available,
-    else CPU) with ``loss`` (cross-entropy by default). The verifier runs between passes."""
+    else CPU) with ``loss`` (cross-entropy by default). The verifier runs between passes.
+
+    ``data`` is streamed: each batch is read from the loader and moved to the device when a pass
+    uses it, so memory does not grow with the number of batches; ``batches`` caps how many are
+    read per pass over the data (all by default). Under an initialised ``torch.distributed``
+    process group each rank gives its own shard and the passes sum their statistics over the
+    ranks, so every rank makes the same edits."""
     from nestir.backends.device import resolve_device
 
     from .checks import check_batches, check_loss, check_seed, require_graph
@@ -54,9 +48,15 @@ def apply(
     check_seed(seed, "nestir.apply")
     dev = resolve_device(device)
     passes = resolve(pipeline)
-    batches = as_batches(data, dev)
-    check_batches(batches, graph, loss)
-    ctx = PassContext(batches, loss, dev, seed)
+    if data is None:
+        stream = None
+    else:
+        stream = Stream(data, dev, limit=batches, check=lambda b, i: check_batches(b, graph, loss, start=i))
+        if isinstance(data, list):  # in memory already: every batch is checked before any pass runs
+            list(stream)
+        else:  # a loader: the first batch now, each further one as a pass reads it
+            stream.first()
+    ctx = PassContext(stream, loss, dev, seed)
     g = graph.copy().to(dev)
     res = PassManager(passes, verify_each=verify).run(g, ctx)
     return res.graph

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from . import dist
 from .backends.device import resolve_device
 from .backends.train import Trainer, evaluate
 from .data import Splits
@@ -141,7 +142,7 @@ class _Silent:
         log.info("step %s", row)
 
     def message(self, text: str) -> None:
-        log.warning("%s", text)
+        (log.warning if dist.is_main() else log.info)("%s", text)  # once per run, not once per rank
 
 
 @dataclass
@@ -268,6 +269,8 @@ class Synthesizer:
         x, y = tr.x[idx], tr.y[idx]
         bs = self.cfg.batch_size * 2
         data = [(x[i:i + bs], y[i:i + bs]) for i in range(0, x.shape[0], bs)]
+        if dist.active():  # each rank scores its share of every batch; the passes sum over the ranks
+            data = [(xb[dist.shard(xb.shape[0])], yb[dist.shard(xb.shape[0])]) for xb, yb in data]
         return PassContext(data=data, loss=self.loss, device=self.dev, seed=self.cfg.seed + len(self.state.history))
 
     def _apply(self, pipeline: list[str]) -> dict[str, Any]:
@@ -457,8 +460,10 @@ class Synthesizer:
         i = len(self.state.chain)
         state = graph_state(self.graph)
         name = os.path.join("chain", f"{i:03d}.pt")
-        os.makedirs(os.path.join(self.out, "chain"), exist_ok=True)
-        atomic_save(state, os.path.join(self.out, name))
+        if dist.is_main():  # one writer; the other ranks read it after the barrier
+            os.makedirs(os.path.join(self.out, "chain"), exist_ok=True)
+            atomic_save(state, os.path.join(self.out, name))
+        dist.barrier()
         self.state.chain.append({"row": row, "file": name, "sha256": digest_tree(state), "removed": removed})
 
     def _load_snapshot(self, i: int) -> Graph:
@@ -501,7 +506,9 @@ class Synthesizer:
               "reference": self.reference.cpu() if self.reference is not None else None,
               "optimizer": opt, "lr": self.trainer.lr, "rng": self.gen.get_state(), "meta": self.meta}
         ck["sha256"] = digest_tree({k: v for k, v in ck.items() if k != "sha256"})
-        atomic_save(ck, os.path.join(self.out, "checkpoint.pt"))
+        if dist.is_main():
+            atomic_save(ck, os.path.join(self.out, "checkpoint.pt"))
+        dist.barrier()
 
     @classmethod
     def resume(cls, out: str, splits: Splits, device: str | None = None,
@@ -559,17 +566,19 @@ def score(graph: Graph, data: Any, *, metric: Any = None, loss: Any = None, devi
 
     mod = IRModule(graph.copy(), dev).eval()
     total, n = 0.0, 0
+    part = dist.shard(data.x.shape[0])  # under torch.distributed each rank scores its share
     with torch.no_grad():
-        for xb, yb in batches(data.x.to(dev), data.y.to(dev), 1024):
+        for xb, yb in batches(data.x[part].to(dev), data.y[part].to(dev), 1024):
             total += float(metric(mod(xb), yb)) * xb.shape[0]
             n += xb.shape[0]
+    total, n = dist.sum_float(total, n)
     return total / max(1, n)
 
 
 def clear_chain(out: str) -> None:
     """Remove the pruning chain's snapshot files (and the folder when nothing else is in it)."""
     d = os.path.join(out, "chain")
-    if not os.path.isdir(d):
+    if not dist.is_main() or not os.path.isdir(d):
         return
     for name in os.listdir(d):
         if name.endswith((".pt", ".tmp")):

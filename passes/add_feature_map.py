@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 from torch.func import functional_call, vmap
 
+from nestir import dist
 from nestir.backends.executor import IRModule, param_key
 from nestir.edit import add_neurons
 from nestir.errors import PassError
@@ -59,12 +60,13 @@ class AddFeatureMap(Pass):
         for key in keys * self.count:
             info = graph.groups()
             grp = info.of(key)
-            gains.append(self._grow_one(graph, grp, info, data[0], ctx))
+            gains.append(self._grow_one(graph, grp, info, data, ctx))
         added = len(gains)
         return PassResult(graph, added > 0, {"added": added, "loss_gain": sum(gains)})
 
-    def _grow_one(self, graph: Graph, grp: Group, info: GroupInfo, batch, ctx: PassContext) -> float:  # type: ignore[no-untyped-def]
-        x, y = batch
+    def _grow_one(self, graph: Graph, grp: Group, info: GroupInfo, data, ctx: PassContext) -> float:  # type: ignore[no-untyped-def]
+        """Add one channel to ``grp``: the candidate with the lowest mean loss over ``data`` (over
+        every rank's data under torch.distributed); returns the loss it gains."""
         gen = ctx.generator(f"fmap:{grp.producers[0]}:{grp.width}")
         k = self.candidates
         rows, cols = {}, {}
@@ -87,20 +89,28 @@ class AddFeatureMap(Pass):
         for c in grp.consumers:
             (off, r, w), *_ = tinfo.columns(c, tgrp.id)
             stacked[param_key(c, "weight")] = self._with_cols(base[param_key(c, "weight")], cols[c], off + (w - 1) * r)
-        dev = x.device
+        dev = next(iter(base.values())).device
         stacked = {n: t.to(dev) for n, t in stacked.items()}
+        loss_fn = ctx.loss_fn()
 
-        def loss_of(params: dict[str, torch.Tensor]) -> torch.Tensor:
+        def loss_of(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             full = {f"params.{n}": t for n, t in base.items()}
             full.update({f"params.{n}": t for n, t in params.items()})
-            return (ctx.loss_fn())(functional_call(mod, full, (x,)), y)
+            return loss_fn(functional_call(mod, full, (x,)), y)
 
+        sums = torch.zeros(k + 2, dtype=torch.float64)  # candidates' losses, the base loss, batches
         with torch.no_grad():
-            try:
-                losses = vmap(loss_of)(stacked)
-            except Exception:  # an op without a batching rule: evaluate one by one
-                losses = torch.stack([loss_of({n: t[i] for n, t in stacked.items()}) for i in range(k)])
-            base_loss = float(ctx.loss_fn()(mod(x), y))
+            for x, y in data:
+                try:
+                    losses = vmap(loss_of, in_dims=(0, None, None))(stacked, x, y)
+                except Exception:  # an op without a batching rule: evaluate one by one
+                    losses = torch.stack([loss_of({n: t[i] for n, t in stacked.items()}, x, y) for i in range(k)])
+                sums[:k] += losses.detach().double().cpu()
+                sums[k] += float(loss_fn(mod(x), y))
+                sums[k + 1] += 1
+        dist.all_sum([sums])
+        losses = sums[:k] / sums[k + 1]
+        base_loss = float(sums[k] / sums[k + 1])
         best = int(torch.argmin(losses))
         add_neurons(graph, grp.id, 1,
                     rows={p: {"weight": rows[p][best].to(graph.device)} for p in grp.producers},

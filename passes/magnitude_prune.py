@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import torch
 
+from nestir import dist
 from nestir.backends.executor import IRModule
 from nestir.edit import remove_neurons
 from nestir.errors import PassError
@@ -134,6 +135,7 @@ class MagnitudePrune(Pass):
                 node = graph[v]
                 a = t.abs().float().movedim(node.axis, -1).reshape(-1, t.shape[node.axis]).mean(0)  # type: ignore[arg-type]
                 sums[v] = sums.get(v, 0) + a
+        dist.all_sum([sums[v] for v in sorted(sums)])  # every rank ranks the union of the ranks' data
         removed = 0
         keys = [(g.producers[0], taps[g.id]) for g in groups]
         for prod, tap in keys:

@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from nestir import dist
 from nestir.backends.executor import IRModule
 from nestir.errors import PassError
 from nestir.graph import Graph, Node
@@ -62,6 +63,7 @@ class PartialAreaMask(Pass):
                 for n in convs:
                     c = contributions(n, cap.value_tensors[n.inputs[0]])
                     sums[n.name] = sums.get(n.name, 0) + c
+        dist.all_sum([sums[n.name] for n in convs])  # every rank ranks the union of the ranks' data
         masked = 0
         for n in convs:
             w = n.params["weight"]

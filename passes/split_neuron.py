@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from nestir import dist
 from nestir.backends.executor import IRModule
 from nestir.edit import add_neurons, follow
 from nestir.errors import PassError
@@ -139,7 +140,8 @@ class SplitNeuron(Pass):
             if "bias" in p.params:
                 X = torch.cat([X, torch.ones(X.shape[0], 1, device=X.device)], 1)
             C = torch.cat(coef[p.name]).float()
-            out[p.name] = min_eigen(X, C, self.iterations, self.dense_limit, ctx.generator(f"split:{p.name}"))
+            out[p.name] = min_eigen(X, C, self.iterations, self.dense_limit, ctx.generator(f"split:{p.name}"),
+                                    _sum_over_ranks)
         return out
 
     @torch.no_grad()
@@ -179,6 +181,11 @@ class SplitNeuron(Pass):
             (off, r, _w), *_ = info.columns(c, grp.id)
             sel = (off + idx[:, None] * r + torch.arange(r, device=idx.device)[None]).flatten()
             node.params["weight"][:, sel] *= 0.5
+
+
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    dist.all_sum([t])
+    return t
 
 
 def _patches(p: Node, x: torch.Tensor) -> torch.Tensor:

@@ -66,3 +66,26 @@ def test_trainer_learns_from_soft_targets():
     for _ in range(30):
         last = t.epoch(x, y, 32, soft=soft)
     assert last < first  # the KL to the teacher falls
+
+
+def test_bf16_autocast_trains_a_partial_area_cnn_and_keeps_fp32_state():
+    """amp=True (the CUDA default where bf16 is supported) exercised on the CPU: every op of the
+    executor runs under autocast, the loss falls, weights and masks keep their types."""
+    from nestir.zoo import LeNet5
+
+    torch.manual_seed(0)
+    g = nestir.trace(LeNet5(4, 8, 16), torch.rand(2, 1, 28, 28))
+    g = nestir.apply(g, ["partial-area-mask:fraction=0.3"], data=(torch.rand(16, 1, 28, 28),
+                                                                   torch.randint(0, 10, (16,))))
+    x = torch.rand(128, 1, 28, 28)
+    y = (x.mean((1, 2, 3)) > x.mean()).long()  # learnable
+    t = Trainer(g, lr=3e-3, amp=True)
+    assert t.amp
+    first = t.epoch(x, y, 32)
+    for _ in range(8):
+        last = t.epoch(x, y, 32)
+    assert last < first
+    for n in t.graph.parametric():
+        assert n.params["weight"].dtype == torch.float32 and n.params["mask"].dtype == torch.bool
+        assert not n.params["weight"][~n.params["mask"]].any()
+    assert Trainer(g.copy()).amp is False  # off by default on the CPU

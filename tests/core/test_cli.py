@@ -59,7 +59,8 @@ def test_apply_and_prune_baseline(tmp_path, capsys):
     assert (out / "model.onnx").exists()
     out = tmp_path / "p"
     assert main(["prune-baseline", "lenet-300-100", "--out", str(out), "--quiet", "--dense-epochs", "1",
-                 "--prune-epochs", "1", "--max-prune-steps", "2", "--target-accuracy", "0.5"]) == 0
+                 "--prune-epochs", "1", "--max-prune-steps", "2", "--target-accuracy", "0.5", "--final-epochs", "1",
+                 "--trial-epochs", "1"]) == 0
     rep = json.loads((out / "report.json").read_text())
     assert [p["phase"] for p in rep["phases"]][:2] == ["dense", "prune"]
     assert rep["final"]["params"] < 266_610

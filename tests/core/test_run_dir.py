@@ -8,7 +8,8 @@ import torch
 from nestir.cli import main
 
 TINY = ["--quiet", "--dense-epochs", "1", "--initial-epochs", "1", "--epochs", "1", "--prune-epochs", "1",
-        "--max-growth-steps", "1", "--max-prune-steps", "1", "--final-epochs", "1"]
+        "--max-growth-steps", "1", "--max-prune-steps", "1", "--final-epochs", "1", "--shift-epochs", "1",
+        "--trial-epochs", "1"]
 
 
 def test_code_in_run_json_is_never_run(tmp_path, capsys):

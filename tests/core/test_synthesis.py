@@ -95,7 +95,7 @@ def test_cli_synthesize_writes_the_contract(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["synthesize", "lenet-300-100", "--out", str(out), "--quiet", "--initial-epochs", "1", "--epochs", "1",
             "--prune-epochs", "1", "--max-growth-steps", "1", "--max-prune-steps", "1", "--dense-epochs", "1",
-            "--final-epochs", "1",
+            "--final-epochs", "1", "--shift-epochs", "1", "--trial-epochs", "1",
             "--test-data", "mnist-idx:../shared/data/mnist"]
     import os
 
