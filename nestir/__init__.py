@@ -20,6 +20,7 @@ from .errors import (
 from .frontend import opaque_nodes, trace
 from .graph import Graph, Node
 from .stats import stats
+from .steps import StructureSteps, nest_schedule, prune_schedule
 from .verify import verify
 
 __version__ = "0.1.0"
@@ -45,5 +46,5 @@ def synthesize(model: Any, example_inputs: Any, *, train: Any, val: Any, loss: A
 __all__ = [
     "ArgumentError", "DataError", "EditError", "Graph", "LoweringError", "ModelFileError", "NestirError", "Node",
     "OutputError", "PassError", "ShapeError", "TraceError", "VerifyError", "apply", "opaque_nodes", "stats", "trace",
-    "synthesize", "verify",
+    "synthesize", "verify", "StructureSteps", "prune_schedule", "nest_schedule",
 ]
