@@ -393,7 +393,10 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grow-neurons", dest="grow_neurons", type=int, help="neurons bridged per FC layer per growth step")
     p.add_argument("--max-growth-steps", dest="max_growth_steps", type=int)
     p.add_argument("--max-prune-steps", dest="max_prune_steps", type=int)
-    p.add_argument("--prune-fraction", dest="prune_fraction", type=float)
+    p.add_argument("--prune-fraction", dest="prune_fraction", type=float,
+                   help="fraction of live weights removed per pruning step (default 0.2)")
+    p.add_argument("--prune-flops", dest="prune_flops", type=float,
+                   help="FLOPs fraction each pruning step removes at least, from convs (default 0.2; 0: off)")
     p.add_argument("--partial-area", dest="partial_area", type=float, help="partial-area fraction per prune step")
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--lr", type=float)

@@ -12,17 +12,24 @@ from .errors import ArgumentError
 from .graph import Graph, Node
 
 
-def layer_flops(n: Node) -> int:
-    """2 x live multiply-accumulates per sample of a parametric node (partial areas counted)."""
+def weight_macs(n: Node) -> torch.Tensor:
+    """Multiply-accumulates per sample of each weight entry of a parametric node, shaped like its
+    mask (whether live or not): output positions for a conv (its live area positions where a
+    partial-area mask is set), the leading non-batch positions for a linear layer."""
     mask = n.params["mask"]
     shape = n.shape or ()
     if n.op == "linear":
-        return 2 * int(mask.sum()) * math.prod(shape[1:-1])
+        return torch.full(mask.shape, float(math.prod(shape[1:-1])), dtype=torch.float64,
+                          device=mask.device)
     if "area" in n.params:
-        taps = mask.flatten(2).sum(2).T.float()  # (in, out): live kernel taps of K[n, m]
-        positions = n.params["area"].flatten(2).sum(2).float()  # (in, out): live positions
-        return 2 * int((taps * positions).sum())
-    return 2 * int(mask.sum()) * math.prod(shape[2:])
+        positions = n.params["area"].flatten(2).sum(2).T.double()  # (out, in): live positions of K[n, m]
+        return positions.view(*positions.shape, *([1] * (mask.dim() - 2))).expand(mask.shape)
+    return torch.full(mask.shape, float(math.prod(shape[2:])), dtype=torch.float64, device=mask.device)
+
+
+def layer_flops(n: Node) -> int:
+    """2 x live multiply-accumulates per sample of a parametric node (partial areas counted)."""
+    return 2 * round(float((weight_macs(n) * n.params["mask"]).sum()))
 
 
 def layer_row(n: Node) -> dict[str, Any]:

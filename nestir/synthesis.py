@@ -61,6 +61,7 @@ class SynthConfig:
     grow_scope: str = "layer"  # grow-connection: top fraction per layer, or "global" across layers
     prune_fraction: float = 0.2  # magnitude-prune fraction per pruning step
     prune_neurons: float = 0.0  # magnitude-prune neuron_fraction per pruning step
+    prune_flops: float = 0.2  # magnitude-prune flops_fraction: FLOPs fall at least this much per step (convs)
     prune_scope: str = "global"  # magnitude-prune: across layers, or "layer" (the same fraction of each)
     partial_area: float = 0.1  # partial-area-mask fraction per pruning step (convs; 0: off)
     batch_size: int = 64
@@ -93,7 +94,7 @@ class SynthConfig:
         """Refuse options that cannot work before any work starts."""
         if self.method not in ("nest", "prune"):
             raise NestirError(f"method must be 'nest' or 'prune', got {self.method!r}")
-        for name in ("prune_fraction", "prune_neurons", "partial_area", "distill"):
+        for name in ("prune_fraction", "prune_neurons", "prune_flops", "partial_area", "distill"):
             v = getattr(self, name)
             if not (0 <= v < 1):
                 raise NestirError(f"{name.replace('_', '-')} must be in [0, 1), got {v}")
@@ -299,6 +300,8 @@ class Synthesizer:
         prune = f"magnitude-prune:fraction={c.prune_fraction:.4f},scope={c.prune_scope}"
         if c.prune_neurons:
             prune += f",neuron_fraction={c.prune_neurons:.4f}"
+        if c.prune_flops:
+            prune += f",flops_fraction={c.prune_flops:.4f}"
         pipe = [prune]
         if c.partial_area and any(n.op == "conv" and n.attrs["groups"] == 1 for n in self.graph.parametric()):
             pipe.append(f"partial-area-mask:fraction={c.partial_area:.4f}")

@@ -15,6 +15,7 @@ from nestir.errors import PassError
 from nestir.graph import Graph, Node
 from nestir.groups import GroupInfo
 from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
+from nestir.stats import weight_macs
 
 
 def effective_weight(graph: Graph, n: Node) -> torch.Tensor:
@@ -39,13 +40,17 @@ class MagnitudePrune(Pass):
     remove that fraction of each resizable group's neurons with the smallest mean |output| over
     the data (measured on the device, at the group's last value before its consumers).
     Never adds; never empties a layer or a group (refuses such a step with a clear error when
-    ``strict``, else keeps the strongest). ``modified`` is false when nothing was below
-    threshold or nothing was live."""
+    ``strict``, else keeps the strongest). With ``flops_fraction`` > 0, when the connections
+    removed so far cut the layers' multiply-accumulates by less than that fraction, further live
+    connections go, cheapest first by |W*| per multiply-accumulate saved (the greedy answer to
+    "lose the least magnitude for this many FLOPs"): the FLOPs then fall at least as fast as the
+    requested fraction. ``modified`` is false when nothing was below threshold or nothing was live."""
 
     fraction: float = 0.0
     threshold: float = 0.0
     scope: str = "layer"
     neuron_fraction: float = 0.0
+    flops_fraction: float = 0.0
     layers: str = ""
     skip: str = ""  # comma-separated node names never pruned
     strict: bool = False
@@ -53,8 +58,10 @@ class MagnitudePrune(Pass):
     effect: ClassVar[str] = "prune"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.fraction < 1 or not 0 <= self.neuron_fraction < 1 or self.threshold < 0:
-            raise PassError("magnitude-prune: 0 <= fraction < 1, 0 <= neuron_fraction < 1, threshold >= 0")
+        if (not 0 <= self.fraction < 1 or not 0 <= self.neuron_fraction < 1 or not 0 <= self.flops_fraction < 1
+                or self.threshold < 0):
+            raise PassError("magnitude-prune: 0 <= fraction < 1, 0 <= neuron_fraction < 1, "
+                            "0 <= flops_fraction < 1, threshold >= 0")
         if self.scope not in ("layer", "global"):
             raise PassError(f"magnitude-prune: scope must be 'layer' or 'global', got {self.scope!r}")
 
@@ -71,7 +78,11 @@ class MagnitudePrune(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         names = self._names(graph)
+        macs = {n: weight_macs(graph[n]) for n in names}
+        before = sum(float((macs[n] * graph[n].params["mask"]).sum()) for n in names)
         removed = self._connections(graph, names)
+        if self.flops_fraction > 0:
+            removed += self._flops(graph, names, macs, (1 - self.flops_fraction) * before)
         neurons = self._neurons(graph, ctx, set(names)) if self.neuron_fraction > 0 else 0
         return PassResult(graph, removed + neurons > 0, {"connections": removed, "neurons": neurons})
 
@@ -116,6 +127,38 @@ class MagnitudePrune(Pass):
             total += int(m.sum() - new.sum())
             graph[n].params["mask"] = new
             graph[n].params["weight"].mul_(new)
+        return total
+
+    @torch.no_grad()
+    def _flops(self, graph: Graph, names: list[str], macs: dict[str, torch.Tensor], target: float) -> int:
+        """Remove live connections until the layers' multiply-accumulates are at most ``target``:
+        the cut is shared by the layers whose weights are used at more than one position (convs),
+        in proportion to their multiply-accumulates, each removing its smallest |W*| first and
+        keeping at least one connection."""
+        cost = {n: float((macs[n] * graph[n].params["mask"]).sum()) for n in names}
+        need = sum(cost.values()) - target
+        spatial = [n for n in names if cost[n] > int(graph[n].params["mask"].sum())]
+        share = sum(cost[n] for n in spatial)
+        if need <= 0 or share <= 0:
+            return 0
+        total = 0
+        for n in spatial:
+            m = graph[n].params["mask"]
+            flat = m.flatten()
+            live = flat.nonzero().flatten()
+            if live.numel() <= 1:
+                continue
+            mag = effective_weight(graph, graph[n]).abs().flatten()[live]
+            order = torch.argsort(mag)[:-1]  # the strongest connection stays
+            c = torch.cumsum(macs[n].flatten()[live][order], 0)
+            want = min(need * cost[n] / share, float(c[-1]))
+            k = int(torch.searchsorted(c, torch.tensor([want], dtype=c.dtype, device=c.device)).item()) + 1
+            k = min(k, order.numel())
+            new = flat.clone()
+            new[live[order[:k]]] = False
+            graph[n].params["mask"] = new.view_as(m)
+            graph[n].params["weight"].mul_(graph[n].params["mask"])
+            total += k
         return total
 
     @torch.no_grad()

@@ -64,3 +64,28 @@ def test_neuron_pruning_on_residual_network():
     assert g["layers_1_conv2"].params["weight"].shape[0] == widths["layers_1_conv2"] - 8
     assert g["layers_1_short_0"].params["weight"].shape[0] == widths["layers_1_conv2"] - 8
     assert g["layers_1_conv1"].params["weight"].shape[0] == widths["layers_1_conv1"] - 8
+
+
+def test_flops_fraction_cuts_conv_flops_by_at_least_that_fraction_smallest_first():
+    from nestir.stats import stats
+    from nestir.zoo import LeNet5
+
+    torch.manual_seed(0)
+    g = nestir.trace(LeNet5(), torch.rand(1, 1, 28, 28))
+    plain = g.copy()
+    get("magnitude-prune", fraction=0.2, scope="global").run(plain, PassContext())
+    before = {n.name: n.params["weight"].abs().clone() for n in g.parametric()}
+    f0 = stats(g, compact=False)["flops"]
+    res = get("magnitude-prune", fraction=0.2, scope="global", flops_fraction=0.3).run(g, PassContext())
+    assert stats(g, compact=False)["flops"] <= 0.7 * f0  # plain global magnitude alone cuts far less
+    assert stats(plain, compact=False)["flops"] > 0.7 * f0
+    assert res.info["connections"] > sum(int((~n.params["mask"]).sum()) for n in plain.parametric())
+    for n in g.parametric():
+        m = n.params["mask"]
+        assert m.any()
+        assert before[n.name][m].min() >= before[n.name][~m].max()  # smallest first within each layer
+        assert bool((n.params["weight"][~m] == 0).all())
+    # the fully connected layers lose only what the global magnitude cut took from them
+    assert all(torch.equal(g[n].params["mask"], plain[n].params["mask"]) for n in ("fc1", "fc2"))
+    with pytest.raises(PassError, match="flops_fraction"):
+        get("magnitude-prune", flops_fraction=1.0)
