@@ -77,6 +77,7 @@ class SynthConfig:
     temperature: float = 4.0  # distillation temperature
     confidence: float = 1.0  # z of the one-sided bound in the paired acceptance rule
     tolerance: float = 0.0025  # accepted error above the dense reference (fraction), at that bound
+    fallback_dense: bool = True  # growth fell short of the dense reference: prune the reference instead
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -346,11 +347,21 @@ class Synthesizer:
             self._train(c.shift_epochs, "activation shift", anneal=True)
             extra = self._recover()
             row = self._record("shift", "leaky ReLU -> ReLU" + (f", {extra} recovery epochs" if extra else ""))
-            if not row["accepted"]:
+            got = (f"validation metric {1 - row['val_error']:.6g}" if self.metric is not None
+                   else f"validation error {row['val_error']:.2%}")
+            if not row["accepted"] and self.teacher is not None and self.reference is not None and c.fallback_dense:
+                # growth fell short of the dense reference: pruning starts from the reference itself,
+                # under the same rule (what a pruning-only run would do, with NeST's pruning passes)
+                st.target_reached = False
+                row["note"] += "; not accepted: pruning starts from the dense reference instead"
+                self.rep.message(f"growth fell short of the dense reference ({st.growth_stopped}; {got}): "
+                                 "pruning starts from the dense reference instead (--no-fallback-dense: "
+                                 "prune the grown network)")
+                self.trainer = self._trainer(self.teacher.copy(), c.lr)
+                row = self._record("dense", "the trained dense reference: the pruning chain starts here")
+            elif not row["accepted"]:
                 st.target_reached = False
                 row["note"] += "; not accepted: this network becomes the reference"
-                got = (f"validation metric {1 - row['val_error']:.6g}" if self.metric is not None
-                       else f"validation error {row['val_error']:.2%}")
                 self.rep.message(f"the target was not reached after growth ({st.growth_stopped}; {got}): "
                                  "pruning keeps this network's accuracy instead")
                 # the reference becomes this network: pruning must not get worse than it

@@ -284,3 +284,27 @@ def test_nothing_smaller_than_dense_passes_then_dense_ships(tmp_path):
     assert not any(r["accepted"] for r in probes[:-1]) and "dense reference" in probes[-1]["note"]
     assert s.selection is probes[-1]  # the report's selection estimate is the dense reference's
     assert nestir_params(s.graph) == 266610 and not st.target_reached
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_growth_short_of_dense_prunes_the_dense_reference(tmp_path, fallback):
+    """A grown network that fails the paired rule against the dense reference: by default the
+    pruning chain starts from the dense reference (its accuracy is the rule's); with the fallback
+    off, from the grown network, which then becomes the reference."""
+    from nestir.runs import dense_reference
+
+    prep = small_prep()
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "final_epochs": 0, "max_growth_steps": 0,
+                         "max_prune_steps": 1, "tolerance": 0.0, "confidence": 50.0, "fallback_dense": fallback})
+    dense = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)
+    s = Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path), teacher=dense["teacher"])
+    st = s.run()
+    shift = next(i for i, r in enumerate(st.history) if r["phase"] == "shift")
+    assert not st.history[shift]["accepted"] and not st.target_reached
+    start = st.history[shift + 1]
+    if fallback:
+        assert start["phase"] == "dense" and start["params"] == 266610
+        assert "dense reference" in st.history[shift]["note"]
+    else:
+        assert start["phase"] == "prune" and start["params"] < st.history[shift]["params"]
+        assert "becomes the reference" in st.history[shift]["note"]
