@@ -90,14 +90,13 @@ class _KeepFunctions:
 
     def __enter__(self) -> None:
         base = torch.autograd.Function
-        self.original = base.__dict__["apply"]
-        original = self.original.__func__
+        self.original = original = base.__dict__["apply"]  # a classmethod, or a C classmethod_descriptor
 
         def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
             proxies = [a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)]
             if proxies:
                 return proxies[0].tracer.create_proxy("call_function", _function_call(cls), args, kwargs)
-            return original(cls, *args, **kwargs)
+            return original.__get__(None, cls)(*args, **kwargs)
 
         base.apply = classmethod(apply)  # type: ignore[method-assign,assignment]
 
