@@ -24,13 +24,27 @@ _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaves: tuple[type, ...]) -> None:
+    def __init__(self, leaves: tuple[type, ...], leaf_names: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.record_stack_traces = True
         self.leaves = leaves
+        self.leaf_names = leaf_names
+        self.stack: list[str] = []  # qualified names of the submodules being traced, innermost last
+        self.failed_in: list[str] | None = None  # the stack when tracing first failed
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+        return qualname in self.leaf_names or isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        self.stack.append(self.path_of_module(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:
+                self.failed_in = list(self.stack)
+            raise
+        finally:
+            self.stack.pop()
 
 
 class _Recorder(fx.Interpreter):
@@ -104,25 +118,43 @@ class _KeepFunctions:
         torch.autograd.Function.apply = self.original  # type: ignore[method-assign]
 
 
+MAX_AUTO_LEAVES = 64
+
+
 def _symbolic(module: nn.Module, leaves: tuple[type, ...], concrete_args: dict | None) -> fx.GraphModule:
-    tracer = _Tracer(leaves)
-    try:
-        with _KeepFunctions():
-            graph = tracer.trace(module, concrete_args=concrete_args)
-    except Exception as e:  # fx raises many kinds; all mean "not traceable as written"
-        where = _user_frame(e)
-        if isinstance(e, fx.proxy.TraceError) or "control flow" in str(e):
-            what = "uses a tensor's value in Python control flow (if/while/bool/len/iteration)"
-        else:
-            what = f"cannot be traced symbolically ({type(e).__name__}: {str(e).splitlines()[0]})"
-        raise TraceError(
-            f"{type(module).__name__} is not traceable: {where} {what}. Fix: write that line without Python "
-            "control flow on tensor values (e.g. with torch.where), fix the value with concrete_args, or make "
-            "the submodule that contains it a leaf so it stays an opaque node: nestir.trace(..., "
-            "leaf_modules=[ThatModule]), or on the command line `nestir inspect` / `nestir export` with "
-            "--leaf ThatModule (the training verbs cannot store opaque nodes, so they take no --leaf)."
-        ) from None
-    return fx.GraphModule(tracer.root, graph, type(module).__name__)
+    """torch.fx's trace of ``module``. A submodule whose own code cannot be traced becomes a leaf
+    (one opaque node, logged and labelled) and tracing starts again; only code of the top-level
+    module that cannot be traced fails the whole trace."""
+    auto: dict[str, str] = {}
+    while True:
+        tracer = _Tracer(leaves, frozenset(auto))
+        try:
+            with _KeepFunctions():
+                graph = tracer.trace(module, concrete_args=concrete_args)
+            break
+        except Exception as e:  # fx raises many kinds; all mean "not traceable as written"
+            where = _user_frame(e)
+            if isinstance(e, fx.proxy.TraceError) or "control flow" in str(e):
+                what = "uses a tensor's value in Python control flow (if/while/bool/len/iteration)"
+            else:
+                what = f"cannot be traced symbolically ({type(e).__name__}: {str(e).splitlines()[0]})"
+            inner = (tracer.failed_in or [""])[-1]
+            if inner and inner not in auto and len(auto) < MAX_AUTO_LEAVES:
+                auto[inner] = f"{where} {what}"
+                continue
+            raise TraceError(
+                f"{type(module).__name__} is not traceable: {where} {what}. Fix: write that line without Python "
+                "control flow on tensor values (e.g. with torch.where), fix the value with concrete_args, or make "
+                "the submodule that contains it a leaf so it stays an opaque node: nestir.trace(..., "
+                "leaf_modules=[ThatModule]), or on the command line `nestir inspect` / `nestir export` with "
+                "--leaf ThatModule (the training verbs cannot store opaque nodes, so they take no --leaf)."
+            ) from None
+    for qual, why in auto.items():
+        log.warning("submodule '%s' (%s) is not traceable (%s): kept whole as one opaque node", qual,
+                    type(module.get_submodule(qual)).__name__, why)
+    gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
+    gm._nestir_auto_leaves = auto  # type: ignore[assignment]
+    return gm
 
 
 def trace(
@@ -145,17 +177,12 @@ def trace(
     module.eval()
     try:
         with torch.no_grad():
-            try:
-                module(*inputs)
-            except Exception as e:
-                shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-                raise ShapeError(
-                    f"{type(module).__name__} rejects example input of shape {shapes}: "
-                    f"{str(e).splitlines()[0]}"
-                ) from None
             gm = _symbolic(module, tuple(leaf_modules), concrete_args)
             rec = _Recorder(gm)
-            rec.run(*inputs)
+            try:  # one recorded run gives every value's shape (no separate eager run)
+                rec.run(*inputs)
+            except Exception as e:
+                _rejects(module, inputs, e)
             graph = _Builder(gm, rec.values).build(name or type(module).__name__)
     finally:
         module.train(was_training)
@@ -165,6 +192,21 @@ def trace(
                     len(ops), "; ".join(ops))
     graph.verify()
     return graph
+
+
+def _rejects(module: nn.Module, inputs: tuple[torch.Tensor, ...], error: Exception) -> None:
+    """The traced program failed on the example inputs: a :class:`ShapeError` when the module
+    itself rejects them, else a :class:`TraceError` (the trace does not run as the module does)."""
+    try:
+        module(*inputs)
+    except Exception as e:
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise ShapeError(f"{type(module).__name__} rejects example input of shape {shapes}: "
+                         f"{str(e).splitlines()[0]}") from None
+    raise TraceError(f"{type(module).__name__} runs eagerly, but its torch.fx trace fails on the example input "
+                     f"({type(error).__name__}: {str(error).splitlines()[0]}): the trace specialised on "
+                     "something; fix it with concrete_args or make that submodule a leaf (leaf_modules=[...])"
+                     ) from None
 
 
 def opaque_nodes(graph: Graph) -> list[str]:
@@ -367,11 +409,15 @@ class _Builder:
 
     def call_module(self, fxn: fx.Node) -> None:
         mod = self.gm.get_submodule(str(fxn.target))
+        auto = getattr(self.gm, "_nestir_auto_leaves", {})
         x = self.ref(fxn.args[0]) if len(fxn.args) == 1 and not fxn.kwargs else None
-        node = cv.module_node(fxn.name, mod) if x is not None else None
+        node = cv.module_node(fxn.name, mod) if x is not None and str(fxn.target) not in auto else None
         if node is not None:
             return self.add(node, fxn, [x])  # type: ignore[list-item]
         self.opaque(fxn, mod, "module")
+        if str(fxn.target) in auto:
+            n = self.graph[fxn.name]
+            n.attrs["label"] = f"{n.attrs['label']} (not traceable, kept whole: {auto[str(fxn.target)]})"
 
     def build(self, name: str) -> Graph:
         self.graph.name = name

@@ -77,6 +77,28 @@ def test_leaf_module_makes_untraceable_code_opaque():
     assert all(not grp.resizable for grp in info.groups.values())
 
 
+def test_untraceable_submodule_becomes_a_leaf_automatically(caplog):
+    class Deep(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = nn.Linear(4, 4)
+            self.block = Wrapper()  # its inner Untraceable is the code fx cannot trace
+
+        def forward(self, x):
+            return self.block(torch.relu(self.first(x)))
+
+    m = Deep().eval()
+    x = torch.randn(2, 4)
+    with caplog.at_level("WARNING"):
+        g = nestir.trace(m, x)
+    (line,) = nestir.opaque_nodes(g)
+    assert line.startswith("block_inner = Untraceable") and "not traceable, kept whole" in line
+    assert "if x.sum() > 0" in line
+    assert "'block.inner'" in caplog.text
+    assert {n.op for n in g} >= {"linear"} and g["block_out"].op == "linear"  # the rest is understood
+    torch.testing.assert_close(g.to_torch()(x), m(x))
+
+
 def test_unsupported_op_stays_opaque_and_runs():
     class M(nn.Module):
         def __init__(self) -> None:
