@@ -190,6 +190,43 @@ def function_node(name: str, node: fx.Node, kw: dict[str, Any] | None, refs: lis
     return None
 
 
+def norm_function_node(name: str, target: Any, kw: dict[str, Any], const: Any) -> Node | None:
+    """An IR node for ``F.batch_norm`` in inference form (running statistics, ``training=False``)
+    or ``F.layer_norm`` over the last axis; ``const`` maps an argument to its constant tensor
+    (a parameter or buffer) or None. None when the call must stay opaque."""
+
+    def tensor(key: str) -> torch.Tensor | None:
+        v = const(kw.get(key))
+        return v.detach().clone().float() if isinstance(v, torch.Tensor) else None
+
+    def optional(key: str) -> bool:  # absent, or a constant tensor
+        return kw.get(key) is None or tensor(key) is not None
+
+    if target is F.batch_norm:
+        mean, var = tensor("running_mean"), tensor("running_var")
+        if mean is None or var is None or kw.get("training") is not False:
+            return None
+        if not (optional("weight") and optional("bias")):
+            return None
+        params = {"running_mean": mean, "running_var": var}
+        w, b = tensor("weight"), tensor("bias")
+        if (w is None) != (b is None):  # the IR's batchnorm is affine in both or neither
+            w = torch.ones_like(mean) if w is None else w
+            b = torch.zeros_like(mean) if b is None else b
+        if w is not None:
+            params["weight"], params["bias"] = w, b
+        return Node(name, "batchnorm", attrs={"eps": float(kw.get("eps", 1e-5)), "momentum": 0.1}, params=params)
+    if target is F.layer_norm:
+        shape = kw.get("normalized_shape")
+        if not isinstance(shape, (list, tuple)) or len(shape) != 1:
+            return None
+        if not (optional("weight") and optional("bias")):
+            return None
+        params = {k: t for k in ("weight", "bias") if (t := tensor(k)) is not None}
+        return Node(name, "layernorm", attrs={"eps": float(kw.get("eps", 1e-5))}, params=params)
+    return None
+
+
 def is_param_ref(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and not isinstance(value, fx.Proxy)
 

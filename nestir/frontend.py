@@ -380,6 +380,10 @@ class _Builder:
                 nd = len(self.in_shape(refs[0]))  # type: ignore[arg-type]
                 self.add(Node(fxn.name, "cat", attrs={"dim": int(kw.get("dim", 0)) % nd}), fxn, refs)  # type: ignore[arg-type]
                 return
+        if t in (F.batch_norm, F.layer_norm) and kw is not None and self.ref(kw.get("input")) is not None:
+            node = cv.norm_function_node(fxn.name, t, kw, self.const)
+            if node is not None:
+                return self.add(node, fxn, [self.ref(kw["input"])])  # type: ignore[list-item]
         if t in cv.RESHAPE_FUNCS and first is not None:
             return self.reshape(fxn, first)
         if t is torch.mean and first is not None and kw is not None and "dim" in kw:

@@ -169,3 +169,45 @@ def test_custom_autograd_function_stays_whole_with_its_backward():
     y = torch.randn(3, 4, requires_grad=True)
     ZeroGradClamp.apply(y).sum().backward()
     assert float(y.grad.abs().sum()) == 0.0
+
+
+class _BNAct(nn.BatchNorm2d):
+    """timm's BatchNormAct2d pattern: functional batch_norm on the module's own buffers."""
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training or not self.track_running_stats, self.momentum or 0.0, self.eps)
+        return F.relu(x)
+
+
+class _LN(nn.LayerNorm):
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+def test_functional_batch_norm_and_layer_norm_are_understood_and_prune():
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.bn, self.c2, self.bn2 = nn.Conv2d(3, 8, 3), _BNAct(8), nn.Conv2d(8, 8, 3), _BNAct(8)
+            self.fc, self.ln, self.out = nn.Linear(8, 16), _LN(16), nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.out(self.ln(self.fc(self.bn2(self.c2(self.bn(self.c1(x)))).mean((2, 3)))))
+
+    torch.manual_seed(0)
+    m = M().eval()
+    for b in (m.bn, m.bn2):
+        b.running_mean.uniform_(-1, 1)
+        b.running_var.uniform_(0.5, 2)
+        b.weight.data.uniform_(0.5, 1.5)
+    x = torch.rand(2, 3, 12, 12)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
+    assert [n.op for n in g].count("batchnorm") == 2 and [n.op for n in g].count("layernorm") == 1
+    with torch.no_grad():
+        torch.testing.assert_close(g.to_torch()(x), m(x))
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.25", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2]))])
+    assert p["c1"].params["weight"].shape[0] == 6 and p["c2"].params["weight"].shape[0] == 6
+    assert p["fc"].params["weight"].shape[0] == 16  # normalized by a LayerNorm: left alone
