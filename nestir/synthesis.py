@@ -77,7 +77,7 @@ class SynthConfig:
     temperature: float = 4.0  # distillation temperature
     confidence: float = 1.0  # z of the one-sided bound in the paired acceptance rule
     tolerance: float = 0.0025  # accepted error above the dense reference (fraction), at that bound
-    fallback_dense: bool = True  # growth fell short of the dense reference: prune the reference instead
+    fallback_dense: bool = True  # grown network worse than dense beyond the tolerance: prune the dense reference
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -349,9 +349,11 @@ class Synthesizer:
             row = self._record("shift", "leaky ReLU -> ReLU" + (f", {extra} recovery epochs" if extra else ""))
             got = (f"validation metric {1 - row['val_error']:.6g}" if self.metric is not None
                    else f"validation error {row['val_error']:.2%}")
-            if not row["accepted"] and self.teacher is not None and self.reference is not None and c.fallback_dense:
-                # growth fell short of the dense reference: pruning starts from the reference itself,
-                # under the same rule (what a pruning-only run would do, with NeST's pruning passes)
+            short = not row["accepted"] and not row.get("point_ok", False)
+            if short and self.teacher is not None and self.reference is not None and c.fallback_dense:
+                # growth fell short of the dense reference, even at the point estimate: pruning starts
+                # from the reference itself, under the same rule (a network within the tolerance at
+                # the point estimate, only short of the bound, is pruned itself, as below)
                 st.target_reached = False
                 row["note"] += "; not accepted: pruning starts from the dense reference instead"
                 self.rep.message(f"growth fell short of the dense reference ({st.growth_stopped}; {got}): "

@@ -286,23 +286,29 @@ def test_nothing_smaller_than_dense_passes_then_dense_ships(tmp_path):
     assert nestir_params(s.graph) == 266610 and not st.target_reached
 
 
-@pytest.mark.parametrize("fallback", [True, False])
+@pytest.mark.parametrize("fallback", [True, False, "point_ok"])
 def test_growth_short_of_dense_prunes_the_dense_reference(tmp_path, fallback):
     """A grown network that fails the paired rule against the dense reference: by default the
     pruning chain starts from the dense reference (its accuracy is the rule's); with the fallback
-    off, from the grown network, which then becomes the reference."""
+    off, or when only the bound fails (the point estimate is within the tolerance), from the grown
+    network, which then becomes the reference."""
     from nestir.runs import dense_reference
 
     prep = small_prep()
     cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "final_epochs": 0, "max_growth_steps": 0,
-                         "max_prune_steps": 1, "tolerance": 0.0, "confidence": 50.0, "fallback_dense": fallback})
+                         "max_prune_steps": 1, "initial_epochs": 0, "shift_epochs": 0, "recover_epochs": 0,
+                         "tolerance": 0.0, "confidence": 50.0,
+                         "fallback_dense": bool(fallback)})  # an untrained seed: far worse than dense
     dense = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)
-    s = Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path), teacher=dense["teacher"])
+    # "point_ok": the seed is the dense reference itself, untrained further: no error difference,
+    # but a bound of 50 standard errors above it
+    seed = dense["teacher"].copy() if fallback == "point_ok" else prep.graph
+    s = Synthesizer(seed, prep.splits, cfg, str(tmp_path), teacher=dense["teacher"])
     st = s.run()
     shift = next(i for i, r in enumerate(st.history) if r["phase"] == "shift")
     assert not st.history[shift]["accepted"] and not st.target_reached
     start = st.history[shift + 1]
-    if fallback:
+    if fallback is True:
         assert start["phase"] == "dense" and start["params"] == 266610
         assert "dense reference" in st.history[shift]["note"]
     else:

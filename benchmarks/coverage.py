@@ -1,0 +1,253 @@
+"""Coverage of real architectures: torchvision and timm classification models (random weights)
+through trace -> verify -> lower (torch, ONNX) -> structured prune -> each growth pass -> lower,
+with parity checks at every lowering.
+
+Per model: trace / verify / lower times, opaque ops (what they call), the fraction of parametric
+layers whose width can change (their output group is resizable), the fraction that lose neurons
+under ``magnitude-prune:fraction=0.3,neuron_fraction=0.25`` + ``eliminate-dead-neurons``, the
+parameters before and after, each growth pass's outcome, torch and ONNX parity (max |diff|
+relative to the output's max |value|), and onnxruntime latency (batch 1) before and after.
+
+It needs its own environment (never CI): ``python3 -m venv ENV && ENV/bin/pip install
+torch==2.14.1 torchvision==0.29.1 timm && ENV/bin/pip install -e .`` (plus onnx, onnxruntime).
+
+Run: ENV/bin/python benchmarks/coverage.py [--models tv:resnet18,timm:dla34] [--timeout 600]
+     -> results/coverage.json, results/coverage.md
+Each model runs in its own subprocess (a hang or crash costs one row); results are saved after
+every model and a second call skips the models already done (``--fresh`` starts over)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import RESULTS, machine, save  # noqa: E402
+
+# family-spanning sample; CNNs at 96x96 (their global pooling makes any size work), transformers
+# at their fixed 224 (timm ones at a smaller img_size where the constructor takes it)
+TORCHVISION = [
+    "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "densenet121", "googlenet", "inception_v3",
+    "mobilenet_v2", "mobilenet_v3_small", "mnasnet0_5", "shufflenet_v2_x0_5", "squeezenet1_0", "alexnet",
+    "vgg11_bn", "efficientnet_b0", "efficientnet_v2_s", "regnet_x_400mf", "regnet_y_400mf", "convnext_tiny",
+    "vit_b_16", "swin_t", "maxvit_t",
+]
+TIMM = [
+    "deit_tiny_patch16_224", "dla34", "levit_128s", "dpn68", "repvgg_a2", "rexnet_100", "ghostnet_100",
+    "poolformer_s12", "resmlp_12_224", "hrnet_w18_small", "mobilevit_xs", "seresnext26d_32x4d", "resnext50_32x4d",
+    "cspresnet50", "mixer_b16_224", "convmixer_768_32", "efficientvit_b0", "tf_efficientnet_lite0",
+]
+SIZE = {"inception_v3": 299, "vit_b_16": 224, "swin_t": 224, "maxvit_t": 224, "googlenet": 96,
+        "alexnet": 96, "deit_tiny_patch16_224": 224, "levit_128s": 224, "resmlp_12_224": 224,
+        "mixer_b16_224": 224, "mobilevit_xs": 256, "efficientvit_b0": 224, "convmixer_768_32": 96}
+PRUNE = ["magnitude-prune:fraction=0.3,neuron_fraction=0.25", "eliminate-dead-neurons"]
+GROWTH = ["grow-connection:fraction=0.1", "bridge-neuron:count=2", "add-feature-map:count=2,candidates=2",
+          "split-neuron:count=2"]
+
+
+def build(key: str):  # type: ignore[no-untyped-def]
+    import torch
+
+    src, name = key.split(":", 1)
+    torch.manual_seed(0)
+    if src == "tv":
+        import torchvision
+
+        kw = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+        model = torchvision.models.get_model(name, weights=None, num_classes=10, **kw)
+    else:
+        import timm
+
+        model = timm.create_model(name, pretrained=False, num_classes=10)
+    size = SIZE.get(name, 96)
+    return model.eval(), torch.rand(1, 3, size, size)
+
+
+def rel(a, b) -> float:  # type: ignore[no-untyped-def]
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+
+
+def ort_run(path: str, x):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    feed = {name: x.numpy()}
+    out = sess.run(None, feed)[0]
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return out, statistics.median(times)
+
+
+def widths(graph) -> dict:  # type: ignore[no-untyped-def]
+    return {n.name: int(n.params["weight"].shape[0]) for n in graph.parametric()}
+
+
+def lower_and_check(graph, x, ref, row: dict, tag: str, tmp: str) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    t = time.perf_counter()
+    mod = graph.to_torch()
+    row[f"{tag}_to_torch_s"] = round(time.perf_counter() - t, 3)
+    with torch.no_grad():
+        out = mod(x)
+    row[f"{tag}_torch_rel_diff"] = rel(out, ref)
+    path = os.path.join(tmp, f"{tag}.onnx")
+    t = time.perf_counter()
+    graph.to_onnx(path)
+    row[f"{tag}_to_onnx_s"] = round(time.perf_counter() - t, 3)
+    o, lat = ort_run(path, x)
+    row[f"{tag}_onnx_rel_diff"] = rel(torch.from_numpy(o), ref)
+    row[f"{tag}_ort_ms"] = round(1000 * lat, 2)
+
+
+def one(key: str) -> dict:
+    import torch
+
+    import nestir
+    from nestir.backends.executor import IRModule
+
+    torch.set_num_threads(2)
+    row: dict = {"model": key}
+    here = os.path.dirname(os.path.abspath(__file__))
+    rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here, capture_output=True, text=True)
+    row["commit"] = rev.stdout.strip()  # nestir's version this row measured
+    model, x = build(key)
+    with torch.no_grad():
+        ref = model(x)
+    row["params_model"] = sum(p.numel() for p in model.parameters())
+    t = time.perf_counter()
+    g = nestir.trace(model, x)  # verifies
+    row["trace_verify_s"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    g.verify()
+    row["verify_s"] = round(time.perf_counter() - t, 3)
+    ops = nestir.opaque_nodes(g)
+    row["opaque"] = len(ops)
+    row["opaque_calls"] = sorted({o.split(" = ", 1)[1].split(" (")[0] for o in ops})
+    info = g.groups()
+    layers = list(g.parametric())
+    can = [n.name for n in layers if (grp := info.of(n.name)) is not None and grp.resizable]
+    row["layers"] = len(layers)
+    row["layers_resizable"] = len(can)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        lower_and_check(g, x, ref, row, "traced", tmp)
+        row["trace_verify_lower_torch_s"] = round(row["trace_verify_s"] + row["traced_to_torch_s"], 3)
+        row["params"] = nestir.stats(g, compact=False)["params"]
+        y = torch.randint(0, 10, (2,))
+        data = [(torch.rand(2, *x.shape[1:]), y)]
+        before = widths(g)
+        t = time.perf_counter()
+        p = nestir.apply(g, PRUNE, data=data)
+        row["prune_s"] = round(time.perf_counter() - t, 3)
+        after = widths(p)
+        row["layers_lost_neurons"] = sum(after.get(k, 0) < v for k, v in before.items())
+        row["params_pruned"] = nestir.stats(p, compact=False)["params"]
+        with torch.no_grad():
+            pref = IRModule(p.copy()).eval()(x)
+        lower_and_check(p, x, pref, row, "pruned", tmp)
+        row["growth"] = {}
+        for spec in GROWTH:
+            name = spec.split(":")[0]
+            try:
+                t = time.perf_counter()
+                q = nestir.apply(p, [spec], data=data)
+                s = {"seconds": round(time.perf_counter() - t, 3),
+                     "params": nestir.stats(q, compact=False)["params"]}
+                with torch.no_grad():
+                    qref = IRModule(q.copy()).eval()(x)
+                r: dict = {}
+                lower_and_check(q, x, qref, r, "grown", tmp)
+                s.update({"torch_rel_diff": r["grown_torch_rel_diff"], "onnx_rel_diff": r["grown_onnx_rel_diff"]})
+                s["ok"] = s["torch_rel_diff"] <= 1e-5 and s["onnx_rel_diff"] <= 1e-4
+            except Exception as e:  # one failing pass is a finding, not the end of the row
+                s = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            row["growth"][name] = s
+    row["parity_ok"] = (row["traced_torch_rel_diff"] <= 1e-5 and row["traced_onnx_rel_diff"] <= 1e-4
+                        and row["pruned_torch_rel_diff"] <= 1e-5 and row["pruned_onnx_rel_diff"] <= 1e-4)
+    row["ok"] = row["parity_ok"] and all(s["ok"] for s in row["growth"].values())
+    return row
+
+
+def child(key: str) -> None:
+    try:
+        row = one(key)
+    except Exception as e:
+        row = {"model": key, "ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:400]}",
+               "where": traceback.format_exc().splitlines()[-3:]}
+    print("@@ROW " + json.dumps(row))
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["Random weights, batch 1, 2 CPU threads. 'resizable': parametric layers whose width can change; "
+             "'lose neurons': layers narrower after `magnitude-prune:fraction=0.3,neuron_fraction=0.25` + "
+             "`eliminate-dead-neurons`; growth: passes that ran and kept parity (torch 1e-5, ONNX 1e-4 relative).",
+             "", "| model | trace+verify+lower s | opaque | resizable | lose neurons | params → pruned | growth ok | "
+             "ORT ms before → after | status |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | - | - | - | - | - | - | - | fails: {r['error'][:120]} |")
+            continue
+        g = r["growth"]
+        bad = [f"{k}: {v.get('error', 'parity')[:80]}" for k, v in g.items() if not v["ok"]]
+        status = "ok" if r["ok"] else "; ".join(bad + ([] if r["parity_ok"] else ["prune/lower parity"]))
+        lines.append(f"| {r['model']} | {r['trace_verify_lower_torch_s']:.2f} | {r['opaque']} | "
+                     f"{r['layers_resizable']}/{r['layers']} | {r['layers_lost_neurons']}/{r['layers']} | "
+                     f"{r['params']:,} → {r['params_pruned']:,} | {sum(v['ok'] for v in g.values())}/{len(g)} | "
+                     f"{r['traced_ort_ms']} → {r['pruned_ort_ms']} | {status} |")
+    ok = sum(r.get("ok", False) for r in rows)
+    lines += ["", f"{ok} of {len(rows)} models pass every step."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        return child(sys.argv[2])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=",".join([f"tv:{m}" for m in TORCHVISION] + [f"timm:{m}" for m in TIMM]))
+    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--fresh", action="store_true")
+    args = ap.parse_args()
+    path = os.path.join(RESULTS, "coverage.json")
+    res = {"rows": []}
+    if os.path.isfile(path) and not args.fresh:
+        with open(path) as f:
+            res = json.load(f)
+    done = {r["model"] for r in res["rows"]}
+    for key in args.models.split(","):
+        if key in done:
+            continue
+        t = time.perf_counter()
+        try:
+            p = subprocess.run([sys.executable, __file__, "--child", key], capture_output=True, text=True,
+                               timeout=args.timeout)
+            line = [ln for ln in p.stdout.splitlines() if ln.startswith("@@ROW ")]
+            row = (json.loads(line[-1][6:]) if line else
+                   {"model": key, "ok": False, "error": f"crashed (exit {p.returncode}): {p.stderr[-300:]}"})
+        except subprocess.TimeoutExpired:
+            row = {"model": key, "ok": False, "error": f"timed out after {args.timeout} s"}
+        row["wall_s"] = round(time.perf_counter() - t, 1)
+        res["rows"].append(row)
+        print(f"{key}: {'ok' if row.get('ok') else row.get('error', 'fails a step')} ({row['wall_s']} s)", flush=True)
+        res["machine"] = machine()
+        import torch
+
+        res["torch"] = torch.__version__
+        save(path, res)
+        with open(os.path.join(RESULTS, "coverage.md"), "w") as f:
+            f.write(markdown(res["rows"]) + "\n")
+
+
+if __name__ == "__main__":
+    main()
