@@ -167,6 +167,8 @@ def function_node(name: str, node: fx.Node, kw: dict[str, Any] | None, refs: lis
         return Node(name, "act", attrs=attrs)
     if kw is None:
         return None
+    if _is_stochastic_depth(t) and kw.get("training") is False:  # torchvision.ops: the identity in eval
+        return Node(name, "identity", attrs={"p": 0.0})
     if t is F.dropout or t is F.dropout2d or t is F.dropout1d:
         return Node(name, "identity", attrs={"p": float(kw.get("p", 0.5)) if t is F.dropout else 0.0})
     if t is F.max_pool2d or t is F.max_pool1d:
@@ -188,6 +190,11 @@ def function_node(name: str, node: fx.Node, kw: dict[str, Any] | None, refs: lis
         return Node(name, "adaptive_pool",
                     attrs={"mode": mode, "dims": nd, "output_size": _pair(kw["output_size"], nd)})
     return None
+
+
+def _is_stochastic_depth(target: Any) -> bool:
+    return (getattr(target, "__name__", "") == "stochastic_depth"
+            and str(getattr(target, "__module__", "")).startswith("torchvision"))
 
 
 def norm_function_node(name: str, target: Any, kw: dict[str, Any], const: Any) -> Node | None:

@@ -211,3 +211,32 @@ def test_functional_batch_norm_and_layer_norm_are_understood_and_prune():
                      data=[(x, torch.tensor([1, 2]))])
     assert p["c1"].params["weight"].shape[0] == 6 and p["c2"].params["weight"].shape[0] == 6
     assert p["fc"].params["weight"].shape[0] == 16  # normalized by a LayerNorm: left alone
+
+
+def stochastic_depth(input, p: float, mode: str, training: bool = True):  # torchvision.ops' signature
+    if not training or p == 0.0:
+        return input
+    keep = torch.empty([input.shape[0]] + [1] * (input.dim() - 1)).bernoulli_(1 - p)
+    return input * keep / (1 - p)
+
+
+stochastic_depth.__module__ = "torchvision.ops.stochastic_depth"  # as torchvision defines it
+torch.fx.wrap("stochastic_depth")
+
+
+def test_stochastic_depth_in_eval_is_the_identity():
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2, self.out = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.fc1(x))
+            return self.out(h + stochastic_depth(self.fc2(h), 0.2, "row", self.training))
+
+    m = Block().eval()
+    x = torch.randn(2, 4)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
+    assert g.groups().of("fc1").resizable
+    torch.testing.assert_close(g.to_torch()(x), m(x))
