@@ -137,7 +137,7 @@ def one(key: str) -> dict:
     row["opaque_calls"] = sorted({o.split(" = ", 1)[1].split(" (")[0] for o in ops})
     info = g.groups()
     layers = list(g.parametric())
-    can = [n.name for n in layers if (grp := info.of(n.name)) is not None and grp.resizable]
+    can = [n.name for n in layers if (grp := info.of(n.name)) is not None and grp.prunable]
     row["layers"] = len(layers)
     row["layers_resizable"] = len(can)
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,7 +190,8 @@ def child(key: str) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["Random weights, batch 1, 2 CPU threads. 'resizable': parametric layers whose width can change; "
+    lines = ["Random weights, batch 1, 2 CPU threads. 'resizable': parametric layers whose width can change "
+             "(by neurons, or by whole groups of a grouped conv); "
              "'lose neurons': layers narrower after `magnitude-prune:fraction=0.3,neuron_fraction=0.25` + "
              "`eliminate-dead-neurons`; growth: passes that ran and kept parity (torch 1e-5, ONNX 1e-4 relative).",
              "", "| model | trace+verify+lower s | opaque | resizable | lose neurons | params → pruned | growth ok | "

@@ -147,20 +147,60 @@ def remove_neurons(graph: Graph, gid: int, indices: Sequence[int], *, info: Grou
     """Remove the neurons ``indices`` of group ``gid`` from every producer, per-neuron node and
     consumer. Refuses to remove every neuron of a group."""
     info, grp = _group(graph, gid, info)
-    drop = sorted(set(int(i) for i in indices))
+    drop = _drop_list(grp, indices)
     if not drop:
         return
-    if drop[0] < 0 or drop[-1] >= grp.width:
-        raise EditError(f"neuron index out of range for group {gid} of width {grp.width}: {drop}")
-    if len(drop) >= grp.width:
-        raise EditError(f"refusing to remove all {grp.width} neurons of group {gid} "
-                        f"({', '.join(grp.values[:3])}): the network would be disconnected")
-    keep = torch.tensor([i for i in range(grp.width) if i not in set(drop)])
     st = _Staged()
+    _stage_remove(graph, info, grp, drop, st)
+    st.commit(graph)
+
+
+def remove_units(graph: Graph, conv: str, units: Sequence[int], *, info: GroupInfo | None = None) -> None:
+    """Remove whole conv groups ``units`` of the grouped conv ``conv``: their input channels from
+    the group it reads and their output channels from the group it writes (one edit; see
+    :class:`nestir.groups.Tie`). Refuses to remove every unit."""
+    info = info or analyze(graph)
+    tie = next((t for t in info.ties() if t.conv == conv), None)
+    if tie is None:
+        grp = info.of(conv)
+        why = grp.reason if grp is not None and grp.frozen else "it does not tie two resizable groups"
+        raise EditError(f"grouped conv '{conv}' cannot lose whole groups: {why}")
+    drop = sorted(set(int(u) for u in units))
+    if not drop:
+        return
+    if drop[0] < 0 or drop[-1] >= tie.groups:
+        raise EditError(f"unit index out of range for '{conv}' with {tie.groups} groups: {drop}")
+    if len(drop) >= tie.groups:
+        raise EditError(f"refusing to remove all {tie.groups} groups of '{conv}': the network would be disconnected")
+    src, dst = info.groups[tie.src], info.groups[tie.dst]
+    if tie.src != tie.dst and (set(src.values) & set(dst.values) or
+                               set(src.consumers + src.per_neuron) & set(dst.consumers + dst.per_neuron)):
+        raise EditError(f"grouped conv '{conv}': a node reads both of its groups; remove their neurons separately")
+    st = _Staged()
+    sides = [(dst, tie.dst_unit)] if tie.src == tie.dst else [(src, tie.src_unit), (dst, tie.dst_unit)]
+    for grp, unit in sides:
+        _stage_remove(graph, info, grp, [u * unit + j for u in drop for j in range(unit)], st)
+    st.attrs.setdefault(conv, {})["groups"] = tie.groups - len(drop)
+    st.commit(graph)
+
+
+def _drop_list(grp: Group, indices: Sequence[int]) -> list[int]:
+    drop = sorted(set(int(i) for i in indices))
+    if drop and (drop[0] < 0 or drop[-1] >= grp.width):
+        raise EditError(f"neuron index out of range for group {grp.id} of width {grp.width}: {drop}")
+    if len(drop) >= grp.width:
+        raise EditError(f"refusing to remove all {grp.width} neurons of group {grp.id} "
+                        f"({', '.join(grp.values[:3])}): the network would be disconnected")
+    return drop
+
+
+def _stage_remove(graph: Graph, info: GroupInfo, grp: Group, drop: list[int], st: _Staged) -> None:
+    gid = grp.id
+    keep = torch.tensor([i for i in range(grp.width) if i not in set(drop)])
     for name in grp.producers:
         for key, dim in _PRODUCER.items():
             if key in graph[name].params:
-                t = graph[name].params[key]
+                t = st.get(graph, name, key)
                 st.put(name, key, t.index_select(dim, keep.to(t.device)), ("select", dim, keep))
     for name in grp.per_neuron + grp.consumers:
         node = graph[name]
@@ -174,7 +214,6 @@ def remove_neurons(graph: Graph, gid: int, indices: Sequence[int], *, info: Grou
         if name in grp.per_neuron and node.op == "conv":
             st.attrs[name] = {"groups": node.attrs["groups"] - len(drop)}
     _shapes(graph, info, gid, -len(drop), st)
-    st.commit(graph)
 
 
 def _segs(info: GroupInfo, name: str) -> list[tuple[int, int, int, int]]:

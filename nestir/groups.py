@@ -29,10 +29,33 @@ class Group:
     consumers: list[str] = field(default_factory=list)
     values: list[str] = field(default_factory=list)
     mixing: bool = False  # a LayerNorm normalizes across these neurons
+    tie: Tie | None = None  # a grouped conv ties this group to another in units of whole conv groups
 
     @property
     def resizable(self) -> bool:
+        """Neurons may be added or removed one at a time (by every pass)."""
+        return not self.frozen and bool(self.producers) and self.tie is None
+
+    @property
+    def prunable(self) -> bool:
+        """Neurons may be removed: one at a time, or in whole units where a grouped conv ties the
+        group (:func:`nestir.edit.remove_units`)."""
         return not self.frozen and bool(self.producers)
+
+
+@dataclass(frozen=True)
+class Tie:
+    """A grouped conv ``conv`` with ``groups`` groups reads group ``src`` in units of ``src_unit``
+    channels and writes group ``dst`` in units of ``dst_unit``: unit k of one exists only with
+    unit k of the other, so both lose whole units together (``src == dst`` for a conv inside
+    a residual loop with equal units)."""
+
+    conv: str
+    groups: int
+    src: int
+    src_unit: int
+    dst: int
+    dst_unit: int
 
 
 @dataclass
@@ -61,6 +84,10 @@ class GroupInfo:
     def resizable(self) -> list[Group]:
         return [g for g in self.groups.values() if g.resizable]
 
+    def ties(self) -> list[Tie]:
+        """The grouped-conv ties whose groups can lose whole units (one per conv)."""
+        return list(dict.fromkeys(g.tie for g in self.groups.values() if g.tie is not None and g.prunable))
+
 
 class _Analysis:
     def __init__(self, graph: Graph) -> None:
@@ -73,6 +100,7 @@ class _Analysis:
         self.producers: dict[int, list[str]] = {}
         self.per_neuron: dict[str, Layout] = {}
         self.mixing: set[int] = set()
+        self.ties: list[tuple[str, int, int, int, int, int]] = []  # conv, groups, src, src unit, dst, dst unit
 
     def find(self, g: int) -> int:
         while self.parent[g] != g:
@@ -197,6 +225,10 @@ class _Analysis:
         if g == c_in == w.shape[0] and lay is not None:
             self.per_neuron[n.name] = lay  # depthwise: output channel c is input channel c
             return lay
+        if lay is not None and len(lay) == 1:  # whole conv groups: unit k of the input <-> unit k of the output
+            out = self.new(w.shape[0], n.name)
+            self.ties.append((n.name, g, lay[0][0], w.shape[1], out, w.shape[0] // g))
+            return [(out, 1)]
         self.freeze(lay, f"grouped conv '{n.name}'")
         return [(self.new(w.shape[0], n.name, frozen=f"grouped conv '{n.name}'"), 1)]
 
@@ -219,10 +251,36 @@ class _Analysis:
             lays.append(self.layout.get(i) if src.axis == k else None)
         return self.unify(lays, f"binary '{n.name}'")
 
+    def resolve_ties(self) -> dict[int, Tie]:
+        """Each group in at most one tie, with the same unit on both sides of a self-tie, else
+        every group involved is frozen."""
+        ties = [(conv, g, self.find(s), su, self.find(d), du) for conv, g, s, su, d, du in self.ties]
+        count: dict[int, int] = {}
+        for _, _, s, _, d, _ in ties:
+            for x in {s, d}:
+                count[x] = count.get(x, 0) + 1
+        frozen = {self.find(x) for x in self.frozen}
+        out: dict[int, Tie] = {}
+        for conv, g, s, su, d, du in ties:
+            why = ""
+            if count[s] > 1 or count[d] > 1:
+                why = f"grouped conv '{conv}' shares its groups with another grouped conv"
+            elif s == d and su != du:
+                why = f"grouped conv '{conv}' feeds its own input with other units"
+            elif s in frozen or d in frozen:
+                why = f"grouped conv '{conv}' is tied to a frozen group"
+            if why:
+                for x in (s, d):
+                    self.frozen.setdefault(x, why)
+                continue
+            out[s] = out[d] = Tie(conv, g, s, su, d, du)
+        return out
+
     def run(self) -> GroupInfo:
         for n in self.graph:
             lay = self.visit(n)
             self.layout[n.name] = lay
+        ties = self.resolve_ties()
         groups: dict[int, Group] = {}
         for g in self.parent:
             r = self.find(g)
@@ -232,6 +290,8 @@ class _Analysis:
                 grp.frozen, grp.reason = True, grp.reason or self.frozen[g]
             if g in self.mixing:
                 grp.mixing = True
+        for r, tie in ties.items():
+            groups[r].tie = tie
         norm = lambda lay: None if lay is None else [(self.find(g), r) for g, r in lay]
         layouts = {k: norm(v) for k, v in self.layout.items()}
         for name, lay in layouts.items():

@@ -10,7 +10,7 @@ import torch
 
 from nestir import dist
 from nestir.backends.executor import IRModule
-from nestir.edit import remove_neurons
+from nestir.edit import remove_neurons, remove_units
 from nestir.errors import PassError
 from nestir.graph import Graph, Node
 from nestir.groups import GroupInfo
@@ -165,10 +165,15 @@ class MagnitudePrune(Pass):
     def _neurons(self, graph: Graph, ctx: PassContext, allowed: set[str]) -> int:
         info = graph.groups()
         groups = [g for g in info.resizable() if not g.mixing and set(g.producers) <= allowed and g.width > 1]
-        if not groups:
+        ties = [t for t in info.ties() if t.groups > 1 and t.conv in allowed and not info.groups[t.dst].mixing
+                and not info.groups[t.src].mixing
+                and set(info.groups[t.src].producers + info.groups[t.dst].producers) <= allowed]
+        if not groups and not ties:
             return 0
         data = ctx.require_data(self.name)
         taps = {g.id: _tap(graph, info, g.id) for g in groups}
+        for t in ties:
+            taps[t.dst] = _tap(graph, info, t.dst)
         mod = IRModule(graph.copy()).eval()
         cap = mod.start_capture(taps.values())
         sums: dict[str, torch.Tensor] = {}
@@ -191,6 +196,15 @@ class MagnitudePrune(Pass):
             idx = torch.topk(sums[tap].cpu(), k, largest=False).indices.tolist()
             remove_neurons(graph, grp.id, idx, info=info)
             removed += k
+        for conv, tap in [(t.conv, taps[t.dst]) for t in ties]:  # whole conv groups: weakest mean |output|
+            info = graph.groups()
+            tie = next(t for t in info.ties() if t.conv == conv)
+            k = min(math.floor(self.neuron_fraction * tie.groups), tie.groups - 1)
+            if k <= 0:
+                continue
+            unit_score = sums[tap].cpu().view(tie.groups, tie.dst_unit).mean(1)
+            remove_units(graph, conv, torch.topk(unit_score, k, largest=False).indices.tolist(), info=info)
+            removed += k * (tie.dst_unit + (tie.src_unit if tie.src != tie.dst else 0))
         return removed
 
 

@@ -153,20 +153,36 @@ class M(nn.Module):
         self.gate = Gate()
     def forward(self, x):
         return self.gate(self.fc(x.flatten(1)))
+class Top(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+    def forward(self, x):
+        y = self.fc(x.flatten(1))
+        if y.sum() > 0:
+            return y
+        return -y
 def make():
     return M()
+def top():
+    return Top()
 '''
 
 
 def test_untraceable_advice_names_only_options_that_exist(tmp_path, capsys):
     f = tmp_path / "u.py"
     f.write_text(UNTRACEABLE)
-    for verb in ("inspect", "synthesize", "apply"):
-        assert main([verb, f"{f}:make", "--out" if verb != "inspect" else "--input-shape",
+    for verb in ("inspect", "synthesize", "apply"):  # untraceable code in the top-level forward
+        assert main([verb, f"{f}:top", "--out" if verb != "inspect" else "--input-shape",
                      str(tmp_path / "o") if verb != "inspect" else "1,28,28"]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "if x.sum() > 0" in err
+        assert err.count("\n") == 1 and "if y.sum() > 0" in err
         assert "`nestir inspect` / `nestir export` with --leaf" in err and "take no --leaf" in err
+    # in a submodule: that submodule becomes a leaf by itself, and the training verbs say why they refuse it
+    assert main(["inspect", f"{f}:make"]) == 0
+    assert "opaque: gate = Gate (not traceable, kept whole" in capsys.readouterr().out
+    assert main(["apply", f"{f}:make", "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "opaque node" in capsys.readouterr().err
     # the advice works where it says it does
     assert main(["inspect", f"{f}:make", "--leaf", "Gate"]) == 0
     assert "opaque: gate = Gate" in capsys.readouterr().out

@@ -1,6 +1,8 @@
 import torch
+from blocks import GroupedBlock
 
 import nestir
+import nestir.backends.executor
 from nestir.zoo import LeNet5, MobileNetTiny, ResNet
 
 
@@ -52,3 +54,41 @@ def test_model_input_and_output_are_frozen():
     info = g.groups()
     assert not info.of("x").resizable and "input" in info.of("x").reason
     assert not info.of("fc2").resizable and "output" in info.of("fc2").reason
+
+
+def test_grouped_conv_ties_its_groups_in_units():
+    g = nestir.trace(GroupedBlock(out=32).eval(), torch.randn(2, 3, 8, 8))
+    info = g.groups()
+    (tie,) = info.ties()
+    assert (tie.conv, tie.groups, tie.src_unit, tie.dst_unit) == ("c2", 4, 4, 8)
+    src, dst = info.of("c1"), info.of("c2")
+    assert src.tie == dst.tie == tie and src.prunable and dst.prunable
+    assert not src.resizable and not dst.resizable  # growth adds one neuron at a time: not here
+
+
+def test_remove_units_removes_whole_groups_on_both_sides_atomically():
+    import pytest
+
+    from nestir.edit import remove_units
+    from nestir.errors import EditError
+
+    torch.manual_seed(0)
+    m = GroupedBlock(out=32).eval()
+    x = torch.randn(2, 3, 8, 8)
+    g = nestir.trace(m, x)
+    w1, w2, w3 = (g[n].params["weight"].clone() for n in ("c1", "c2", "c3"))
+    remove_units(g, "c2", [1, 3])
+    g.verify()
+    assert g["c2"].attrs["groups"] == 2
+    assert torch.equal(g["c1"].params["weight"], torch.cat([w1[0:4], w1[8:12]]))
+    assert torch.equal(g["c2"].params["weight"], torch.cat([w2[0:8], w2[16:24]]))
+    assert torch.equal(g["c3"].params["weight"], torch.cat([w3[:, 0:8], w3[:, 16:24]], 1))
+    assert g["b1"].params["running_mean"].shape == (8,) and g["b2"].params["running_mean"].shape == (16,)
+    before = {n.name: {k: t.clone() for k, t in n.params.items()} for n in g}
+    for bad in ([0, 1], [5]):
+        with pytest.raises(EditError):
+            remove_units(g, "c2", bad)
+    with pytest.raises(EditError, match="cannot lose whole groups"):
+        remove_units(g, "c1", [0])
+    assert all(torch.equal(t, before[n.name][k]) for n in g for k, t in n.params.items())
+    torch.testing.assert_close(g.to_torch()(x), nestir.backends.executor.IRModule(g.copy()).eval()(x))

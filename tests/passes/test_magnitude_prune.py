@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn as nn
+from blocks import GroupedBlock
 
 import nestir
 from nestir.errors import PassError
@@ -89,3 +90,15 @@ def test_flops_fraction_cuts_conv_flops_by_at_least_that_fraction_smallest_first
     assert all(torch.equal(g[n].params["mask"], plain[n].params["mask"]) for n in ("fc1", "fc2"))
     with pytest.raises(PassError, match="flops_fraction"):
         get("magnitude-prune", flops_fraction=1.0)
+
+
+def test_neuron_fraction_removes_whole_groups_of_a_grouped_conv():
+    torch.manual_seed(0)
+    g = nestir.trace(GroupedBlock(out=32).eval(), torch.rand(2, 3, 8, 8))
+    data = [(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))]
+    res = get("magnitude-prune", neuron_fraction=0.5).run(g, PassContext(data=data))
+    g.verify()
+    assert g["c2"].attrs["groups"] == 2
+    assert g["c1"].params["weight"].shape[0] == 8 and g["c2"].params["weight"].shape[0] == 16
+    assert g["c3"].params["weight"].shape[1] == 16
+    assert res.info["neurons"] >= 8 + 16
