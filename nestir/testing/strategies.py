@@ -64,7 +64,8 @@ class SpecModel(nn.Module):
                 size = size // 2
             self.blocks.append(m)
         self.head_kind = spec["head"]
-        feat = ch * size * size if spec["head"] == "flatten" else ch
+        feat = ch * size * size if spec["head"] in ("flatten", "Flatten") else ch
+        self.flatten = nn.Flatten() if spec["head"] == "Flatten" else None
         self.fc1 = nn.Linear(feat, spec["hidden"])
         self.ln = nn.LayerNorm(spec["hidden"]) if spec["ln"] else None
         self.fc2 = nn.Linear(spec["hidden"], spec["classes"])
@@ -88,6 +89,8 @@ class SpecModel(nn.Module):
                 x = F.max_pool2d(x, 2) if b["max"] else F.avg_pool2d(x, 2)
         if self.head_kind == "flatten":
             x = x.view(x.size(0), -1)
+        elif self.flatten is not None:
+            x = self.flatten(x)
         else:
             x = x.mean((2, 3))
         h = self.fc1(x)
@@ -144,7 +147,8 @@ def mlp_specs(draw: Any) -> dict[str, Any]:
 
 @st.composite
 def cnn_specs(draw: Any) -> dict[str, Any]:
-    """A spec for :class:`SpecModel`: 1-3 blocks on a 6x6 or 8x8 input with 1-3 channels."""
+    """A spec for :class:`SpecModel`: 1-3 blocks on a 6x6 or 8x8 input with 1-3 channels; the head
+    flattens with ``x.view(x.size(0), -1)`` or ``nn.Flatten()``, or takes the spatial mean."""
     blocks = []
     size = draw(st.sampled_from([6, 8]))
     pools = 0
@@ -162,7 +166,7 @@ def cnn_specs(draw: Any) -> dict[str, Any]:
             pools += 1
         blocks.append(b)
     return {"in_ch": draw(st.integers(1, 3)), "size": size, "blocks": blocks,
-            "head": draw(st.sampled_from(["flatten", "mean"])), "hidden": draw(st.integers(2, 6)),
+            "head": draw(st.sampled_from(["flatten", "mean", "Flatten"])), "hidden": draw(st.integers(2, 6)),
             "ln": draw(st.booleans()), "act": draw(st.sampled_from(ACTS)), "classes": draw(st.integers(2, 4))}
 
 
