@@ -90,6 +90,9 @@ def add_neurons(
     zero bias, live mask) and ``rows[per_neuron_node]`` its entries (default: identity BN/LN, zero
     depthwise kernels). ``cols[consumer]`` may give the new ``weight``/``mask`` columns, shape
     (out, count*repeat, *kernel) (default zero weight, live mask: the function is unchanged).
+    A layer that both produces and consumes the group (``x + f(layer(x))``) gains rows and
+    columns: its ``cols`` may count ``out`` before or after the new rows; given before, the
+    entries joining new neurons to new neurons are filled like the default (zero weight, live).
     """
     if count <= 0:
         raise EditError(f"add_neurons needs a positive count, got {count}")
@@ -135,12 +138,24 @@ def add_neurons(
                     continue
                 cur = st.get(graph, name, key)
                 fill = True if cur.dtype == torch.bool else 0.0
-                new = given.get(key, _filler(cur, dim, count * r, fill))
+                new = given.get(key)
+                if new is None:
+                    new = _filler(cur, dim, count * r, fill)
+                elif name in grp.producers:
+                    new = _pad_own_rows(new, cur, _PRODUCER[key], count, fill)
                 _check(name, key, new, cur, dim, count * r)
                 st.put(name, key, _insert(cur, dim, off + w * r, new), ("insert", dim, off + w * r, count * r))
     _shapes(graph, info, gid, count, st)
     st.commit(graph)
     return list(range(grp.width, grp.width + count))
+
+
+def _pad_own_rows(new: torch.Tensor, cur: torch.Tensor, dim: int, count: int, fill: float | bool) -> torch.Tensor:
+    """Columns given for a layer that also produces the group, counted before its ``count`` new
+    rows (appended last along ``dim``): extended with those rows' entries."""
+    if new.dim() == cur.dim() and new.shape[dim] == cur.shape[dim] - count:
+        return torch.cat([new.to(cur.device), _filler(new.to(cur.device), dim, count, fill)], dim)
+    return new
 
 
 def remove_neurons(graph: Graph, gid: int, indices: Sequence[int], *, info: GroupInfo | None = None) -> None:

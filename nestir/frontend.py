@@ -301,9 +301,9 @@ class _Builder:
         return None
 
     # -- per-kind conversion -------------------------------------------------------------------
-    def opaque(self, fxn: fx.Node, fn: Any, kind: str) -> None:
+    def opaque(self, fxn: fx.Node, fn: Any, kind: str, label: str | None = None) -> None:
         inputs, args, kwargs = self.template(fxn.args, fxn.kwargs)
-        label = getattr(fn, "_nestir_label", None) or cv.target_label(fxn, self.gm)
+        label = label or getattr(fn, "_nestir_label", None) or cv.target_label(fxn, self.gm)
         self.add(cv.opaque_node(fxn.name, fxn, fn, kind, args, kwargs, label), fxn, inputs)
 
     def reshape(self, fxn: fx.Node, x: str) -> None:
@@ -314,9 +314,22 @@ class _Builder:
             self.add(Node(fxn.name, op, attrs={"p": 0.0} if op == "identity" else {}), fxn, [x])
         elif len(src) >= 1 and len(out) >= 1 and out[0] == src[0]:
             self.add(Node(fxn.name, "reshape", attrs={"rest": out[1:]}), fxn, [x])
+        elif fxn.op == "call_module":
+            mod = self.gm.get_submodule(str(fxn.target))
+            self.opaque(fxn, mod, "module", f"{type(mod).__name__}: reshapes the batch dimension away")
         else:
-            target = fxn.target if fxn.op == "call_method" else fxn.target
-            self.opaque(fxn, target, "method" if fxn.op == "call_method" else "function")
+            self.opaque(fxn, fxn.target, "method" if fxn.op == "call_method" else "function")
+
+    def flatten_module(self, fxn: fx.Node, mod: nn.Flatten, x: str) -> None:
+        """``nn.Flatten``: from dim 1 to the last, the flatten op (one channel becomes its H*W
+        features); another range that keeps the batch dim, a reshape (freezes the groups it
+        touches); one that flattens the batch dim stays opaque, saying so."""
+        nd = len(self.in_shape(x))
+        start = mod.start_dim % nd if nd else mod.start_dim
+        if start >= 1:
+            return self.reshape(fxn, x)
+        self.opaque(fxn, mod, "module", f"Flatten(start_dim={mod.start_dim}, end_dim={mod.end_dim}): flattens "
+                    "the batch dimension (only start_dim >= 1 is understood; nn.Flatten() is)")
 
     def mean(self, fxn: fx.Node, x: str, dims: Any, keepdim: bool) -> None:
         nd = len(self.in_shape(x))
@@ -415,6 +428,8 @@ class _Builder:
         mod = self.gm.get_submodule(str(fxn.target))
         auto = getattr(self.gm, "_nestir_auto_leaves", {})
         x = self.ref(fxn.args[0]) if len(fxn.args) == 1 and not fxn.kwargs else None
+        if isinstance(mod, nn.Flatten) and x is not None and str(fxn.target) not in auto:
+            return self.flatten_module(fxn, mod, x)
         node = cv.module_node(fxn.name, mod) if x is not None and str(fxn.target) not in auto else None
         if node is not None:
             return self.add(node, fxn, [x])  # type: ignore[list-item]

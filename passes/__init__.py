@@ -1,6 +1,6 @@
 """The registered passes, one per module; ``get(name, **options)`` returns one configured."""
 
-from nestir.passinfra import Pass, PassContext, PassManager, PassResult, get, parse, registered
+from nestir.passinfra import Pass, PassContext, PassManager, PassResult, get, parse, register, registered
 
 from . import (  # noqa: F401  (registration)
     add_feature_map,
@@ -13,4 +13,4 @@ from . import (  # noqa: F401  (registration)
     split_neuron,
 )
 
-__all__ = ["Pass", "PassContext", "PassManager", "PassResult", "get", "parse", "registered"]
+__all__ = ["Pass", "PassContext", "PassManager", "PassResult", "get", "parse", "register", "registered"]

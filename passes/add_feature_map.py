@@ -84,11 +84,21 @@ class AddFeatureMap(Pass):
         mod = IRModule(trial).eval()
         base = {n: t.detach() for n, t in mod.params.items()}
         stacked = {}
+        own = set(grp.producers) & set(grp.consumers)  # a layer in x + f(layer(x)) reads its own channels
         for p in grp.producers:
-            stacked[param_key(p, "weight")] = self._with_rows(base[param_key(p, "weight")], rows[p])
+            cand = rows[p]
+            if p in own:  # the new row's kernel from the new channel itself is zero (as add_neurons makes it)
+                (off, r, w), *_ = tinfo.columns(p, tgrp.id)
+                at = off + (w - 1) * r
+                cand = torch.cat([cand[:, :, :at], torch.zeros_like(cand[:, :, :r]), cand[:, :, at:]], 2)
+            stacked[param_key(p, "weight")] = self._with_rows(base[param_key(p, "weight")], cand)
         for c in grp.consumers:
             (off, r, w), *_ = tinfo.columns(c, tgrp.id)
-            stacked[param_key(c, "weight")] = self._with_cols(base[param_key(c, "weight")], cols[c], off + (w - 1) * r)
+            cand = cols[c]
+            if c in own:  # and so is the new channel's kernel into the new row
+                cand = torch.cat([cand, torch.zeros_like(cand[:, :1])], 1)
+            key = param_key(c, "weight")
+            stacked[key] = self._with_cols(stacked.get(key, base[key]), cand, off + (w - 1) * r, k)
         dev = next(iter(base.values())).device
         stacked = {n: t.to(dev) for n, t in stacked.items()}
         loss_fn = ctx.loss_fn()
@@ -125,8 +135,10 @@ class AddFeatureMap(Pass):
         return out
 
     @staticmethod
-    def _with_cols(w: torch.Tensor, cand: torch.Tensor, pos: int) -> torch.Tensor:
-        k, r = cand.shape[0], cand.shape[2]
-        out = w.unsqueeze(0).repeat(k, *([1] * w.dim())).clone()
+    def _with_cols(w: torch.Tensor, cand: torch.Tensor, pos: int, k: int) -> torch.Tensor:
+        """``w`` with each candidate's columns; ``w`` may be stacked already (a layer that also
+        produces the group has its candidate rows in it)."""
+        r = cand.shape[2]
+        out = w.clone() if w.dim() == cand.dim() else w.unsqueeze(0).repeat(k, *([1] * w.dim())).clone()
         out[:, :, pos:pos + r] = cand.to(w.device, w.dtype)
         return out

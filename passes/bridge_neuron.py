@@ -30,6 +30,23 @@ def eligible(graph: Graph, info: GroupInfo) -> list[Group]:
     return out
 
 
+def connected_pairs(graph: Graph, grp: Group) -> list[tuple[str, str]]:
+    """(consumer, producer) pairs of ``grp`` where the consumer reads what the producer wrote: in a
+    residual stream ``h1 = fc0(x); h2 = h1 + f(fc1(h1))`` fc1 reads fc0's neurons but not its own,
+    so a new neuron's row in fc1 and its column in fc1 are not a bridge."""
+    out = []
+    for c in grp.consumers:
+        seen: set[str] = set()
+        stack = list(graph[c].inputs)
+        while stack:
+            v = stack.pop()
+            if v not in seen:
+                seen.add(v)
+                stack.extend(graph[v].inputs)
+        out.extend((c, p) for p in grp.producers if p in seen)
+    return out
+
+
 def _avg_abs(t: torch.Tensor) -> float:
     nz = t[t != 0]
     return float(nz.abs().mean()) if nz.numel() else 0.0
@@ -41,12 +58,14 @@ class BridgeNeuron(Pass):
     """Add ``count`` neurons to every eligible fully connected layer l (or those in ``layers``).
 
     G (M x N) = sum_batch dL/du^{l+1}_m * x^{l-1}_n over every (consumer, producer) pair of the
-    layer's neuron group. Entries with |G| above the (beta*M*N)-th largest are bridged: for each,
-    d = sqrt(|G_mn|) * (random +-1); w_out[m] += d; w_in[n] -= d * sgn(G_mn). The seed notes write
-    ``+``; with G the loss *gradient* that sign would raise the loss, so nestir takes the descent
-    sign (w_out[m] * w_in[n] = -G_mn), and flips w_out if the full first-order change
-    sum w_out^T G w_in is still positive. Then w_out *= alpha*avg|W^{l+1}|/avg|w_out|,
-    w_in *= alpha*avg|W^l|/avg|w_in| (averages over non-zeros). With several new neurons the
+    layer's neuron group in which the consumer reads what the producer wrote (a residual group
+    has pairs that are not: a layer further down the stream does not feed one above it). Entries
+    with |G| above the (beta*M*N)-th largest are bridged: for each, d = sqrt(|G_mn|) * (random
+    +-1); w_out[m] += d; w_in[n] -= d * sgn(G_mn). The seed notes write ``+``; with G the loss
+    *gradient* that sign would raise the loss, so nestir takes the descent sign (w_out[m] *
+    w_in[n] = -G_mn). Then w_out *= alpha*avg|W^{l+1}|/avg|w_out|, w_in *=
+    alpha*avg|W^l|/avg|w_in| (averages over non-zeros), and w_out is flipped if the full
+    first-order change sum w_out^T G w_in is still positive. With several new neurons the
     selected entries are dealt round-robin so each bridges different pairs. Random signs come
     from the context's seeded generator. New neurons join the whole group (BN rows at identity,
     every coupled consumer extended). Never removes."""
@@ -71,7 +90,7 @@ class BridgeNeuron(Pass):
         if not groups or self.count == 0:
             return PassResult(graph, False, {"added": 0})
         keys = [tuple(g.producers) for g in groups]
-        pairs = [(c, p) for g in groups for c in g.consumers for p in g.producers]
+        pairs = [pair for g in groups for pair in connected_pairs(graph, g)]
         stats = collect(graph, ctx.require_data(self.name), ctx.loss, weights=[], bridges=pairs)
         plans = [(key, *self._neurons(graph, g, stats.bridge, ctx.generator(f"bridge:{key[0]}")))
                  for key, g in zip(keys, groups, strict=True)]
@@ -89,7 +108,7 @@ class BridgeNeuron(Pass):
         return PassResult(graph, added > 0, {"added": added, "loss": stats.loss})
 
     def _neurons(self, graph: Graph, grp: Group, bridge: dict, gen: torch.Generator):  # type: ignore[no-untyped-def]
-        mats = {(c, p): bridge[(c, p)] for c in grp.consumers for p in grp.producers}
+        mats = {pair: bridge[pair] for pair in connected_pairs(graph, grp)}
         flat = torch.cat([m.flatten() for m in mats.values()])
         k = max(self.count, math.ceil(self.beta * flat.numel()))
         k = min(k, int((flat != 0).sum()))
@@ -113,11 +132,6 @@ class BridgeNeuron(Pass):
             slot = (slot + vals.numel()) % self.count
             w_out[c].index_put_((sel[:, 0], j), d, accumulate=True)
             w_in[p].index_put_((j, sel[:, 1]), -d * vals.sign(), accumulate=True)
-        for j in range(self.count):
-            first = sum(float(w_out[c][:, j] @ mats[(c, p)] @ w_in[p][j]) for (c, p) in mats)
-            if first > 0:
-                for c in w_out:
-                    w_out[c][:, j] = -w_out[c][:, j]
         for p, w in w_in.items():
             ref, cur = _avg_abs(graph[p].live_weight()), _avg_abs(w)
             if cur > 0:
@@ -126,6 +140,13 @@ class BridgeNeuron(Pass):
             ref, cur = _avg_abs(graph[c].live_weight()), _avg_abs(w)
             if cur > 0:
                 w *= self.alpha * ref / cur
+        # the sign after the rescaling: a group with several producers or consumers (a residual
+        # stream) rescales its pairs' terms by different factors, which can flip their sum
+        for j in range(self.count):
+            first = sum(float(w_out[c][:, j] @ mats[(c, p)] @ w_in[p][j]) for (c, p) in mats)
+            if first > 0:
+                for c in w_out:
+                    w_out[c][:, j] = -w_out[c][:, j]
         rows = {p: {"weight": w, "mask": w != 0} for p, w in w_in.items()}
         cols = {c: {"weight": w, "mask": w != 0} for c, w in w_out.items()}
         return rows, cols

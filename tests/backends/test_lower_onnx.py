@@ -2,9 +2,9 @@ import numpy as np
 import onnx
 import torch
 import torch.nn as nn
-from harness import run_ir, run_onnx
 
 import nestir
+from nestir.testing import run_ir, run_onnx
 from nestir.zoo import MobileNetTiny, ResNet
 
 

@@ -1,10 +1,10 @@
 import numpy as np
 import torch
-from harness import run_ir, run_onnx
 
 import nestir
 from nestir.backends.lower_torch import prepare
 from nestir.backends.modules import CSRLinear
+from nestir.testing import run_ir, run_onnx
 from nestir.zoo import LeNet300100
 
 

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -239,4 +240,55 @@ def test_stochastic_depth_in_eval_is_the_identity():
     g = nestir.trace(m, x)
     assert not nestir.opaque_nodes(g)
     assert g.groups().of("fc1").resizable
+class FlattenHead(nn.Module):
+    """The usual classifier head in user code: convs, then nn.Sequential(nn.Flatten(), nn.Linear)."""
+
+    def __init__(self, conv1d: bool = False) -> None:
+        super().__init__()
+        conv, bn = (nn.Conv1d, nn.BatchNorm1d) if conv1d else (nn.Conv2d, nn.BatchNorm2d)
+        self.features = nn.Sequential(conv(2, 6, 3, padding=1), bn(6), nn.ReLU(), conv(6, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * (6 if conv1d else 36), 5))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize("conv1d", [False, True])
+def test_flatten_module_is_the_flatten_op_and_channels_prune_through_it(conv1d):
+    from nestir.passes import get
+    from nestir.passinfra import PassContext
+    from nestir.testing import batch_for, check_pass, randomize, run_ir, run_onnx
+
+    m = randomize(FlattenHead(conv1d), 0)
+    x = torch.randn(4, 2, 6) if conv1d else torch.randn(4, 2, 6, 6)
+    g = nestir.trace(m, x)
+    assert nestir.opaque_nodes(g) == [] and [n.op for n in g].count("flatten") == 1
+    last = "features_3"
+    grp = g.groups().of(last)
+    assert grp.resizable and "head_1" in grp.consumers
+    ref = m(x).detach().numpy()
+    torch.testing.assert_close(g.to_torch()(x), m(x))
+    np.testing.assert_allclose(run_onnx(g, x), ref, atol=1e-4, rtol=1e-4)
+    _, y = batch_for(g, n=4)
+    res = check_pass(get("magnitude-prune", fraction=0.2, neuron_fraction=0.25), g, PassContext(data=[(x, y)]), x)
+    out = res.graph
+    assert out[last].params["weight"].shape[0] == 6 and out["features_0"].params["weight"].shape[0] == 5
+    assert out["head_1"].params["weight"].shape[1] == 6 * (6 if conv1d else 36)
+    np.testing.assert_allclose(out.to_torch()(x).detach().numpy(), run_ir(out, x), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(run_onnx(out, x), run_ir(out, x), atol=1e-4, rtol=1e-4)
+
+
+def test_other_flatten_ranges_reshape_or_stay_opaque_with_the_reason():
+    x = torch.randn(2, 3, 4, 4)
+    g = nestir.trace(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(2)), x)
+    assert nestir.opaque_nodes(g) == [] and g["_1"].op == "reshape"
+    assert g.groups().of("_0").frozen
+    g = nestir.trace(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(2, 3), nn.Flatten()), x)
+    assert [g[n].op for n in ("_1", "_2")] == ["reshape", "flatten"]
+    g = nestir.trace(nn.Sequential(nn.Linear(4, 3), nn.Flatten()), torch.randn(2, 4))
+    assert nestir.opaque_nodes(g) == [] and g["_1"].op == "identity"
+    m = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(0))
+    g = nestir.trace(m, x)
+    (line,) = nestir.opaque_nodes(g)
+    assert "Flatten(start_dim=0, end_dim=-1): flattens the batch dimension" in line
     torch.testing.assert_close(g.to_torch()(x), m(x))

@@ -3,14 +3,13 @@
 import numpy as np
 import pytest
 import torch
-from harness import run_ir, run_onnx
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import models
 
 import nestir
 from nestir.edit import add_neurons, remove_neurons
 from nestir.errors import EditError
+from nestir.testing import models, run_ir, run_onnx
 
 
 @given(models())

@@ -5,6 +5,7 @@ import nestir
 from nestir.backends.executor import IRModule
 from nestir.passes import get
 from nestir.passinfra import PassContext
+from nestir.testing import check_pass
 from nestir.zoo import LeNet5, ResNet
 
 
@@ -34,3 +35,30 @@ def test_residual_group_grows_every_coupled_layer():
     assert g["layers_1_short_0"].params["weight"].shape[0] == 33
     assert g["layers_2_conv1"].params["weight"].shape[1] == 33
     g.verify()
+
+
+def test_a_conv_that_reads_the_channels_it_writes_grows_exactly():
+    class SelfLoop(torch.nn.Module):  # h + relu(c1(h)): c1 reads and writes one group
+        def __init__(self):
+            super().__init__()
+            self.c0 = torch.nn.Conv2d(2, 4, 3, padding=1)
+            self.c1 = torch.nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.c0(x))
+            h = h + torch.relu(self.c1(h))
+            return self.fc(h.mean((2, 3)))
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 2, 6, 6), torch.randint(0, 3, (16,))
+    g = nestir.trace(SelfLoop().eval(), x)
+    with torch.no_grad():
+        before = float(F.cross_entropy(IRModule(g.copy()).eval()(x), y))
+    res = check_pass(get("add-feature-map", candidates=4), g, PassContext(data=[(x, y)]), x)
+    out = res.graph
+    assert out["c1"].params["weight"].shape[:2] == (5, 5) and out["fc"].params["weight"].shape[1] == 5
+    with torch.no_grad():
+        after = float(F.cross_entropy(IRModule(out.copy()).eval()(x), y))
+    # the batched candidate evaluation saw the same network that was kept
+    assert abs((before - after) - res.info["loss_gain"]) < 1e-4

@@ -1,12 +1,11 @@
 import numpy as np
 import torch
-from harness import run_ir, run_onnx
 from hypothesis import given
-from strategies import models
 
 import nestir
 from nestir.passes import get
 from nestir.passinfra import PassContext
+from nestir.testing import models, run_ir, run_onnx
 from nestir.zoo import LeNet300100
 
 

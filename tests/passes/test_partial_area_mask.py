@@ -1,10 +1,10 @@
 import numpy as np
 import torch
-from harness import run_ir, run_onnx
 
 import nestir
 from nestir.passes import get
 from nestir.passinfra import PassContext
+from nestir.testing import run_ir, run_onnx
 from nestir.zoo import LeNet5
 
 

@@ -1,5 +1,10 @@
-"""Hypothesis strategies that generate random models (MLPs, CNNs with residual, concat, BN,
-depthwise and LayerNorm blocks) for property tests of the IR and of every pass."""
+"""Hypothesis strategies for random small traceable models, and inputs that fit a graph.
+
+:func:`models` draws ``(module, example_batch)`` pairs: multi-layer perceptrons (optionally with
+BatchNorm and residual connections) and CNNs built from plain, residual, concat, depthwise and
+pooling blocks with a flatten or global-mean head, a LayerNorm and every activation nestir knows.
+Weights are random, BatchNorm statistics non-trivial, and the module is in eval mode.
+:func:`graphs` draws the same models already traced (optionally with dormant connections)."""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import strategies as st
 
+from nestir.graph import Graph
+
 ACTS = ["relu", "leaky_relu", "tanh", "gelu", "silu", "relu6", "sigmoid", "hardswish"]
 
 
@@ -19,7 +26,8 @@ def act_fn(name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 class SpecModel(nn.Module):
-    """A model built from a list of block specs; forward branches on the spec only (traceable)."""
+    """A CNN built from a spec drawn by :func:`cnn_specs`; forward branches on the spec only, so
+    it is traceable."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__()
@@ -56,7 +64,8 @@ class SpecModel(nn.Module):
                 size = size // 2
             self.blocks.append(m)
         self.head_kind = spec["head"]
-        feat = ch * size * size if spec["head"] == "flatten" else ch
+        feat = ch * size * size if spec["head"] in ("flatten", "Flatten") else ch
+        self.flatten = nn.Flatten() if spec["head"] == "Flatten" else None
         self.fc1 = nn.Linear(feat, spec["hidden"])
         self.ln = nn.LayerNorm(spec["hidden"]) if spec["ln"] else None
         self.fc2 = nn.Linear(spec["hidden"], spec["classes"])
@@ -80,6 +89,8 @@ class SpecModel(nn.Module):
                 x = F.max_pool2d(x, 2) if b["max"] else F.avg_pool2d(x, 2)
         if self.head_kind == "flatten":
             x = x.view(x.size(0), -1)
+        elif self.flatten is not None:
+            x = self.flatten(x)
         else:
             x = x.mean((2, 3))
         h = self.fc1(x)
@@ -89,6 +100,10 @@ class SpecModel(nn.Module):
 
 
 class MLP(nn.Module):
+    """A multi-layer perceptron built from a spec drawn by :func:`mlp_specs`. With ``residual``,
+    a layer whose input and output widths agree adds its input back (``x + act(bn(lin(x)))``),
+    so that layer both reads and writes one neuron group."""
+
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__()
         self.spec = spec
@@ -106,7 +121,8 @@ class MLP(nn.Module):
 
 
 def randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Non-trivial BN statistics and weights, deterministic in ``seed``; eval mode."""
+    """Give every BatchNorm non-trivial statistics and affine parameters, deterministic in
+    ``seed``; returns ``model`` in eval mode."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -120,6 +136,7 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
 
 @st.composite
 def mlp_specs(draw: Any) -> dict[str, Any]:
+    """A spec for :class:`MLP`: 1-3 hidden layers of width 2-8, optional BatchNorm and residuals."""
     n = draw(st.integers(1, 3))
     width = draw(st.integers(2, 8))
     same = draw(st.booleans())
@@ -130,6 +147,8 @@ def mlp_specs(draw: Any) -> dict[str, Any]:
 
 @st.composite
 def cnn_specs(draw: Any) -> dict[str, Any]:
+    """A spec for :class:`SpecModel`: 1-3 blocks on a 6x6 or 8x8 input with 1-3 channels; the head
+    flattens with ``x.view(x.size(0), -1)`` or ``nn.Flatten()``, or takes the spatial mean."""
     blocks = []
     size = draw(st.sampled_from([6, 8]))
     pools = 0
@@ -147,16 +166,26 @@ def cnn_specs(draw: Any) -> dict[str, Any]:
             pools += 1
         blocks.append(b)
     return {"in_ch": draw(st.integers(1, 3)), "size": size, "blocks": blocks,
-            "head": draw(st.sampled_from(["flatten", "mean"])), "hidden": draw(st.integers(2, 6)),
+            "head": draw(st.sampled_from(["flatten", "mean", "Flatten"])), "hidden": draw(st.integers(2, 6)),
             "ln": draw(st.booleans()), "act": draw(st.sampled_from(ACTS)), "classes": draw(st.integers(2, 4))}
 
 
 @st.composite
-def models(draw: Any) -> tuple[nn.Module, torch.Tensor]:
-    """A random model (eval mode, random BN statistics) and an example batch for it."""
+def models(draw: Any, mlp: bool = True, cnn: bool = True) -> tuple[nn.Module, torch.Tensor]:
+    """A random small traceable model (eval mode, random weights and BatchNorm statistics) and an
+    example batch of 3 inputs for it: an :class:`MLP` or a :class:`SpecModel` CNN (``mlp`` /
+    ``cnn`` choose which kinds may be drawn).
+
+    >>> @given(models())
+    ... def test_traces(mx):
+    ...     model, x = mx
+    ...     nestir.trace(model, x)
+    """
+    if not (mlp or cnn):
+        raise ValueError("models(): at least one of mlp and cnn must be true")
     seed = draw(st.integers(0, 2**16))
     torch.manual_seed(seed)
-    if draw(st.booleans()):
+    if mlp and (not cnn or draw(st.booleans())):
         spec = draw(mlp_specs())
         model: nn.Module = MLP(spec)
         x = torch.randn(3, spec["in"], generator=torch.Generator().manual_seed(seed))
@@ -167,6 +196,51 @@ def models(draw: Any) -> tuple[nn.Module, torch.Tensor]:
     return randomize(model, seed), x
 
 
-def batch_for(model_out_classes: int, x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    y = torch.randint(0, model_out_classes, (x.shape[0],), generator=torch.Generator().manual_seed(seed))
-    return x, y
+def sparsify(graph: Graph, density: float = 0.6, seed: int = 0) -> Graph:
+    """Make about ``1 - density`` of every layer's live connections dormant (mask off, weight
+    zeroed), in place, deterministic in ``seed``; returns ``graph``. Growth passes need dormant
+    connections to have something to grow."""
+    gen = torch.Generator().manual_seed(seed)
+    for n in graph.parametric():
+        keep = torch.rand(n.params["mask"].shape, generator=gen) < density
+        n.params["mask"] = n.params["mask"] & keep.to(n.params["mask"].device)
+        n.params["weight"] = n.params["weight"] * n.params["mask"]
+    return graph
+
+
+@st.composite
+def graphs(draw: Any, mlp: bool = True, cnn: bool = True, sparse: bool | None = None) -> Graph:
+    """A model from :func:`models`, traced into a verified :class:`~nestir.Graph`. With
+    ``sparse`` true about 40% of each layer's connections are dormant (:func:`sparsify`); with
+    ``sparse=None`` that is drawn too. :func:`batch_for` gives inputs and labels that fit it."""
+    import nestir
+
+    model, x = draw(models(mlp=mlp, cnn=cnn))
+    g = nestir.trace(model, x)
+    if sparse if sparse is not None else draw(st.booleans()):
+        sparsify(g, 0.6, draw(st.integers(0, 2**16)))
+    return g
+
+
+def batch_for(graph: Graph, n: int = 8, seed: int = 0) -> tuple[Any, torch.Tensor]:
+    """A batch ``(inputs, targets)`` that fits ``graph``, deterministic in ``seed``: standard
+    normal float32 inputs of the graph's per-sample input shape (a tuple of tensors when the graph
+    has several inputs), and integer class labels in ``[0, C)`` for its first output of shape
+    (N, C, ...) (the default cross-entropy loss takes them), of shape (n, ...)."""
+    from nestir.checks import require_graph
+
+    require_graph(graph, "nestir.testing.batch_for")
+    if n < 1:
+        raise ValueError(f"batch_for: n must be positive, got {n}")
+    gen = torch.Generator().manual_seed(seed)
+    xs = []
+    for node in graph.inputs:
+        if node.shape is None:
+            raise ValueError(f"batch_for: input '{node.name}' has no recorded shape")
+        xs.append(torch.randn((n, *node.shape[1:]), generator=gen))
+    out = graph[graph.output.inputs[0]].shape if graph.output.inputs else None
+    if out is not None and len(out) >= 2:
+        y = torch.randint(0, out[1], (n, *out[2:]), generator=gen)
+    else:
+        y = torch.zeros(n, dtype=torch.long)
+    return (xs[0] if len(xs) == 1 else tuple(xs)), y
