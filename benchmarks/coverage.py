@@ -111,7 +111,7 @@ def lower_and_check(graph, x, ref, row: dict, tag: str, tmp: str) -> None:  # ty
     row[f"{tag}_ort_ms"] = round(1000 * lat, 2)
 
 
-def one(key: str) -> dict:
+def one(key: str, growth: bool = True) -> dict:
     import torch
 
     import nestir
@@ -158,7 +158,7 @@ def one(key: str) -> dict:
             pref = IRModule(p.copy()).eval()(x)
         lower_and_check(p, x, pref, row, "pruned", tmp)
         row["growth"] = {}
-        for spec in GROWTH:
+        for spec in GROWTH if growth else []:
             name = spec.split(":")[0]
             try:
                 t = time.perf_counter()
@@ -180,9 +180,9 @@ def one(key: str) -> dict:
     return row
 
 
-def child(key: str) -> None:
+def child(key: str, growth: bool) -> None:
     try:
-        row = one(key)
+        row = one(key, growth)
     except Exception as e:
         row = {"model": key, "ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:400]}",
                "where": traceback.format_exc().splitlines()[-3:]}
@@ -203,9 +203,12 @@ def markdown(rows: list[dict]) -> str:
         g = r["growth"]
         bad = [f"{k}: {v.get('error', 'parity')[:80]}" for k, v in g.items() if not v["ok"]]
         status = "ok" if r["ok"] else "; ".join(bad + ([] if r["parity_ok"] else ["prune/lower parity"]))
+        status += "" if g else " (growth not run)"
+        grown = f"{sum(v['ok'] for v in g.values())}/{len(g)}" if g else "-"
         lines.append(f"| {r['model']} | {r['trace_verify_lower_torch_s']:.2f} | {r['opaque']} | "
                      f"{r['layers_resizable']}/{r['layers']} | {r['layers_lost_neurons']}/{r['layers']} | "
-                     f"{r['params']:,} → {r['params_pruned']:,} | {sum(v['ok'] for v in g.values())}/{len(g)} | "
+                     f"{r['params']:,} → {r['params_pruned']:,} | "
+                     f"{grown} | "
                      f"{r['traced_ort_ms']} → {r['pruned_ort_ms']} | {status} |")
     ok = sum(r.get("ok", False) for r in rows)
     lines += ["", f"{ok} of {len(rows)} models pass every step."]
@@ -213,14 +216,17 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        return child(sys.argv[2])
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        return child(sys.argv[2], sys.argv[3] == "growth")
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join([f"tv:{m}" for m in TORCHVISION] + [f"timm:{m}" for m in TIMM]))
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--no-growth", action="store_true",
+                    help="skip the growth passes (the slow part): results/coverage_nogrowth.json/.md")
     args = ap.parse_args()
-    path = os.path.join(RESULTS, "coverage.json")
+    stem = "coverage_nogrowth" if args.no_growth else "coverage"
+    path = os.path.join(RESULTS, stem + ".json")
     res = {"rows": []}
     if os.path.isfile(path) and not args.fresh:
         with open(path) as f:
@@ -231,7 +237,8 @@ def main() -> None:
             continue
         t = time.perf_counter()
         try:
-            p = subprocess.run([sys.executable, __file__, "--child", key], capture_output=True, text=True,
+            mode = "nogrowth" if args.no_growth else "growth"
+            p = subprocess.run([sys.executable, __file__, "--child", key, mode], capture_output=True, text=True,
                                timeout=args.timeout)
             line = [ln for ln in p.stdout.splitlines() if ln.startswith("@@ROW ")]
             row = (json.loads(line[-1][6:]) if line else
@@ -246,7 +253,7 @@ def main() -> None:
 
         res["torch"] = torch.__version__
         save(path, res)
-        with open(os.path.join(RESULTS, "coverage.md"), "w") as f:
+        with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
             f.write(markdown(res["rows"]) + "\n")
 
 
