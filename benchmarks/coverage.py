@@ -47,6 +47,7 @@ TIMM = [
 SIZE = {"inception_v3": 299, "vit_b_16": 224, "swin_t": 224, "maxvit_t": 224, "googlenet": 96,
         "alexnet": 96, "deit_tiny_patch16_224": 224, "levit_128s": 224, "resmlp_12_224": 224,
         "mixer_b16_224": 224, "mobilevit_xs": 256, "efficientvit_b0": 224, "convmixer_768_32": 96}
+THREADS = int(os.environ.get("NESTIR_BENCH_THREADS", "2"))  # torch and onnxruntime threads per model
 PRUNE = ["magnitude-prune:fraction=0.3,neuron_fraction=0.25", "eliminate-dead-neurons"]
 GROWTH = ["grow-connection:fraction=0.1", "bridge-neuron:count=2", "add-feature-map:count=2,candidates=2",
           "split-neuron:count=2"]
@@ -77,7 +78,9 @@ def rel(a, b) -> float:  # type: ignore[no-untyped-def]
 def ort_run(path: str, x):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     feed = {name: x.numpy()}
     out = sess.run(None, feed)[0]
@@ -117,7 +120,7 @@ def one(key: str, growth: bool = True) -> dict:
     import nestir
     from nestir.backends.executor import IRModule
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     row: dict = {"model": key}
     here = os.path.dirname(os.path.abspath(__file__))
     rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here, capture_output=True, text=True)
@@ -190,7 +193,7 @@ def child(key: str, growth: bool) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["Random weights, batch 1, 2 CPU threads. 'resizable': parametric layers whose width can change "
+    lines = [f"Random weights, batch 1, {THREADS} CPU thread(s). 'resizable': parametric layers whose width can change "
              "(by neurons, or by whole groups of a grouped conv); "
              "'lose neurons': layers narrower after `magnitude-prune:fraction=0.3,neuron_fraction=0.25` + "
              "`eliminate-dead-neurons`; growth: passes that ran and kept parity (torch 1e-5, ONNX 1e-4 relative).",

@@ -96,11 +96,14 @@ def test_untraceable_submodule_becomes_a_leaf_automatically():
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
     logger = logging.getLogger("nestir.frontend")
-    logger.addHandler(handler)  # directly: other tests may change propagation to the root logger
+    level = logger.level  # the CLI quiets this logger when it runs in-process (tests do)
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
     try:
         g = nestir.trace(m, x)
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     (line,) = nestir.opaque_nodes(g)
     assert line.startswith("block_inner = Untraceable") and "not traceable, kept whole" in line
     assert "if x.sum() > 0" in line
