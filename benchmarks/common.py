@@ -33,6 +33,22 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 20, warmup:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def training_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, *,
+                  masks: bool = False) -> Callable[[], None]:
+    """One cross-entropy optimizer step on (x, y), as a timed callable; ``masks``: an IRModule
+    re-applies its connectivity masks after the step, as synthesis does."""
+    import torch.nn.functional as F
+
+    def step() -> None:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if masks:
+            model.apply_masks()  # type: ignore[operator]
+
+    return step
+
+
 def machine() -> dict[str, object]:
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),

@@ -22,7 +22,6 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
 import nestir
 from nestir.backends.executor import IRModule
@@ -32,7 +31,7 @@ from nestir.synthesis import sparsify_seed
 from nestir.zoo import ZOO
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, interleaved, machine, save  # noqa: E402
+from common import RESULTS, interleaved, machine, save, training_step  # noqa: E402
 
 
 def scoring(name: str, batch: int, dev: torch.device, repeats: int) -> dict:
@@ -45,11 +44,7 @@ def scoring(name: str, batch: int, dev: torch.device, repeats: int) -> dict:
     mod = IRModule(g)
     opt = torch.optim.Adam(mod.parameters(), 1e-3)
 
-    def step() -> None:
-        opt.zero_grad()
-        F.cross_entropy(mod(x), y).backward()
-        opt.step()
-        mod.apply_masks()
+    step = training_step(mod, x, y, opt, masks=True)
 
     def stats() -> None:
         collect(g, [(x, y)], bridges=pairs, module=mod)
@@ -70,10 +65,7 @@ def resnet_growth(dev: torch.device, batch: int, repeats: int) -> dict:
     opt = torch.optim.SGD(mod.parameters(), 0.01)
     xd, yd = x.to(dev), y.to(dev)
 
-    def step() -> None:
-        opt.zero_grad()
-        F.cross_entropy(mod(xd), yd).backward()
-        opt.step()
+    step = training_step(mod, xd, yd, opt)
 
     def grow() -> None:
         nestir.apply(g, ["grow-connection:fraction=0.05", "add-feature-map:count=1,candidates=4,layers=layer4.1.conv2"],

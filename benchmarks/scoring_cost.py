@@ -10,7 +10,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 import nestir
 from nestir.backends.executor import IRModule
@@ -21,7 +20,7 @@ from nestir.passinfra import PassContext
 from nestir.zoo import ZOO
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import interleaved, machine, save  # noqa: E402
+from common import interleaved, machine, save, training_step  # noqa: E402
 
 
 def scoring(name: str, batch: int, dev: torch.device) -> dict:
@@ -37,16 +36,8 @@ def scoring(name: str, batch: int, dev: torch.device) -> dict:
     opt_ir = torch.optim.Adam(mod.parameters(), 1e-3)
     opt_pt = torch.optim.Adam(model.parameters(), 1e-3)
 
-    def step_torch() -> None:
-        opt_pt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt_pt.step()
-
-    def step_ir() -> None:
-        opt_ir.zero_grad()
-        F.cross_entropy(mod(x), y).backward()
-        opt_ir.step()
-        mod.apply_masks()
+    step_torch = training_step(model, x, y, opt_pt)
+    step_ir = training_step(mod, x, y, opt_ir, masks=True)
 
     def stats_all() -> None:
         collect(g, [(x, y)], weights=None, bridges=pairs, module=mod)
@@ -75,10 +66,7 @@ def split_cost(dev: torch.device, batch: int = 256) -> dict:
     mod = IRModule(g)
     opt = torch.optim.Adam(mod.parameters(), 1e-3)
 
-    def step() -> None:
-        opt.zero_grad()
-        F.cross_entropy(mod(x), y).backward()
-        opt.step()
+    step = training_step(mod, x, y, opt)
 
     def eig() -> None:
         p.scores(g, sites, ctx.data, ctx)

@@ -12,24 +12,36 @@ from .errors import ArgumentError
 from .graph import Graph, Node
 
 
-def weight_macs(n: Node) -> torch.Tensor:
-    """Multiply-accumulates per sample of each weight entry of a parametric node, shaped like its
-    mask (whether live or not): output positions for a conv (its live area positions where a
-    partial-area mask is set), the leading non-batch positions for a linear layer."""
-    mask = n.params["mask"]
+def _positions(n: Node) -> float | torch.Tensor:
+    """Multiply-accumulates per sample of one weight entry: a number for a linear layer or a plain
+    conv, an (out, in) tensor of live positions for a partial-area conv."""
     shape = n.shape or ()
     if n.op == "linear":
-        return torch.full(mask.shape, float(math.prod(shape[1:-1])), dtype=torch.float64,
-                          device=mask.device)
+        return float(math.prod(shape[1:-1]))
     if "area" in n.params:
-        positions = n.params["area"].flatten(2).sum(2).T.double()  # (out, in): live positions of K[n, m]
-        return positions.view(*positions.shape, *([1] * (mask.dim() - 2))).expand(mask.shape)
-    return torch.full(mask.shape, float(math.prod(shape[2:])), dtype=torch.float64, device=mask.device)
+        return n.params["area"].flatten(2).sum(2).T.double()
+    return float(math.prod(shape[2:]))
+
+
+def weight_macs(n: Node) -> torch.Tensor:
+    """Multiply-accumulates per sample of each weight entry of a parametric node, shaped like its
+    mask (whether live or not; a broadcast view, nothing is copied): output positions for a conv
+    (its live area positions where a partial-area mask is set), the leading non-batch positions
+    for a linear layer."""
+    mask = n.params["mask"]
+    pos = _positions(n)
+    if isinstance(pos, torch.Tensor):
+        return pos.view(*pos.shape, *([1] * (mask.dim() - 2))).expand(mask.shape)
+    return torch.tensor(pos, dtype=torch.float64, device=mask.device).expand(mask.shape)
 
 
 def layer_flops(n: Node) -> int:
     """2 x live multiply-accumulates per sample of a parametric node (partial areas counted)."""
-    return 2 * round(float((weight_macs(n) * n.params["mask"]).sum()))
+    mask = n.params["mask"]
+    pos = _positions(n)
+    if isinstance(pos, torch.Tensor):  # live kernel taps of each (out, in) pair x its live positions
+        return 2 * round(float((mask.flatten(2).sum(2).double() * pos).sum()))
+    return 2 * int(mask.sum()) * round(pos)
 
 
 def layer_row(n: Node) -> dict[str, Any]:

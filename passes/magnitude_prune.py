@@ -78,8 +78,9 @@ class MagnitudePrune(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         names = self._names(graph)
-        macs = {n: weight_macs(graph[n]) for n in names}
-        before = sum(float((macs[n] * graph[n].params["mask"]).sum()) for n in names)
+        if self.flops_fraction > 0:  # the cost of every weight, before the magnitude cut
+            macs = {n: weight_macs(graph[n]) for n in names}
+            before = sum(float((macs[n] * graph[n].params["mask"]).sum()) for n in names)
         removed = self._connections(graph, names)
         if self.flops_fraction > 0:
             removed += self._flops(graph, names, macs, (1 - self.flops_fraction) * before)
