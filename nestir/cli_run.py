@@ -400,7 +400,8 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                    help="fraction of live weights removed per pruning step (default 0.2)")
     p.add_argument("--prune-flops", dest="prune_flops", type=float,
                    help="FLOPs fraction each pruning step removes at least, from convs (default 0.2; 0: off)")
-    p.add_argument("--partial-area", dest="partial_area", type=float, help="partial-area fraction per prune step")
+    p.add_argument("--partial-area", dest="partial_area", type=float,
+                   help="partial-area-mask fraction per pruning step (convs; default 0: off)")
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--augment", action="store_true", default=None, help="random affine distortion of training images")

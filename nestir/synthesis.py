@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 MAX_EPOCHS = 100_000  # per stint: anything above is a typo, refused before work starts
 
 
-# Pruning only runs what practitioners run: unstructured global magnitude pruning, 20% per step,
-# without NeST's partial-area masks.
+# Pruning only runs what practitioners run: unstructured global magnitude pruning, 20% per step.
+# NeST's partial-area masks are off by default for both methods (``--partial-area F`` turns them on):
+# measured on LeNet-5 (benchmarks/results/pareto.md and lenet5_partial_area.md), 10% per step cost
+# enough accuracy that the selection stopped at 2-3x, against 12-15x without them.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"prune": {"partial_area": 0.0, "prune_neurons": 0.0}}
 
 
@@ -63,7 +65,7 @@ class SynthConfig:
     prune_neurons: float = 0.0  # magnitude-prune neuron_fraction per pruning step
     prune_flops: float = 0.2  # magnitude-prune flops_fraction: FLOPs fall at least this much per step (convs)
     prune_scope: str = "global"  # magnitude-prune: across layers, or "layer" (the same fraction of each)
-    partial_area: float = 0.1  # partial-area-mask fraction per pruning step (convs; 0: off)
+    partial_area: float = 0.0  # partial-area-mask fraction per pruning step (convs; 0: off, the default)
     batch_size: int = 64
     lr: float = 2e-3
     prune_lr: float = 1e-3

@@ -1,0 +1,70 @@
+"""Score finished run directories the way issue 8's check does: the written ``model.onnx`` on
+the 10,000 MNIST test images in onnxruntime, its non-zero weights counted, beside the run's own
+report (dense baseline, validation and audit errors). Reporting only: nothing here is chosen by
+the test set.
+
+    python benchmarks/score_runs.py RUN_DIR... [--test ../shared/data/mnist] [--out results/x.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from nestir.data import load_idx  # noqa: E402
+
+
+def onnx_test_error(path: str, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    """(test error, non-zero weights of the ONNX file's initializers)."""
+    m = onnx.load(path)
+    nonzero = sum(int(np.count_nonzero(numpy_helper.to_array(t))) for t in m.graph.initializer
+                  if numpy_helper.to_array(t).dtype.kind == "f")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    wrong = 0
+    for i in range(0, len(x), 1000):
+        out = sess.run(None, {name: x[i:i + 1000]})[0]
+        wrong += int((out.argmax(1) != y[i:i + 1000]).sum())
+    return wrong / len(x), nonzero
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--test", default=os.path.join("..", "shared", "data", "mnist"))
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    test = load_idx(a.test, "test")
+    rows = []
+    for d in a.runs:
+        r = json.load(open(os.path.join(d, "report.json")))
+        b, f = r["baseline"], r["final"]
+        shape = (len(test.x), *[int(s) for s in test.x.shape[1:]])
+        x = test.x.numpy().astype(np.float32).reshape(shape)
+        err, nz = onnx_test_error(os.path.join(d, "model.onnx"), x, test.y.numpy())
+        rows.append({"run": os.path.basename(d.rstrip("/")), "model": r["model"], "seed": r["seed"],
+                     "partial_area": r["config"]["partial_area"],
+                     "dense": {k: b.get(k) for k in ("params", "flops", "val_error", "audit_error", "test_error")},
+                     "kept": {k: f.get(k) for k in ("params", "flops", "val_error", "audit_error", "test_error")},
+                     "onnx_test_error": err, "onnx_nonzero_weights": nz,
+                     "params_reduction": round(b["params"] / f["params"], 1),
+                     "flops_reduction": round(b["flops"] / f["flops"], 1), "wall_seconds": r["wall_seconds"]})
+        print(json.dumps(rows[-1]))
+    if a.out:
+        with open(a.out, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
