@@ -26,8 +26,8 @@ from nestir.data import load_idx  # noqa: E402
 def onnx_test_error(path: str, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     """(test error, non-zero weights of the ONNX file's initializers)."""
     m = onnx.load(path)
-    nonzero = sum(int(np.count_nonzero(numpy_helper.to_array(t))) for t in m.graph.initializer
-                  if numpy_helper.to_array(t).dtype.kind == "f")
+    arrays = (numpy_helper.to_array(t) for t in m.graph.initializer)
+    nonzero = sum(int(np.count_nonzero(w)) for w in arrays if w.dtype.kind == "f")
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
@@ -46,13 +46,12 @@ def main() -> None:
     ap.add_argument("--out")
     a = ap.parse_args()
     test = load_idx(a.test, "test")
+    x, y = test.x.numpy().astype(np.float32), test.y.numpy()
     rows = []
     for d in a.runs:
         r = json.load(open(os.path.join(d, "report.json")))
         b, f = r["baseline"], r["final"]
-        shape = (len(test.x), *[int(s) for s in test.x.shape[1:]])
-        x = test.x.numpy().astype(np.float32).reshape(shape)
-        err, nz = onnx_test_error(os.path.join(d, "model.onnx"), x, test.y.numpy())
+        err, nz = onnx_test_error(os.path.join(d, "model.onnx"), x, y)
         rows.append({"run": os.path.basename(d.rstrip("/")), "model": r["model"], "seed": r["seed"],
                      "partial_area": r["config"]["partial_area"],
                      "dense": {k: b.get(k) for k in ("params", "flops", "val_error", "audit_error", "test_error")},

@@ -34,7 +34,7 @@ MAX_EPOCHS = 100_000  # per stint: anything above is a typo, refused before work
 
 # Pruning only runs what practitioners run: unstructured global magnitude pruning, 20% per step.
 # NeST's partial-area masks are off by default for both methods (``--partial-area F`` turns them on):
-# measured on LeNet-5 (benchmarks/results/pareto.md and lenet5_partial_area.md), 10% per step cost
+# measured on LeNet-5 (benchmarks/results/pareto.md and lenet5_partial_area_off.md), 10% per step cost
 # enough accuracy that the selection stopped at 2-3x, against 12-15x without them.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"prune": {"partial_area": 0.0, "prune_neurons": 0.0}}
 
