@@ -50,3 +50,13 @@ class ArgumentError(NestirError):
 class OutputError(NestirError):
     """A file could not be written: an unwritable path, a directory in the way, no space left. The
     file that was there before is untouched."""
+
+
+class PassContractError(NestirError, AssertionError):
+    """A pass broke its declared contract (its effect, function preservation, data needs, or left
+    a graph that does not verify); the message names the pass and the passes before it in the
+    pipeline. Also an ``AssertionError``, so test runners report it as a failure."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where

@@ -211,24 +211,74 @@ def resolve(pipeline: Iterable[str | Pass] | str | Pass) -> list[Pass]:
 
 @dataclass(frozen=True)
 class PassManager(Pass):
-    """Runs passes in order, the verifier after each (so managers nest)."""
+    """Runs passes in order and holds each to its contract (so managers nest):
+
+    - before any pass runs, a pass that ``needs_data`` without data in the context is refused,
+      naming it, so that a pipeline is never left half applied for want of data;
+    - after each pass the verifier runs (``verify_each``) and the pass's declared ``effect`` is
+      checked against what it did (``check_effects``): a grow pass that removed a connection or
+      neuron, or a prune pass that added one, raises :class:`~nestir.errors.PassContractError`;
+    - ``check_function``: a pass that declares ``preserves_function`` must leave the outputs on
+      the context's first batch unchanged (a forward pass before and after; off by default).
+
+    Every failure names the pass and the passes that ran before it."""
 
     passes: Sequence[Pass] = ()
     verify_each: bool = True
     on_result: Callable[[Pass, PassResult], None] | None = None
+    check_effects: bool = True
+    check_function: bool = False
     name: ClassVar[str] = "pipeline"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        from .contracts import check_effect, live_state, where
+        from .errors import PassContractError, VerifyError
         from .verify import verify
 
-        modified = False
+        for p in _leaves(self.passes):
+            if p.needs_data:
+                ctx.require_data(p.name)
+        modified, done = False, []
         for p in self.passes:
+            at = where(p.spec(), done)
+            nested = isinstance(p, PassManager)  # checks its own passes
+            before = live_state(graph) if self.check_effects and not nested else None
+            ref = self._outputs(graph, ctx) if self.check_function and p.preserves_function and not nested else None
+            start = len(graph.journal)
             res = p.run(graph, ctx)
             graph = res.graph
             if self.verify_each:
-                verify(graph)
+                try:
+                    verify(graph)
+                except VerifyError as e:
+                    raise VerifyError(e.node, f"{str(e).split(': ', 1)[-1]} (after {at})") from e
+            if before is not None:
+                check_effect(p.effect, at, before, graph, graph.journal[start:])
+            if ref is not None:
+                out = self._outputs(graph, ctx)
+                scale = max(1.0, float(ref.abs().max()))
+                if out.shape != ref.shape or float((out - ref).abs().max()) > 1e-4 * scale:
+                    raise PassContractError(at, "declares preserves_function but its outputs on the first batch "
+                                                "changed")
             log.info("%s: modified=%s %s", p.spec(), res.modified, res.info or "")
             if self.on_result is not None:
                 self.on_result(p, res)
             modified |= res.modified
+            done.append(p.spec())
         return PassResult(graph, modified)
+
+    @staticmethod
+    def _outputs(graph: Graph, ctx: PassContext) -> torch.Tensor:
+        from nestir.backends.executor import IRModule
+
+        xb = next(iter(ctx.require_data("pipeline")))[0]
+        with torch.no_grad():
+            out = IRModule(graph.copy()).eval()(xb)
+        return (out[0] if isinstance(out, (tuple, list)) else out).detach().float().cpu()
+
+
+def _leaves(passes: Sequence[Pass]) -> list[Pass]:
+    out: list[Pass] = []
+    for p in passes:
+        out.extend(_leaves(p.passes) if isinstance(p, PassManager) else [p])
+    return out

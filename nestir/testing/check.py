@@ -10,21 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from nestir.edit import replay
-from nestir.errors import NestirError, PassError
+from nestir.contracts import EFFECTS, check_effect, live_state
+from nestir.contracts import where as where_of
+from nestir.errors import NestirError, PassContractError, PassError
 from nestir.graph import Graph
 from nestir.passinfra import Pass, PassContext, PassManager, PassResult, resolve
-
-EFFECTS = ("grow", "prune", "neutral")
-
-
-class PassContractError(AssertionError):
-    """A pass broke its declared contract; the message names the pass (and the passes before it
-    in a pipeline) and what broke. An ``AssertionError``, so test runners report it as a failure."""
-
-    def __init__(self, where: str, message: str) -> None:
-        super().__init__(f"{where}: {message}")
-        self.where = where
 
 
 # -- running a graph -----------------------------------------------------------------------------
@@ -139,70 +129,6 @@ def _diff(a: Graph, b: Graph) -> str | None:
     return None
 
 
-def _neurons(g: Graph) -> dict[str, int]:
-    return {n.name: int(n.params["weight"].shape[0]) for n in g.parametric()}
-
-
-def _live(g: Graph, journal: list[tuple[str, str, tuple]], before: Graph) -> dict[str, tuple[Any, Any]]:
-    """Per parametric node and mask (``mask``, partial-area ``area``): the mask before the pass,
-    carried through the pass's journaled edits into the new layout (new entries dormant), and the
-    mask after it. A partial-area mask that is absent counts as all live."""
-    out: dict[str, tuple[Any, Any]] = {}
-    for n in before.parametric():
-        if n.name not in g or not g[n.name].is_parametric:
-            continue
-        new = g[n.name]
-        for key in ("mask", "area"):
-            old_t = n.params.get(key)
-            new_t = new.params.get(key)
-            if key == "area" and old_t is None and new_t is None:
-                continue
-            if old_t is not None:
-                old_t = old_t.detach().cpu()
-                for node, k, how in journal:
-                    if node == n.name and k == key:
-                        old_t = replay(old_t.float(), how, 0.0).bool()
-            out[f"{n.name}.{key}"] = (old_t, None if new_t is None else new_t.detach().cpu())
-    return out
-
-
-def _check_effect(p: Pass, where: str, before: Graph, out: Graph, journal: list) -> None:
-    effect = p.effect
-    grow, prune = effect in ("grow", "neutral"), effect in ("prune", "neutral")  # what it must not undo
-    n0, n1 = _neurons(before), _neurons(out)
-    for name, w in n0.items():
-        if name not in n1:
-            if grow:
-                raise PassContractError(where, f"declares effect '{effect}' but removed parametric node '{name}'")
-            continue
-        if grow and n1[name] < w:
-            raise PassContractError(where, f"declares effect '{effect}' but removed {w - n1[name]} neuron(s) "
-                                           f"of '{name}' ({w} -> {n1[name]})")
-        if prune and n1[name] > w:
-            raise PassContractError(where, f"declares effect '{effect}' but added {n1[name] - w} neuron(s) "
-                                           f"to '{name}' ({w} -> {n1[name]})")
-    added = [k for k in n1 if k not in n0]
-    if prune and added:
-        raise PassContractError(where, f"declares effect '{effect}' but added parametric node(s) {added}")
-    for key, (old, new) in _live(out, journal, before).items():
-        name, kind = key.rsplit(".", 1)
-        what = "connections" if kind == "mask" else "partial-area positions"
-        if new is None:  # a partial-area mask dropped: every position is live again
-            new = torch.ones_like(old) if old is not None else None
-        if old is None:
-            old = torch.ones_like(new)
-        if old.shape != new.shape:
-            raise PassContractError(
-                where, f"changed the shape of '{name}' {kind} from what its journaled edits give "
-                       f"({tuple(old.shape)}) to {tuple(new.shape)}: resize layers through nestir.edit "
-                       "(add_neurons / remove_neurons), which keeps the journal that optimizer state follows")
-        lost, gained = int((old & ~new).sum()), int((new & ~old).sum())
-        if grow and lost:
-            raise PassContractError(where, f"declares effect '{effect}' but removed {lost} live {what} of '{name}'")
-        if prune and gained:
-            raise PassContractError(where, f"declares effect '{effect}' but added {gained} live {what} to '{name}'")
-
-
 def _no_data(p: Pass, where: str, graph: Graph, ctx: PassContext) -> None:
     """Without data a pass that scores must refuse with a PassError that names it (or find nothing
     eligible and change nothing); no pass may fail with anything but a clear nestir error."""
@@ -299,7 +225,7 @@ def check_pass(
     modified, done = False, []
     res: PassResult | None = None
     for q in passes:
-        where = f"pass '{q.spec()}'" + (f" (after {', '.join(repr(d) for d in done)})" if done else "")
+        where = where_of(q.spec(), done)
         res = _check_one(q, where, g, ctx, x, atol, rtol, onnx, deterministic, no_data)
         g, modified = res.graph, modified or res.modified
         done.append(q.spec())
@@ -312,6 +238,7 @@ def _check_one(q: Pass, where: str, graph: Graph, ctx: PassContext, x: Any, atol
     if q.effect not in EFFECTS:
         raise PassContractError(where, f"declares effect {q.effect!r}; expected one of {', '.join(EFFECTS)}")
     before = graph.copy()
+    live = live_state(before)
     start = len(graph.journal)
     try:
         res = q.run(graph.copy(), ctx)
@@ -325,7 +252,7 @@ def _check_one(q: Pass, where: str, graph: Graph, ctx: PassContext, x: Any, atol
     except NestirError as e:
         raise PassContractError(where, f"left a graph that does not verify: {e}") from e
     journal = out.journal[start:]  # what the pass's edits journaled
-    _check_effect(q, where, before, out, journal)
+    check_effect(q.effect, where, live, out, journal)
     change = _diff(before, out)
     if res.modified and change is None:
         raise PassContractError(where, "returned modified=True but the graph is unchanged")

@@ -1,3 +1,5 @@
+from typing import ClassVar
+
 import pytest
 import torch
 
@@ -54,3 +56,85 @@ def test_manager_verifies_between_passes_and_nests():
     original = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
     nestir.apply(original, ["shift-activation:to=leaky_relu"])
     assert all(n.attrs["kind"] == "relu" for n in original if n.op == "act")  # apply works on a copy
+
+
+class GrowThatPrunes(Pass):
+    name = "grow-that-prunes"
+    effect = "grow"
+
+    def run(self, graph, ctx):
+        graph["fc1"].params["mask"][0, :3] = False
+        return PassResult(graph, True)
+
+
+class PruneThatGrows(Pass):
+    name = "prune-that-grows"
+    effect = "prune"
+
+    def run(self, graph, ctx):
+        from nestir.edit import add_neurons
+
+        add_neurons(graph, graph.groups().of("fc1").id, 1)
+        return PassResult(graph, True)
+
+
+class ClaimsToPreserve(Pass):
+    name = "claims-to-preserve"
+    preserves_function = True
+
+    def run(self, graph, ctx):
+        graph["fc3"].params["bias"] += 1.0
+        return PassResult(graph, True)
+
+
+class CountsRuns(Pass):
+    name = "counts-runs"
+    runs: ClassVar[list[int]] = []
+
+    def run(self, graph, ctx):
+        self.runs.append(1)
+        graph["fc3"].params["bias"] += 1.0
+        return PassResult(graph, True)
+
+
+def test_manager_enforces_declared_effects_and_names_the_passes_before():
+    from nestir.errors import PassContractError
+
+    g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
+    relu = get("shift-activation", to="leaky_relu")
+    with pytest.raises(PassContractError, match=r"pass 'grow-that-prunes' \(after 'shift-activation:.*'\): "
+                                                r"declares effect 'grow' but removed 3 live connections of 'fc1'"):
+        PassManager([relu, GrowThatPrunes()]).run(g.copy(), PassContext())
+    with pytest.raises(PassContractError, match=r"pass 'prune-that-grows'.*effect 'prune' but added 1 neuron"):
+        PassManager([PassManager([PruneThatGrows()])]).run(g.copy(), PassContext())  # nested managers check too
+    with pytest.raises(AssertionError):  # a contract error is also an AssertionError for test runners
+        PassManager([GrowThatPrunes()]).run(g.copy(), PassContext())
+    PassManager([GrowThatPrunes()], check_effects=False).run(g.copy(), PassContext())  # opt out
+
+
+def test_manager_names_the_pass_after_which_the_graph_stopped_verifying():
+    g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
+    with pytest.raises(VerifyError, match=r"node 'fc2'.*\(after pass 'breaks' \(after 'shift-activation"):
+        PassManager([get("shift-activation", to="leaky_relu"), Breaks()]).run(g, PassContext())
+
+
+def test_manager_refuses_a_data_pass_without_data_before_any_pass_runs():
+    g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
+    CountsRuns.runs.clear()
+    bias = g["fc3"].params["bias"].clone()
+    with pytest.raises(PassError, match="'grow-connection' scores with gradients and needs data"):
+        PassManager([CountsRuns(), PassManager([get("grow-connection")])]).run(g, PassContext())
+    assert CountsRuns.runs == [] and torch.equal(g["fc3"].params["bias"], bias)  # nothing half applied
+
+
+def test_manager_checks_function_preservation_on_request():
+    from nestir.errors import PassContractError
+
+    g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
+    ctx = PassContext(data=[(torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,)))])
+    PassManager([ClaimsToPreserve()]).run(g.copy(), ctx)  # off by default
+    with pytest.raises(PassContractError, match="'claims-to-preserve'.*preserves_function but its outputs"):
+        PassManager([ClaimsToPreserve()], check_function=True).run(g.copy(), ctx)
+    g["fc1"].params["mask"][:, ::2] = False
+    PassManager([get("grow-connection", fraction=0.1), get("eliminate-dead-neurons")],
+                check_function=True).run(g, ctx)  # passes that keep their promise get through
