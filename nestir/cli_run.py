@@ -390,6 +390,9 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shift-epochs", dest="shift_epochs", type=int, help="training after the leaky ReLU -> ReLU shift")
     p.add_argument("--trial-epochs", dest="trial_epochs", type=int,
                    help="trial refit (on train) of each chain network the selection judges (default 20)")
+    p.add_argument("--max-trials", dest="max_trials", type=int,
+                   help="selection: trial-refit this many chain steps one by one from the most pruned down, "
+                        "then stride 2, 4, ... (default 10)")
     p.add_argument("--max-compression", dest="max_compression", type=float,
                    help="the pruning chain stops at this many times fewer parameters than its start (default 400)")
     p.add_argument("--grow-maps", dest="grow_maps", type=int, help="feature maps added per conv per growth step")

@@ -8,6 +8,10 @@ final model's validation error is optimistic. Two tools against that:
   images*. Only the images on which the two disagree carry information, so the standard error of
   the difference is far smaller than that of either error rate, and a step is accepted only when
   an upper confidence bound of the difference stays within the tolerance.
+- :func:`pooled` does the same for several candidates at once (a block of the pruning chain):
+  under a monotone error curve (a more pruned network is no more accurate) the mean error of the
+  networks at and beyond a point bounds that point's error from above, with less noise than one
+  network alone because their training noise averages out.
 - :func:`wilson` is the confidence interval of an error rate measured once on an audit split that
   no decision read: the unbiased estimate a report gives next to the selection estimate.
 """
@@ -63,6 +67,28 @@ def paired(candidate_wrong: torch.Tensor, reference_wrong: torch.Tensor, *, z: f
     discordant = float((d != 0).sum()) + 1.0  # +1: a prior discordant pair
     var = max(discordant / n - delta * delta, 0.0) / n
     se = math.sqrt(var)
+    return Verdict(delta, se, delta + z * se, tolerance, n)
+
+
+def pooled(candidates_wrong: list[torch.Tensor], reference_wrong: torch.Tensor, *, z: float = 1.0,
+           tolerance: float = 0.0) -> Verdict:
+    """Paired comparison of the *mean* of several candidates with the reference, per image:
+    d_i = mean_j c_ij - r_i. Its mean is the mean of the candidates' error differences and its
+    standard error comes from the spread of d_i over the images, so the correlation between the
+    candidates (they err on many of the same images) is accounted for. One candidate gives
+    exactly :func:`paired`."""
+    if not candidates_wrong:
+        raise ValueError("pooled comparison needs at least one candidate")
+    r = reference_wrong.detach().to("cpu", torch.float64).flatten()
+    cs = [c.detach().to("cpu", torch.float64).flatten() for c in candidates_wrong]
+    if any(c.shape != r.shape for c in cs) or r.numel() == 0:
+        raise ValueError(f"pooled comparison needs equal, non-empty vectors, got {[tuple(c.shape) for c in cs]} "
+                         f"and {tuple(r.shape)}")
+    n = r.numel()
+    d = torch.stack(cs).mean(0) - r
+    delta = float(d.mean())
+    second = float((d * d).sum()) + 1.0  # +1: a prior discordant image, as in paired()
+    se = math.sqrt(max(second / n - delta * delta, 0.0) / n)
     return Verdict(delta, se, delta + z * se, tolerance, n)
 
 

@@ -1,7 +1,8 @@
 """The NeST synthesis flow: a sparse seed grows (connections, neurons, feature maps) until it is
 accurate enough or big enough, switches leaky ReLU to ReLU, then is pruned along a chain of ever
-smaller networks; a binary search over the chain, judging each probe after a trial refit, keeps the
-smallest network that still passes the acceptance rule. Checkpointed after every step; resumable."""
+smaller networks; a scan of the chain from its most pruned end, judging each step after a trial
+refit (pooled with the more pruned steps judged before it), keeps the first network, the smallest,
+that passes the acceptance rule. Checkpointed after every step; resumable."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from . import dist
 from .backends.device import resolve_device
 from .backends.train import Trainer, evaluate
 from .data import Splits
-from .decide import paired
+from .decide import paired, pooled
 from .errors import NestirError
 from .graph import Graph
 from .passinfra import MAX_COUNT, PassContext, PassManager, resolve
@@ -51,12 +52,15 @@ class SynthConfig:
     shift_epochs: int = 20  # training after the leaky ReLU -> ReLU shift (the grown network converges)
     prune_epochs: int = 3  # retraining after each pruning step of the chain
     trial_epochs: int = 20  # the trial refit (on train) of a chain network before it is judged
+    max_trials: int = 10  # selection scan: one chain step at a time for this many, then striding 2, 4, ...
     final_epochs: int = 80  # the final training of the chosen network (on train)
     max_growth_steps: int = 20
     growth_patience: int = 2  # stop growing when this many steps in a row did not improve validation error
     max_prune_steps: int = 40  # the longest pruning chain
     max_compression: float = 400.0  # the chain stops at this many times fewer parameters than its start
-    chain_slack: float = 0.03  # ... or after 2 networks in a row this much less accurate (before refit)
+    chain_slack: float = 0.015  # ... or after 2 networks in a row this much less accurate (before refit)
+    scan_slack: float = 0.01  # the selection scan starts at the most pruned step at most this much less
+    # accurate than the reference before its refit (measured: a trial refit recovers 0-0.6 pts)
     grow_connections: float = 1.0  # grow-connection fraction (of live connections) per growth step
     grow_neurons: int = 30  # bridge-neuron count per FC layer per growth step
     grow_maps: int = 4  # add-feature-map count per conv layer per growth step
@@ -131,6 +135,10 @@ class SynthConfig:
             raise NestirError(f"max-compression must be >= 1, got {self.max_compression}")
         if not (math.isfinite(self.chain_slack) and 0 < self.chain_slack <= 1):
             raise NestirError(f"chain-slack must be in (0, 1], got {self.chain_slack}")
+        if not (math.isfinite(self.scan_slack) and 0 < self.scan_slack <= 1):
+            raise NestirError(f"scan-slack must be in (0, 1], got {self.scan_slack}")
+        if self.max_trials < 1:
+            raise NestirError(f"max-trials must be >= 1, got {self.max_trials}")
         if self.prune_scope not in ("layer", "global"):
             raise NestirError(f"prune-scope must be 'layer' or 'global', got {self.prune_scope!r}")
 
@@ -160,8 +168,10 @@ class RunState:
     target: float = 0.0
     target_reached: bool = True
     chain: list[dict[str, Any]] = field(default_factory=list)  # the pruning chain's snapshots (file, digest)
-    lo: int = 0  # selection: the largest chain index known to pass the rule
-    hi: int = 0  # selection: the smallest chain index known to fail it (len(chain): none known)
+    lo: int = 0  # selection: the chain index accepted (0: none smaller than the chain's start)
+    cursor: int = 0  # selection: the chain index the scan judges next (it goes down from the end)
+    scan: list[dict[str, Any]] = field(default_factory=list)  # judged chain indices, their rows and errors
+    pending: int = 0  # selection: a chain index that passed, awaiting confirmation by the next one judged
     growth_stopped: str = ""
     rule: str = ""  # how steps are accepted, in words
     wall: float = 0.0
@@ -193,6 +203,7 @@ class Synthesizer:
         self.state = RunState(target=cfg.target_accuracy)
         self.trainer = self._trainer(graph, cfg.lr)
         self.best: Graph | None = None
+        self.candidate: Graph | None = None  # the pending selection step's trial-refit network
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.teacher = teacher.to(self.dev) if teacher is not None else None
         self.final_teacher = ((final_teacher.to(self.dev) if final_teacher is not None else self.teacher)
@@ -253,14 +264,15 @@ class Synthesizer:
         ok = 1 - ev.error >= self.state.target
         return ev.error, ok, ok, ""
 
-    def _record(self, phase: str, note: str = "") -> dict[str, Any]:
+    def _record(self, phase: str, note: str = "", report: bool = True) -> dict[str, Any]:
         s = stats(self.graph)
         err, ok, point_ok, how = self._judge()
         row = {"step": len(self.state.history), "phase": phase, "params": s["params"], "flops": s["flops"],
                "val_error": err, "accepted": ok, "point_ok": point_ok, "epochs": self.state.epochs,
                "seconds": round(self.state.wall + self._lap(), 2), "note": "; ".join(x for x in (note, how) if x)}
         self.state.history.append(row)
-        self.rep.step(row)
+        if report:
+            self.rep.step(row)
         return row
 
     def _lap(self) -> float:
@@ -381,7 +393,7 @@ class Synthesizer:
                 self._snapshot(st.best_row)
             stop = self._chain_stop()
             if stop:
-                st.phase, st.lo, st.hi = "select", 0, len(st.chain)
+                st.phase, st.lo, st.cursor = "select", 0, self._scan_start()
                 self.rep.message(f"pruning chain of {len(st.chain) - 1} steps ended ({stop}); "
                                  "selecting the smallest network that passes after a trial refit")
                 self.checkpoint()
@@ -395,20 +407,32 @@ class Synthesizer:
             self._snapshot(row["step"], removed=bool(_summary(infos)))
             self.checkpoint()
         while st.phase == "select":
-            if st.hi - st.lo <= 1:
+            if st.lo or st.cursor < 1:
                 self._no_bigger_than_dense()
                 st.phase = "refit"
                 self.checkpoint()
                 break
-            mid = (st.lo + st.hi) // 2
-            self.trainer = self._trainer(self._load_snapshot(mid), c.lr)
-            self._train(c.trial_epochs, f"trial refit of chain step {mid}", anneal=True)
-            row = self._record("select", f"chain step {mid} after a {c.trial_epochs}-epoch trial refit")
-            if row["accepted"]:
-                st.lo = mid
-                self._keep_best(row)
-            else:
-                st.hi = mid
+            k = st.cursor
+            self.trainer = self._trainer(self._load_snapshot(k), c.lr)
+            self._train(c.trial_epochs, f"trial refit of chain step {k}", anneal=True)
+            row = self._record("select", f"chain step {k} after a {c.trial_epochs}-epoch trial refit", report=False)
+            self._pool(k, row)
+            if st.pending:
+                self._confirm(row)
+                if st.lo:  # the pending step is kept; this one only confirmed it
+                    row["accepted"] = False
+            if not st.lo and row["accepted"]:
+                if k == 1 or self.reference is None:  # nothing less pruned left to confirm it (or no pairing)
+                    st.lo = k
+                    self._keep_best(row)
+                else:
+                    st.pending, self.candidate = k, self.graph.copy()
+                    row["accepted"] = False
+                    row["note"] += "; passes, to be confirmed by the next step judged"
+            self.rep.step(row)
+            trials = len(st.scan)  # past the budget the scan strides down faster (1, 2, 4, ...)
+            stride = 1 if trials < c.max_trials else 2 ** (trials - c.max_trials + 1)
+            st.cursor = max(1, k - stride) if k > 1 else 0  # step 1 is always judged before the scan ends
             self.checkpoint()
         if st.phase == "refit":
             self.trainer = self._trainer(self.best.copy(), c.lr)  # type: ignore[union-attr]
@@ -423,6 +447,50 @@ class Synthesizer:
             self.checkpoint()
             clear_chain(self.out)  # the chain is no longer needed once the run is done
         return st
+
+    def _confirm(self, row: dict[str, Any]) -> None:
+        """The pending step passed on its own (or pooled with more pruned steps); keep it only when
+        its pair with the less pruned step just judged passes too. A more pruned network is no more
+        accurate, so the pair's mean error is at most the pending step's: a pending step that
+        passed by luck on the validation images rarely has a neighbour that is lucky as well."""
+        st = self.state
+        p = next(e for e in st.scan if e["index"] == st.pending)
+        v = pooled([st.scan[-1]["wrong"], p["wrong"]], self.reference, z=self.cfg.confidence,
+                   tolerance=self.cfg.tolerance)
+        prow = st.history[p["row"]]
+        if v.accept:
+            st.lo = st.pending
+            prow["accepted"] = True
+            prow["note"] = prow["note"].replace("to be confirmed by the next step judged",
+                                                f"confirmed with chain step {st.scan[-1]['index']}")
+            self.best, st.best_val, st.best_row = self.candidate, 1 - prow["val_error"], prow["step"]
+        else:
+            prow["note"] = prow["note"].replace("to be confirmed by the next step judged",
+                                                f"not confirmed with chain step {st.scan[-1]['index']}")
+        row["note"] += (f"; with chain step {st.pending}: error {100 * v.delta:+.2f} pts, bound "
+                        f"{100 * v.bound:+.2f} ({'confirms' if v.accept else 'does not confirm'} it)")
+        st.pending, self.candidate = 0, None
+
+    def _pool(self, k: int, row: dict[str, Any]) -> None:
+        """Judge chain step ``k`` with the networks judged before it (all more pruned): under a
+        monotone error curve their mean error bounds step ``k``'s from above, so ``k`` passes when
+        the pooled paired bound of some block of steps ``k..m`` is within the tolerance
+        (:func:`nestir.decide.pooled`). Without a paired reference each step is judged alone."""
+        if self.reference is None:
+            return
+        wrong = evaluate(self.graph, self.data.val.x, self.data.val.y, device=self.dev).wrong
+        self.state.scan.append({"index": k, "row": row["step"], "wrong": wrong.cpu()})
+        judged = [e["wrong"] for e in reversed(self.state.scan)]  # k first, then k+1, ...
+        best, size = None, 0
+        for j in range(1, len(judged) + 1):
+            v = pooled(judged[:j], self.reference, z=self.cfg.confidence, tolerance=self.cfg.tolerance)
+            if best is None or v.bound < best.bound:
+                best, size = v, j
+        assert best is not None
+        if size > 1:
+            row["accepted"] = best.accept
+            row["note"] += (f"; pooled with the {size - 1} more pruned step(s) judged before: error "
+                            f"{100 * best.delta:+.2f} pts, bound {100 * best.bound:+.2f}")
 
     def _recover(self) -> int:
         """Train one epoch at a time, at most ``recover_epochs``, while the current network is not
@@ -473,6 +541,14 @@ class Synthesizer:
             return f"two networks in a row more than {100 * c.chain_slack:g} pts less accurate before refit"
         return ""
 
+    def _scan_start(self) -> int:
+        """The most pruned chain step whose error before its refit is within ``scan_slack`` of the
+        reference (steps beyond it do not recover enough in a trial refit to be worth judging)."""
+        st = self.state
+        ref = float(self.reference.float().mean()) if self.reference is not None else 1 - st.target
+        ok = [i for i, e in enumerate(st.chain) if st.history[e["row"]]["val_error"] <= ref + self.cfg.scan_slack]
+        return max(ok, default=0)
+
     def _snapshot(self, row: int, removed: bool = True) -> None:
         """Save the current network as the next chain element (its own file, digest in the state)."""
         i = len(self.state.chain)
@@ -519,7 +595,8 @@ class Synthesizer:
             return graph_state(g) if g is not None else None
 
         ck = {"format": "nestir-checkpoint", "config": self.cfg.to_dict(), "state": dataclasses.asdict(st),
-              "graph": graph_state(self.graph), "best": gs(self.best), "teacher": gs(self.teacher),
+              "graph": graph_state(self.graph), "best": gs(self.best), "candidate": gs(self.candidate),
+              "teacher": gs(self.teacher),
               "final_teacher": gs(self.final_teacher) if self.final_teacher is not self.teacher else None,
               "reference": self.reference.cpu() if self.reference is not None else None,
               "optimizer": opt, "lr": self.trainer.lr, "rng": self.gen.get_state(), "meta": self.meta}
@@ -549,8 +626,13 @@ class Synthesizer:
             raise NestirError(f"checkpoint '{path}' does not hold a valid run ({type(e).__name__}: {e})") from None
         self = cls(g, splits, cfg, out, device, reporter, teacher=teacher, final_teacher=final_teacher,
                    resuming=True, meta=ck.get("meta") or {})
-        self.state = RunState(**ck["state"])
+        known = {f.name for f in dataclasses.fields(RunState)}
+        state = {k: v for k, v in ck["state"].items() if k in known}
+        if state.get("phase") == "select" and "cursor" not in ck["state"]:  # an older run's binary search
+            state["lo"], state["cursor"] = 0, len(state.get("chain", [])) - 1  # starts the scan over
+        self.state = RunState(**state)
         self.best = graph_from_state(ck["best"]) if ck["best"] is not None else None
+        self.candidate = graph_from_state(ck["candidate"]) if ck.get("candidate") is not None else None
         if ck.get("reference") is not None:
             self.reference = ck["reference"]
         self.trainer.set_lr(ck["lr"])

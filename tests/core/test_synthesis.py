@@ -231,14 +231,16 @@ def test_resume_after_growth_overshot_the_budget(tmp_path):
 
 
 def test_chain_then_selection_keeps_the_smallest_passing_network(tmp_path):
-    """The pruning chain saves every network; the binary search judges probes after a trial refit
-    and keeps the smallest that passed; a tampered chain file is refused on resume; the chain's
-    files are removed once the run is done."""
+    """The pruning chain saves every network; the selection scans it from the most pruned step
+    down, judging each after a trial refit (pooled with the steps judged before it), and keeps the
+    first that passes: the smallest; a tampered chain file is refused on resume; the chain's files
+    are removed once the run is done."""
     from nestir.runs import dense_reference
 
     prep = small_prep()
     cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "method": "prune", "final_epochs": 1,
-                         "max_prune_steps": 6, "prune_fraction": 0.5, "tolerance": 0.2, "chain_slack": 1.0})
+                         "max_prune_steps": 6, "prune_fraction": 0.5, "tolerance": 0.2, "chain_slack": 1.0,
+                         "scan_slack": 1.0})
     dense = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)
 
     s = Synthesizer(dense["teacher"].copy(), prep.splits, cfg, str(tmp_path), teacher=dense["teacher"],
@@ -250,7 +252,7 @@ def test_chain_then_selection_keeps_the_smallest_passing_network(tmp_path):
     assert ck["state"]["phase"] == "select" and len(chain) == 7
     sizes = [ck["state"]["history"][e["row"]]["params"] for e in chain]
     assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0] / 20
-    f = tmp_path / chain[3]["file"]
+    f = tmp_path / chain[-1]["file"]  # the first step the scan judges
     good = f.read_bytes()
     state = torch.load(f, weights_only=True)
     next(n for n in state["nodes"] if "weight" in n["params"])["params"]["weight"].mul_(2)
@@ -261,12 +263,45 @@ def test_chain_then_selection_keeps_the_smallest_passing_network(tmp_path):
     s = Synthesizer.resume(str(tmp_path), prep.splits)
     st = s.run()
     probes = [r for r in st.history if r["phase"] == "select"]
-    assert 1 <= len(probes) <= 3  # log2(7) probes at most
+    sizes = [r["params"] for r in probes]
+    assert 1 <= len(probes) <= 6 and sizes == sorted(sizes)  # from the most pruned step up
+    accepted = [r for r in probes if r["accepted"]]
     kept = s.selection
-    passed = [r for r in probes if r["accepted"]]
-    assert kept == (min(passed, key=lambda r: r["params"]) if passed else st.history[0])
-    assert all(r["params"] < kept["params"] for r in probes if not r["accepted"]) or not passed
+    assert len(accepted) <= 1 and kept == (accepted[0] if accepted else st.history[0])
+    if accepted:  # the scan stops at the first confirmed step: only its confirming step comes after it
+        i = probes.index(accepted[0])
+        assert i == len(probes) - 1 or (i == len(probes) - 2 and "confirmed with chain step" in kept["note"])
+    assert len(st.scan) == len(probes) and [e["index"] for e in st.scan] == list(range(6, 6 - len(probes), -1))
     assert st.phase == "done" and not (tmp_path / "chain").exists()
+
+
+def test_scan_starts_at_the_most_pruned_step_within_the_slack(tmp_path):
+    prep = small_prep()
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "scan_slack": 0.01})
+    s = Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path))
+    errs = [0.05, 0.052, 0.09, 0.058, 0.2]  # before refit; the target's error is 0.05
+    s.state.target = 0.95
+    s.state.history = [{"val_error": e} for e in errs]
+    s.state.chain = [{"row": i} for i in range(len(errs))]
+    assert s._scan_start() == 3  # the most pruned within 1 point, even past a worse step
+    s.state.history = [{"val_error": e} for e in (0.05, 0.2, 0.3)]
+    s.state.chain = [{"row": i} for i in range(3)]
+    assert s._scan_start() == 0
+
+
+def test_pooled_selection_accepts_a_step_whose_block_passes():
+    """A chain step whose own paired bound fails but whose block with the more pruned steps judged
+    before it passes is accepted (monotone curve: the block's mean bounds it from above)."""
+    from nestir.decide import paired, pooled
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(1000, generator=g) < 0.05
+    cands = [ref ^ (torch.rand(1000, generator=g) < 0.02) for _ in range(4)]  # each differs on ~20 images
+    single = [paired(c, ref, z=1.0, tolerance=0.0025) for c in cands]
+    block = pooled(cands, ref, z=1.0, tolerance=0.0025)
+    assert abs(block.delta - sum(v.delta for v in single) / 4) < 1e-12
+    assert block.se < min(v.se for v in single)  # independent disagreements average out
+    assert pooled(cands[:1], ref, z=1.0) == paired(cands[0], ref, z=1.0)
 
 
 def test_nothing_smaller_than_dense_passes_then_dense_ships(tmp_path):
