@@ -26,6 +26,34 @@ from .verify import verify
 __version__ = "0.1.0"
 
 
+def _register_graph_methods() -> None:
+    """The composition root: Graph's analyses and lowerings, registered with the graph module
+    (which imports none of them). The lowerings load on first use."""
+    from . import graph as _graph
+    from .checks import require_path
+    from .groups import analyze
+    from .stats import format_table
+
+    def to_torch(g: Graph, **kw: Any) -> Any:
+        from .backends.lower_torch import lower_torch
+
+        return lower_torch(g, **kw)
+
+    def to_onnx(g: Graph, path: str, **kw: Any) -> None:
+        from .backends.lower_onnx import lower_onnx
+
+        lower_onnx(g, require_path(path, "Graph.to_onnx"), **kw)
+
+    _graph.provide("groups", analyze)
+    _graph.provide("verify", verify)
+    _graph.provide("to_torch", to_torch)
+    _graph.provide("to_onnx", to_onnx)
+    _graph.provide("summary", lambda g: format_table(stats(g)))
+
+
+_register_graph_methods()
+
+
 def apply(graph: Graph, pipeline: Any, data: Any = None, loss: Any = None, device: Any = None, **kw: Any) -> Graph:
     """Run a pipeline of passes on a copy of ``graph`` (see :func:`nestir.pipeline.apply`)."""
     from .pipeline import apply as _apply

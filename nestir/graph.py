@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +13,23 @@ from .errors import NestirError
 
 if TYPE_CHECKING:
     from .groups import GroupInfo
+
+# The graph's analyses and lowerings live in modules above this one; ``nestir/__init__`` (the
+# composition root) registers them here, so that this module imports none of them.
+_PROVIDERS: dict[str, Callable[..., Any]] = {}
+
+
+def provide(name: str, fn: Callable[..., Any]) -> None:
+    """Register the implementation of ``Graph.<name>`` (groups, verify, to_torch, to_onnx, summary)."""
+    _PROVIDERS[name] = fn
+
+
+def _provider(name: str) -> Callable[..., Any]:
+    fn = _PROVIDERS.get(name)
+    if fn is None:  # only when nestir.graph is loaded outside the nestir package
+        raise NestirError(f"Graph.{name}() is not available: import nestir, which registers it")
+    return fn
+
 
 PARAMETRIC = frozenset({"linear", "conv"})
 PER_NEURON = frozenset({"batchnorm", "layernorm"})
@@ -177,32 +194,26 @@ class Graph:
                 return t.device
         return torch.device("cpu")
 
-    # -- analyses and lowering (thin wrappers) ----------------------------------------------
+    # -- analyses and lowering: provided by the layers above (see provide()) -----------------
     def groups(self) -> GroupInfo:
-        from .groups import analyze
-
-        return analyze(self)
+        """Neuron groups: coupled neurons across layers (:func:`nestir.groups.analyze`)."""
+        return _provider("groups")(self)
 
     def verify(self) -> None:
-        from .verify import verify
-
-        verify(self)
+        """Raise :class:`~nestir.errors.VerifyError` when an invariant is broken (:func:`nestir.verify`)."""
+        _provider("verify")(self)
 
     def to_torch(self, *, compact: bool = True, sparse: str = "never") -> torch.nn.Module:
-        from .backends.lower_torch import lower_torch
-
-        return lower_torch(self, compact=compact, sparse=sparse)
+        """The compact PyTorch module (``nestir.backends.lower_torch``)."""
+        return _provider("to_torch")(self, compact=compact, sparse=sparse)
 
     def to_onnx(self, path: str, *, compact: bool = True, opset: int = 18) -> None:
-        from .backends.lower_onnx import lower_onnx
-        from .checks import require_path
-
-        lower_onnx(self, require_path(path, "Graph.to_onnx"), compact=compact, opset=opset)
+        """Write the compact model as an ONNX file (``nestir.backends.lower_onnx``)."""
+        _provider("to_onnx")(self, path, compact=compact, opset=opset)
 
     def summary(self) -> str:
-        from .stats import format_table, stats
-
-        return format_table(stats(self))
+        """A per-layer table of neurons, connections, parameters and FLOPs."""
+        return _provider("summary")(self)
 
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {len(self.nodes)} nodes)"

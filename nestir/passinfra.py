@@ -161,10 +161,9 @@ def _check_value(cls: type[Pass], key: str, typ: type, value: Any) -> Any:
 
 def get(name: str, **options: Any) -> Pass:
     """The registered pass ``name`` configured with ``options``."""
-    from nestir import passes as _  # noqa: F401  (registers the built-in passes)
-
     if name not in _REGISTRY:
-        raise PassError(f"unknown pass '{name}'; registered: {', '.join(sorted(_REGISTRY))}")
+        hint = "" if _REGISTRY else " (import nestir.passes to register the built-in passes)"
+        raise PassError(f"unknown pass '{name}'; registered: {', '.join(sorted(_REGISTRY)) or 'none'}{hint}")
     cls = _REGISTRY[name]
     kwargs = {k.replace("-", "_"): _convert(cls, k.replace("-", "_"), v) for k, v in options.items()}
     try:

@@ -9,7 +9,8 @@ import torch
 
 from .batches import Stream
 from .graph import Graph
-from .passinfra import Loss, Pass, PassContext, PassManager, resolve
+from .passes import resolve
+from .passinfra import Loss, Pass, PassContext, PassManager
 
 
 def as_batches(data: Any, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -25,7 +25,8 @@ import torch.nn as nn
 
 from .errors import ArgumentError
 from .graph import Graph
-from .passinfra import Loss, resolve
+from .passes import resolve
+from .passinfra import Loss
 from .stats import stats
 
 Pipeline = str | Sequence[str]

@@ -1,6 +1,8 @@
-"""The registered passes, one per module; ``get(name, **options)`` returns one configured."""
+"""The registered passes, one per module; ``get(name, **options)`` returns one configured. Importing
+this package registers the built-in passes: name lookups (``get``, ``parse``, ``resolve``) go
+through it, so the pass infrastructure below never imports the passes built on it."""
 
-from nestir.passinfra import Pass, PassContext, PassManager, PassResult, get, parse, register, registered
+from nestir.passinfra import Pass, PassContext, PassManager, PassResult, get, parse, register, registered, resolve
 
 from . import (  # noqa: F401  (registration)
     add_feature_map,
@@ -13,4 +15,4 @@ from . import (  # noqa: F401  (registration)
     split_neuron,
 )
 
-__all__ = ["Pass", "PassContext", "PassManager", "PassResult", "get", "parse", "register", "registered"]
+__all__ = ["Pass", "PassContext", "PassManager", "PassResult", "get", "parse", "register", "registered", "resolve"]

@@ -14,7 +14,8 @@ from nestir.contracts import EFFECTS, check_effect, live_state
 from nestir.contracts import where as where_of
 from nestir.errors import NestirError, PassContractError, PassError
 from nestir.graph import Graph
-from nestir.passinfra import Pass, PassContext, PassManager, PassResult, resolve
+from nestir.passes import resolve
+from nestir.passinfra import Pass, PassContext, PassManager, PassResult
 
 
 # -- running a graph -----------------------------------------------------------------------------
