@@ -23,7 +23,8 @@ from .data import Splits
 from .decide import paired, pooled
 from .errors import NestirError
 from .graph import Graph
-from .passinfra import MAX_COUNT, PassContext, PassManager, resolve
+from .passes import resolve
+from .passinfra import MAX_COUNT, PassContext, PassManager
 from .recipe import Recipe, Reporter, SoftTargets, stint
 from .serialize import atomic_save, digest_tree, graph_from_state, graph_state
 from .stats import stats
@@ -81,7 +82,7 @@ class SynthConfig:
     anneal: bool = True  # cosine learning-rate decay within the shift and pruning stints
     distill: float = 0.7  # weight of the dense reference's soft targets in the loss (0: labels only)
     temperature: float = 4.0  # distillation temperature
-    confidence: float = 1.0  # z of the one-sided bound in the paired acceptance rule
+    confidence: float = 0.5  # z of the one-sided bound in the paired acceptance rule (selection: with confirmation)
     tolerance: float = 0.0025  # accepted error above the dense reference (fraction), at that bound
     fallback_dense: bool = True  # grown network worse than dense beyond the tolerance: prune the dense reference
 
