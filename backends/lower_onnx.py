@@ -100,6 +100,45 @@ def _conv(e: _Emitter, n: Node, x: str) -> str:
     return e.op("Add", [out, e.const(nm + "_bias", b.reshape(-1, *([1] * len(spatial))))], nm)
 
 
+def _windows(size: int, out: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling windows: [floor(i*size/out), ceil((i+1)*size/out))."""
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+def _uneven_adaptive(e: _Emitter, nm: str, x: str, spatial: list[int], outs: list[int], mode: str) -> str:
+    """Adaptive pooling whose windows are not one plain pooling (input not a multiple of the
+    output, e.g. AlexNet's 6x6 pool on small inputs). Average: a constant averaging matrix per
+    spatial axis (MatMul, exact). Max: one ReduceMax per window, concatenated."""
+    axes = list(range(2, 2 + len(spatial)))
+    if mode != "max":
+        y = x
+        for k, (size, out) in enumerate(zip(spatial, outs, strict=True)):
+            m = np.zeros((out, size), np.float32)
+            for i, (lo, hi) in enumerate(_windows(size, out)):
+                m[i, lo:hi] = 1.0 / (hi - lo)
+            if k == len(spatial) - 1:  # last axis: y @ m.T
+                y = e.op("MatMul", [y, e.const(f"{nm}_avg{k}", m.T.copy())], f"{nm}_mm{k}")
+            else:  # earlier axis (2-D: height): m @ y over that axis
+                y = e.op("MatMul", [e.const(f"{nm}_avg{k}", m), y], f"{nm}_mm{k}")
+        return e.op("Identity", [y], nm)
+
+    def cells(prefix: str, src: str, k: int) -> str:
+        parts = []
+        for i, (lo, hi) in enumerate(_windows(spatial[k], outs[k])):
+            ins = [src] + [e.const(f"{prefix}_{i}{t}", np.array([v]), np.int64)
+                           for t, v in (("s", lo), ("e", hi), ("a", axes[k]))]
+            sl = e.op("Slice", ins, f"{prefix}_{i}")
+            parts.append(e.op("ReduceMax", [sl, e.const(f"{prefix}_{i}ax", np.array([axes[k]]), np.int64)],
+                              f"{prefix}_{i}m", keepdims=1) if k == len(spatial) - 1 else cells(f"{prefix}_{i}", sl,
+                                                                                                k + 1))
+        if k < len(spatial) - 1:  # reduce this axis after the inner ones
+            parts = [e.op("ReduceMax", [q, e.const(f"{prefix}_{i}rx", np.array([axes[k]]), np.int64)],
+                          f"{prefix}_{i}r", keepdims=1) for i, q in enumerate(parts)]
+        return e.op("Concat", parts, f"{prefix}_cat", axis=axes[k])
+
+    return e.op("Identity", [cells(nm + "_w", x, 0)], nm)
+
+
 def _pool(e: _Emitter, n: Node, x: str, src: Node) -> str:
     a, nm = n.attrs, n.name
     if n.op == "adaptive_pool":
@@ -107,8 +146,8 @@ def _pool(e: _Emitter, n: Node, x: str, src: Node) -> str:
         outs = list(a["output_size"])
         if all(o == 1 for o in outs):
             return e.op("GlobalMaxPool" if a["mode"] == "max" else "GlobalAveragePool", [x], nm)
-        if any(s % o for s, o in zip(spatial, outs, strict=True)):
-            raise LoweringError(f"node '{nm}': adaptive pooling {spatial}->{outs} is not a plain pooling")
+        if any(s % o for s, o in zip(spatial, outs, strict=True)):  # overlapping or uneven windows
+            return _uneven_adaptive(e, nm, x, spatial, outs, a["mode"])
         k = [s // o for s, o in zip(spatial, outs, strict=True)]
         kind = "MaxPool" if a["mode"] == "max" else "AveragePool"
         return e.op(kind, [x], nm, kernel_shape=k, strides=k)

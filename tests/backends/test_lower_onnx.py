@@ -1,5 +1,6 @@
 import numpy as np
 import onnx
+import pytest
 import torch
 import torch.nn as nn
 
@@ -40,3 +41,19 @@ def test_opaque_nodes_export_through_torch():
     assert any(n.op == "opaque" for n in g)
     x = torch.rand(7, 6)
     np.testing.assert_allclose(run_onnx(g, x), run_ir(g, x), atol=1e-5)
+
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("shape,out", [((2, 3, 10), (4,)), ((2, 3, 2, 2), (6, 6)), ((2, 3, 13, 9), (5, 3))])
+def test_uneven_adaptive_pooling_lowers_exactly(mode, shape, out):
+    """Adaptive pooling whose input is not a multiple of its output (AlexNet's and VGG's 6x6/7x7
+    pools on small images: windows overlap or differ in size) lowers to ONNX exactly."""
+    pools = {("avg", 1): nn.AdaptiveAvgPool1d, ("avg", 2): nn.AdaptiveAvgPool2d,
+             ("max", 1): nn.AdaptiveMaxPool1d, ("max", 2): nn.AdaptiveMaxPool2d}
+    conv = (nn.Conv1d if len(out) == 1 else nn.Conv2d)(3, 4, 1)
+    m = nn.Sequential(conv, pools[mode, len(out)](out if len(out) > 1 else out[0])).eval()
+    x = torch.randn(*shape)
+    g = nestir.trace(m, x)
+    y = torch.randn(5, *shape[1:])  # another batch size than traced with
+    np.testing.assert_allclose(run_onnx(g, y), m(y).detach().numpy(), atol=1e-5)
