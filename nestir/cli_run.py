@@ -374,7 +374,7 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float,
                    help="error allowed above the dense reference, as a fraction (default 0.0025)")
     p.add_argument("--confidence", type=float,
-                   help="z of the one-sided bound of the paired acceptance rule (default 0.5; the selection "
+                   help="z of the one-sided bound of the paired acceptance rule (default 1; the selection "
                         "also asks a passing step's pair with the next less pruned step to pass)")
     p.add_argument("--no-fallback-dense", dest="fallback_dense", action="store_const", const=False,
                    help="when growth falls short of the dense reference, prune the grown network (keeping its "

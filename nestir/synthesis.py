@@ -82,7 +82,7 @@ class SynthConfig:
     anneal: bool = True  # cosine learning-rate decay within the shift and pruning stints
     distill: float = 0.7  # weight of the dense reference's soft targets in the loss (0: labels only)
     temperature: float = 4.0  # distillation temperature
-    confidence: float = 0.5  # z of the one-sided bound in the paired acceptance rule (selection: with confirmation)
+    confidence: float = 1.0  # z of the one-sided bound in the paired acceptance rule
     tolerance: float = 0.0025  # accepted error above the dense reference (fraction), at that bound
     fallback_dense: bool = True  # grown network worse than dense beyond the tolerance: prune the dense reference
 
