@@ -162,6 +162,11 @@ def _emit(n: Node, g: Graph, fg: fx.Graph, root: nn.Module, env: dict[str, Any],
     mod = _module(n, sparse)
     if mod is not None:
         root.add_module(n.name, mod)
+        if n.op == "opaque":  # the call as traced: constant arguments and keywords included
+            from nestir.ops import fill_template
+
+            return fg.call_module(n.name, tuple(fill_template(n.attrs["args"], args)),
+                                  fill_template(n.attrs["kwargs"], args))
         return fg.call_module(n.name, tuple(args))
     a = n.attrs
     if n.op == "identity":

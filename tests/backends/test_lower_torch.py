@@ -46,3 +46,37 @@ def test_csr_lowering_agrees():
     assert not any(isinstance(mod, CSRLinear) for mod in g.to_torch().modules())
     x = torch.rand(3, 1, 28, 28)
     np.testing.assert_allclose(m(x).detach().numpy(), run_ir(g, x), atol=1e-5)
+
+
+class _Gate(torch.nn.Module):
+    """Untraceable (a tensor's value in an `if`), so it becomes one opaque node; its call has
+    constant positional arguments and a keyword that change what it computes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = torch.nn.Linear(8, 8)
+
+    def forward(self, x, attn_mask, is_causal, scale=1.0):
+        if attn_mask is not None or x.sum() > 1e9:
+            return x
+        return self.q(x) * scale + (1.0 if is_causal else 0.0)
+
+
+class _UsesGate(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.fc = _Gate(), torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(self.gate(x, None, True, scale=2.0))
+
+
+def test_opaque_module_call_keeps_its_constant_arguments_and_keywords():
+    """timm's DeiT attention is called with attn_mask/is_causal: the lowered call must pass them."""
+    from nestir.testing import run_torch
+
+    m = _UsesGate().eval()
+    x = torch.randn(2, 5, 8)
+    g = nestir.trace(m, x)
+    assert [n.name for n in g if n.op == "opaque"] == ["gate"]
+    np.testing.assert_allclose(run_torch(g, x), m(x).detach().numpy(), atol=1e-5)
