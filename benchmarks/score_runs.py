@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--test", default=os.path.join("..", "shared", "data", "mnist"))
     ap.add_argument("--out")
+    ap.add_argument("--md", help="also write a markdown table here")
     a = ap.parse_args()
     test = load_idx(a.test, "test")
     x, y = test.x.numpy().astype(np.float32), test.y.numpy()
@@ -53,7 +54,7 @@ def main() -> None:
         b, f = r["baseline"], r["final"]
         err, nz = onnx_test_error(os.path.join(d, "model.onnx"), x, y)
         rows.append({"run": os.path.basename(d.rstrip("/")), "model": r["model"], "seed": r["seed"],
-                     "partial_area": r["config"]["partial_area"],
+                     "partial_area": r["config"]["partial_area"], "confidence": r["config"].get("confidence"),
                      "dense": {k: b.get(k) for k in ("params", "flops", "val_error", "audit_error", "test_error")},
                      "kept": {k: f.get(k) for k in ("params", "flops", "val_error", "audit_error", "test_error")},
                      "onnx_test_error": err, "onnx_nonzero_weights": nz,
@@ -63,6 +64,26 @@ def main() -> None:
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(rows, fh, indent=1)
+    if a.md:
+        with open(a.md, "w") as fh:
+            fh.write(table(rows))
+
+
+def table(rows: list[dict]) -> str:
+    """One row per run: what issue 8's check reads (ONNX test error against the report's dense
+    test error, non-zero weights) beside the run's own validation and audit estimates."""
+    out = ["| model | seed | z | params kept (× fewer) | FLOPs × fewer | val Δ | audit (kept / dense) "
+           "| test (kept / dense) | Δ test | wall |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        d, k = r["dense"], r["kept"]
+        dt = d.get("test_error")
+        delta = f"{100 * (r['onnx_test_error'] - dt):+.2f}" if dt is not None else "-"
+        out.append(f"| {r['model']} | {r['seed']} | {r.get('confidence')} | {r['onnx_nonzero_weights']:,} "
+                   f"({r['params_reduction']}×) | {r['flops_reduction']}× | "
+                   f"{100 * (k['val_error'] - d['val_error']):+.2f} | {100 * k['audit_error']:.1f}% / "
+                   f"{100 * d['audit_error']:.1f}% | {100 * r['onnx_test_error']:.2f}% / "
+                   f"{'-' if dt is None else f'{100 * dt:.2f}%'} | {delta} | {r['wall_seconds']:.0f} s |")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
