@@ -205,6 +205,7 @@ class Synthesizer:
         self.trainer = self._trainer(graph, cfg.lr)
         self.best: Graph | None = None
         self.candidate: Graph | None = None  # the pending selection step's trial-refit network
+        self._wrong = torch.zeros(0, dtype=torch.bool)  # per-image errors of the last network judged
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.teacher = teacher.to(self.dev) if teacher is not None else None
         self.final_teacher = ((final_teacher.to(self.dev) if final_teacher is not None else self.teacher)
@@ -259,6 +260,7 @@ class Synthesizer:
             ok = m >= self.state.target
             return 1 - m, ok, ok, f"metric {m:.6g} (target {self.state.target:.6g})"
         ev = evaluate(self.graph, self.data.val.x, self.data.val.y, device=self.dev, loss=self.loss)
+        self._wrong = ev.wrong  # the per-image errors just judged (the selection pools them)
         if self.reference is not None:
             v = paired(ev.wrong, self.reference, z=self.cfg.confidence, tolerance=self.cfg.tolerance)
             return ev.error, v.accept, v.point_ok, v.describe()
@@ -479,8 +481,7 @@ class Synthesizer:
         (:func:`nestir.decide.pooled`). Without a paired reference each step is judged alone."""
         if self.reference is None:
             return
-        wrong = evaluate(self.graph, self.data.val.x, self.data.val.y, device=self.dev).wrong
-        self.state.scan.append({"index": k, "row": row["step"], "wrong": wrong.cpu()})
+        self.state.scan.append({"index": k, "row": row["step"], "wrong": self._wrong.cpu()})
         judged = [e["wrong"] for e in reversed(self.state.scan)]  # k first, then k+1, ...
         best, size = None, 0
         for j in range(1, len(judged) + 1):
