@@ -225,6 +225,7 @@ def main() -> None:
     ap.add_argument("--models", default=",".join([f"tv:{m}" for m in TORCHVISION] + [f"timm:{m}" for m in TIMM]))
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--redo", default="", help="comma-separated models to run again, their rows replaced in place")
     ap.add_argument("--no-growth", action="store_true",
                     help="skip the growth passes (the slow part): results/coverage_nogrowth.json/.md")
     args = ap.parse_args()
@@ -234,8 +235,9 @@ def main() -> None:
     if os.path.isfile(path) and not args.fresh:
         with open(path) as f:
             res = json.load(f)
-    done = {r["model"] for r in res["rows"]}
-    for key in args.models.split(","):
+    redo = set(filter(None, args.redo.split(",")))
+    done = {r["model"] for r in res["rows"]} - redo
+    for key in [*args.models.split(","), *sorted(redo - set(args.models.split(",")))]:
         if key in done:
             continue
         t = time.perf_counter()
@@ -249,7 +251,11 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             row = {"model": key, "ok": False, "error": f"timed out after {args.timeout} s"}
         row["wall_s"] = round(time.perf_counter() - t, 1)
-        res["rows"].append(row)
+        at = [i for i, r in enumerate(res["rows"]) if r["model"] == key]
+        if at:
+            res["rows"][at[0]] = row
+        else:
+            res["rows"].append(row)
         print(f"{key}: {'ok' if row.get('ok') else row.get('error', 'fails a step')} ({row['wall_s']} s)", flush=True)
         res["machine"] = machine()
         import torch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -173,6 +174,7 @@ def trace(
     if not isinstance(module, nn.Module):
         raise TraceError(f"nestir.trace needs a torch.nn.Module, got {type(module).__name__}")
     inputs = _as_inputs(example_inputs)
+    concrete_args = {**_defaults_beyond(module, len(inputs)), **(concrete_args or {})} or None
     was_training = module.training
     module.eval()
     try:
@@ -192,6 +194,18 @@ def trace(
                     len(ops), "; ".join(ops))
     graph.verify()
     return graph
+
+
+def _defaults_beyond(module: nn.Module, given: int) -> dict[str, Any]:
+    """The forward's optional parameters that the example inputs do not fill (timm's
+    ``attn_mask=None``, ``is_causal=False``): fixed at their defaults, so that the graph takes
+    exactly the inputs it was traced with and its lowerings do not ask for more."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params[given:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty}
 
 
 def _rejects(module: nn.Module, inputs: tuple[torch.Tensor, ...], error: Exception) -> None:
@@ -442,7 +456,9 @@ class _Builder:
         self.graph.name = name
         for fxn in self.gm.graph.nodes:
             v = self.values.get(fxn)
-            if fxn.op == "placeholder":
+            if fxn.op == "placeholder" and not isinstance(v, torch.Tensor):  # an argument fixed at its default
+                self.env[fxn] = ("const", v)
+            elif fxn.op == "placeholder":
                 self.add(Node(fxn.name, "input"), fxn, [])
             elif fxn.op == "output":
                 refs, structure = _output_refs(self, fxn.args[0])

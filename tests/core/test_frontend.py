@@ -304,3 +304,27 @@ def test_other_flatten_ranges_reshape_or_stay_opaque_with_the_reason():
     (line,) = nestir.opaque_nodes(g)
     assert "Flatten(start_dim=0, end_dim=-1): flattens the batch dimension" in line
     torch.testing.assert_close(g.to_torch()(x), m(x))
+
+
+def test_optional_forward_arguments_not_given_are_fixed_at_their_defaults():
+    """A forward with optional arguments the example inputs do not fill (timm's attn_mask=None,
+    is_causal=False) traces to a graph with one input, and its lowering takes one input too."""
+    import numpy as np
+
+    from nestir.testing import run_onnx, run_torch
+
+    class WithOptions(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(6, 3)
+
+        def forward(self, x, attn_mask=None, is_causal=False, *, scale=2.0):
+            y = self.fc(x) * scale
+            return y + 1.0 if is_causal else y
+
+    m = WithOptions().eval()
+    x = torch.randn(4, 6)
+    g = nestir.trace(m, x)
+    assert len(g.inputs) == 1
+    np.testing.assert_allclose(run_torch(g, x), m(x).detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-4)
