@@ -153,6 +153,11 @@ def lower_torch(graph: Graph, *, compact: bool = True, sparse: str = "never") ->
     return gm
 
 
+def _batch_of(fg: fx.Graph) -> Any:
+    """The batch size of a value, read at run time (``x.size(0)``) so exports stay batch-dynamic."""
+    return lambda v: fg.call_method("size", (v, 0))
+
+
 def _emit(n: Node, g: Graph, fg: fx.Graph, root: nn.Module, env: dict[str, Any], sparse: str) -> Any:
     args = [env[i] for i in n.inputs]
     if n.op == "input":
@@ -165,8 +170,9 @@ def _emit(n: Node, g: Graph, fg: fx.Graph, root: nn.Module, env: dict[str, Any],
         if n.op == "opaque":  # the call as traced: constant arguments and keywords included
             from nestir.ops import fill_template
 
-            return fg.call_module(n.name, tuple(fill_template(n.attrs["args"], args)),
-                                  fill_template(n.attrs["kwargs"], args))
+            size = _batch_of(fg)
+            return fg.call_module(n.name, tuple(fill_template(n.attrs["args"], args, size)),
+                                  fill_template(n.attrs["kwargs"], args, size))
         return fg.call_module(n.name, tuple(args))
     a = n.attrs
     if n.op == "identity":
@@ -198,8 +204,9 @@ def _emit(n: Node, g: Graph, fg: fx.Graph, root: nn.Module, env: dict[str, Any],
     if n.op == "opaque":
         from nestir.ops import fill_template
 
-        call_args = fill_template(a["args"], args)
-        call_kwargs = fill_template(a["kwargs"], args)
+        size = _batch_of(fg)
+        call_args = fill_template(a["args"], args, size)
+        call_kwargs = fill_template(a["kwargs"], args, size)
         if a["kind"] == "method":
             return fg.call_method(a["fn"], tuple(call_args), call_kwargs)
         return fg.call_function(a["fn"], tuple(call_args), call_kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import operator
 import os
 import traceback
 from collections.abc import Iterable
@@ -261,8 +262,34 @@ class _Builder:
             if kind == "node":
                 n = self.graph[v]
                 return n.params["value"] if n.op == "const" else None
+            if kind in ("shape", "batch"):
+                return v[1]
             return v
         return a
+
+    def sizes(self, fxn: fx.Node, v: Any) -> bool:
+        """Track ``x.shape``, ``x.size()`` and the batch size read from them (``x.shape[0]``,
+        ``x.size(0)``): an opaque call that uses the batch size then reads it at run time instead
+        of keeping the example's batch size as a constant."""
+        t, args = fxn.target, fxn.args
+        if fxn.op == "call_function" and t is getattr and len(args) == 2 and args[1] == "shape":
+            x = self.ref(args[0])
+            if x is not None:
+                self.env[fxn] = ("shape", (x, v))
+                return True
+        if fxn.op == "call_method" and t == "size" and args and self.ref(args[0]) is not None:
+            x, dim = self.ref(args[0]), args[1] if len(args) > 1 else fxn.kwargs.get("dim")
+            if dim is None:
+                self.env[fxn] = ("shape", (x, v))
+                return True
+            if dim == 0:
+                self.env[fxn] = ("batch", (x, v))
+                return True
+        if fxn.op == "call_function" and t is operator.getitem and len(args) == 2 and args[1] == 0 \
+                and isinstance(args[0], fx.Node) and self.env.get(args[0], ("", None))[0] == "shape":
+            self.env[fxn] = ("batch", (self.env[args[0]][1][0], v))
+            return True
+        return False
 
     def template(self, args: Any, kwargs: Any) -> tuple[list[str], Any, Any]:
         inputs: list[str] = []
@@ -272,6 +299,12 @@ class _Builder:
             if r is not None:
                 inputs.append(r)
                 return ("__ref__", len(inputs) - 1)
+            if isinstance(a, fx.Node) and self.env[a][0] == "batch":
+                # read it from a model input (frozen anyway) rather than freeze the value it came from
+                src, size = self.env[a][1]
+                ins = [n.name for n in self.graph.inputs if (n.shape or (None,))[0] == size]
+                inputs.append(ins[0] if ins else src)
+                return ("__batch__", len(inputs) - 1)
             return self.const(a)
 
         return inputs, fx.node.map_aggregate(args, sub), fx.node.map_aggregate(kwargs, sub)
@@ -469,7 +502,8 @@ class _Builder:
                 else:
                     self.env[fxn] = ("const", v)
             elif not isinstance(v, torch.Tensor) and not _holds_tensor(v):
-                self.env[fxn] = ("const", v)
+                if not self.sizes(fxn, v):
+                    self.env[fxn] = ("const", v)
             elif fxn.op == "call_function":
                 self.call_function(fxn)
             elif fxn.op == "call_method":

@@ -98,14 +98,22 @@ def binary(kind: str, a: torch.Tensor | float, b: torch.Tensor | float) -> torch
     raise NestirError(f"unknown binary op '{kind}'")
 
 
-def fill_template(template: Any, values: Sequence[Any]) -> Any:
-    """Replace ``("__ref__", i)`` markers in an args/kwargs template by ``values[i]``."""
+def _batch(v: Any) -> Any:
+    return v.shape[0]
+
+
+def fill_template(template: Any, values: Sequence[Any], batch: Callable[[Any], Any] = _batch) -> Any:
+    """Replace ``("__ref__", i)`` markers in an args/kwargs template by ``values[i]`` and
+    ``("__batch__", i)`` markers (an int the model read from a tensor's batch dim, such as
+    ``x.shape[0]``) by ``batch(values[i])``, so the call follows the batch size it is run with."""
     if isinstance(template, tuple) and len(template) == 2 and template[0] == "__ref__":
         return values[template[1]]
+    if isinstance(template, tuple) and len(template) == 2 and template[0] == "__batch__":
+        return batch(values[template[1]])
     if isinstance(template, (list, tuple)):
-        return type(template)(fill_template(t, values) for t in template)
+        return type(template)(fill_template(t, values, batch) for t in template)
     if isinstance(template, dict):
-        return {k: fill_template(v, values) for k, v in template.items()}
+        return {k: fill_template(v, values, batch) for k, v in template.items()}
     return template
 
 

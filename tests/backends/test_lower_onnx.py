@@ -43,6 +43,30 @@ def test_opaque_nodes_export_through_torch():
     np.testing.assert_allclose(run_onnx(g, x), run_ir(g, x), atol=1e-5)
 
 
+def test_batch_size_read_by_an_opaque_call_stays_dynamic():
+    """A class token expanded to ``x.shape[0]`` (ViT, DeiT) traced at batch 1: the opaque expand
+    reads the batch size at run time, in the IR, the torch lowering and the ONNX file."""
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cls = nn.Parameter(torch.randn(1, 1, 6))
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            n = x.shape[0]
+            t = torch.cat([self.cls.expand(n, -1, -1), x], dim=1)
+            return self.fc(t[:, 0])
+
+    m = Tokens().eval()
+    g = nestir.trace(m, torch.rand(1, 5, 6))
+    assert any(n.op == "opaque" and n.attrs["fn"] == "expand" for n in g)
+    x = torch.rand(4, 5, 6)
+    want = m(x).detach().numpy()
+    np.testing.assert_allclose(run_ir(g, x), want, atol=1e-6)
+    np.testing.assert_allclose(g.to_torch()(x).detach().numpy(), want, atol=1e-6)
+    np.testing.assert_allclose(run_onnx(g, x), want, atol=1e-5)
+
 
 @pytest.mark.parametrize("mode", ["avg", "max"])
 @pytest.mark.parametrize("shape,out", [((2, 3, 10), (4,)), ((2, 3, 2, 2), (6, 6)), ((2, 3, 13, 9), (5, 3))])
