@@ -13,7 +13,8 @@ from nestir.graph import Graph
 from nestir.ops import evaluate
 
 TRAINABLE = {"linear": ("weight", "bias"), "conv": ("weight", "bias"),
-             "batchnorm": ("weight", "bias"), "layernorm": ("weight", "bias")}
+             "batchnorm": ("weight", "bias"), "layernorm": ("weight", "bias"),
+             "groupnorm": ("weight", "bias"), "scale": ("value",)}
 
 
 @dataclass

@@ -39,7 +39,7 @@ class _Emitter:
     def const(self, base: str, value: Any, dtype: Any = np.float32) -> str:
         name = self.fresh(base)
         arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr.astype(dtype)), name))
+        self.inits.append(numpy_helper.from_array(arr.astype(dtype, order="C"), name))  # 0-d stays 0-d
         return name
 
     def op(self, op_type: str, inputs: list[str], base: str, **attrs: Any) -> str:
@@ -161,6 +161,43 @@ def _pool(e: _Emitter, n: Node, x: str, src: Node) -> str:
     return e.op("AveragePool", [x], nm, count_include_pad=int(a["count_include_pad"]), **common)
 
 
+def _index(e: _Emitter, nm: str, x: str, items: list) -> str:
+    """Ranges as one Slice, then each int index as a Gather (last dim first: it drops the dim)."""
+    ranges = [(d, i) for d, i in enumerate(items) if isinstance(i, (list, tuple))]
+    if ranges:
+        cols = list(zip(*[(s, t, st, d) for d, (s, t, st) in ranges], strict=True))
+        big = np.iinfo(np.int64).max  # a negative step's stop of -1 means 'past index 0', not 'the last'
+        stops = [-big if st < 0 and t == -1 else t for t, st in zip(cols[1], cols[2], strict=True)]
+        ins = [x] + [e.const(nm + k, np.array(v), np.int64)
+                     for k, v in (("_starts", cols[0]), ("_ends", stops), ("_axes", cols[3]), ("_steps", cols[2]))]
+        x = e.op("Slice", ins, nm + "_slice")
+    for d in sorted((d for d, i in enumerate(items) if isinstance(i, int)), reverse=True):
+        x = e.op("Gather", [x, e.const(nm + "_at", np.array(items[d]), np.int64)], nm + f"_at{d}", axis=d)
+    return x
+
+
+def _groupnorm(e: _Emitter, n: Node, x: str) -> str:
+    """GroupNorm as reshape to (N, G, -1), normalize over the last axis, reshape back, then the
+    per-channel affine (opset 18's GroupNormalization has per-group scale and bias)."""
+    shape, a, p, nm = n.shape or (), n.attrs, n.params, n.name
+    c, g = shape[1], a["groups"]
+    y = e.op("Reshape", [x, e.const(nm + "_grouped", np.array([0, g, -1]), np.int64)], nm + "_r")
+    axes = e.const(nm + "_axes", np.array([2]), np.int64)
+    mean = e.op("ReduceMean", [y, axes], nm + "_mean", keepdims=1)
+    d = e.op("Sub", [y, mean], nm + "_d")
+    var = e.op("ReduceMean", [e.op("Mul", [d, d], nm + "_d2"), axes], nm + "_var", keepdims=1)
+    std = e.op("Sqrt", [e.op("Add", [var, e.const(nm + "_eps", np.array(a["eps"], np.float32))], nm + "_ve")],
+               nm + "_std")
+    y = e.op("Div", [d, std], nm + "_n")
+    back = np.array([0, c, *shape[2:]])
+    y = e.op("Reshape", [y, e.const(nm + "_shape", back, np.int64)], nm + ("_b" if "weight" in p else ""))
+    if "weight" not in p:
+        return y
+    bshape = (c, *([1] * (len(shape) - 2)))
+    y = e.op("Mul", [y, e.const(nm + "_scale", p["weight"].reshape(bshape))], nm + "_w")
+    return e.op("Add", [y, e.const(nm + "_shift", p["bias"].reshape(bshape))], nm)
+
+
 def _emit(e: _Emitter, n: Node, g: Graph, env: dict[str, str]) -> str:
     xs = [env[i] for i in n.inputs]
     p, a, nm = n.params, n.attrs, n.name
@@ -185,6 +222,16 @@ def _emit(e: _Emitter, n: Node, g: Graph, env: dict[str, str]) -> str:
         ins = [xs[0], e.const(nm + "_scale", p.get("weight", torch.ones(c))),
                e.const(nm + "_shift", p.get("bias", torch.zeros(c)))]
         return e.op("LayerNormalization", ins, nm, axis=-1, epsilon=float(a["eps"]))
+    if n.op == "groupnorm":
+        return _groupnorm(e, n, xs[0])
+    if n.op == "scale":
+        kind = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}[a["kind"]]
+        v = e.const(nm + "_value", p["value"])
+        return e.op(kind, [v, xs[0]] if a.get("first") else [xs[0], v], nm)
+    if n.op == "permute":
+        return e.op("Transpose", xs, nm, perm=list(a["dims"]))
+    if n.op == "index":
+        return _index(e, nm, xs[0], a["items"])
     if n.op == "act":
         return _act(e, n, xs[0])
     if n.op == "identity":

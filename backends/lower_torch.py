@@ -97,6 +97,14 @@ def _module(n: Node, sparse: str) -> nn.Module | None:
             if "bias" in p:
                 m.bias.copy_(p["bias"])
         return m
+    if n.op == "groupnorm":
+        c = (n.shape or ())[1]
+        m = nn.GroupNorm(a["groups"], c, a["eps"], affine="weight" in p)
+        with torch.no_grad():
+            if "weight" in p:
+                m.weight.copy_(p["weight"])
+                m.bias.copy_(p["bias"])
+        return m
     if n.op == "act":
         k = a["kind"]
         if k in _ACT:
@@ -190,6 +198,16 @@ def _emit(n: Node, g: Graph, fg: fx.Graph, root: nn.Module, env: dict[str, Any],
         return fg.call_function(_BINOP[a["kind"]], pair)
     if n.op == "cat":
         return fg.call_function(torch.cat, (list(args),), {"dim": a["dim"]})
+    if n.op == "scale":
+        root.register_parameter(n.name, nn.Parameter(n.params["value"].detach().clone()))
+        v = fg.get_attr(n.name)
+        return fg.call_function(_BINOP[a["kind"]], (v, args[0]) if a.get("first") else (args[0], v))
+    if n.op == "permute":
+        return fg.call_method("permute", (args[0], *a["dims"]))
+    if n.op == "index":
+        from nestir.ops import index_key
+
+        return fg.call_function(operator.getitem, (args[0], index_key(a["items"])))
     if n.op == "const":
         root.register_buffer(n.name, n.params["value"].clone())
         return fg.get_attr(n.name)

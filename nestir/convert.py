@@ -107,6 +107,11 @@ def module_node(name: str, mod: nn.Module) -> Node | None:
         if mod.bias is not None:
             params["bias"] = mod.bias.detach().clone().float()
         return Node(name, "layernorm", attrs={"eps": float(mod.eps)}, params=params)
+    if isinstance(mod, nn.GroupNorm):
+        params = {}
+        if mod.affine:
+            params = {"weight": mod.weight.detach().clone().float(), "bias": mod.bias.detach().clone().float()}
+        return Node(name, "groupnorm", attrs={"groups": int(mod.num_groups), "eps": float(mod.eps)}, params=params)
     kind = ACT_MODULES.get(type(mod))
     if kind is not None:
         attrs: dict[str, Any] = {"kind": kind}
@@ -223,6 +228,16 @@ def norm_function_node(name: str, target: Any, kw: dict[str, Any], const: Any) -
         if w is not None:
             params["weight"], params["bias"] = w, b
         return Node(name, "batchnorm", attrs={"eps": float(kw.get("eps", 1e-5)), "momentum": 0.1}, params=params)
+    if target is F.group_norm:
+        w, b = tensor("weight"), tensor("bias")
+        if not (optional("weight") and optional("bias")) or not isinstance(kw.get("num_groups"), int):
+            return None
+        params = {}
+        if w is not None or b is not None:
+            c = (w if w is not None else b).shape[0]  # type: ignore[union-attr]
+            params = {"weight": torch.ones(c) if w is None else w, "bias": torch.zeros(c) if b is None else b}
+        return Node(name, "groupnorm", attrs={"groups": kw["num_groups"], "eps": float(kw.get("eps", 1e-5))},
+                    params=params)
     if target is F.layer_norm:
         shape = kw.get("normalized_shape")
         if not isinstance(shape, (list, tuple)) or len(shape) != 1:
@@ -232,6 +247,59 @@ def norm_function_node(name: str, target: Any, kw: dict[str, Any], const: Any) -
         params = {k: t for k in ("weight", "bias") if (t := tensor(k)) is not None}
         return Node(name, "layernorm", attrs={"eps": float(kw.get("eps", 1e-5))}, params=params)
     return None
+
+
+def index_items(index: Any, shape: tuple[int, ...], axis: int | None) -> list[Any] | None:
+    """``x[index]`` as one item per dim of ``x``: ``None`` (the whole dim), an int (the dim is
+    removed) or ``(start, stop, step)``; None when the index is not of that form, touches the
+    batch dim, or does not keep the neuron axis whole (those stay opaque)."""
+    idx = list(index) if isinstance(index, tuple) else [index]
+    if sum(i is Ellipsis for i in idx) > 1 or any(i is None or isinstance(i, (torch.Tensor, list, bool)) for i in idx):
+        return None
+    if Ellipsis in idx:
+        k = idx.index(Ellipsis)
+        idx = idx[:k] + [slice(None)] * (len(shape) - len(idx) + 1) + idx[k + 1:]
+    if len(idx) > len(shape):
+        return None
+    idx += [slice(None)] * (len(shape) - len(idx))
+    items: list[Any] = []
+    for d, (i, n) in enumerate(zip(idx, shape, strict=True)):
+        if isinstance(i, slice):
+            if not all(v is None or isinstance(v, int) for v in (i.start, i.stop, i.step)):
+                return None
+            r = i.indices(n)
+            items.append(None if r == (0, n, 1) else r)
+        elif isinstance(i, int):
+            if not -n <= i < n:
+                return None
+            items.append(i % n)
+        else:
+            return None
+        if items[-1] is not None and (d == 0 or d == axis):
+            return None
+    return items
+
+
+PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "swapdims"}
+PERMUTE_FUNCS = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims}
+
+
+def permute_dims(method: str, nd: int, args: tuple) -> list[int] | None:
+    """The full permutation of a permute / transpose call with ``args`` after the tensor, or
+    None when it is not a constant permutation that keeps the batch dim first."""
+    try:
+        if method == "permute":
+            dims = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
+            dims = [int(d) % nd for d in dims]
+        else:
+            a, b = (int(d) % nd for d in args)
+            dims = list(range(nd))
+            dims[a], dims[b] = dims[b], dims[a]
+    except (TypeError, ValueError, IndexError):
+        return None
+    if sorted(dims) != list(range(nd)) or dims[0] != 0:
+        return None
+    return dims
 
 
 def is_param_ref(value: Any) -> bool:

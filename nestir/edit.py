@@ -120,12 +120,14 @@ def add_neurons(
                 cur = st.get(graph, name, key)
                 if node.op == "conv":
                     fill = True if t.dtype == torch.bool else 0.0
+                elif node.op == "scale":  # the identity of its operation
+                    fill = 1.0 if node.attrs["kind"] in ("mul", "div") else 0.0
                 else:
                     fill = _PER_NEURON_FILL[key]
                 new = given.get(key, _filler(cur, 0, count, fill))
                 _check(name, key, new, cur, 0, count)
                 st.put(name, key, _insert(cur, 0, off + w, new), ("insert", 0, off + w, count))
-        if node.op == "conv":
+        if node.op == "conv" or (node.op == "groupnorm" and node.attrs["groups"] > 1):
             st.attrs[name] = {"groups": node.attrs["groups"] + count}
     for name in grp.consumers:
         node = graph[name]
@@ -226,7 +228,7 @@ def _stage_remove(graph: Graph, info: GroupInfo, grp: Group, drop: list[int], st
             t = st.get(graph, name, key)  # a layer may both produce and consume the group
             idx = _keep_index(_segs(info, name), gid, keep, t.shape[dim])
             st.put(name, key, t.index_select(dim, idx.to(t.device)), ("select", dim, idx))
-        if name in grp.per_neuron and node.op == "conv":
+        if name in grp.per_neuron and (node.op == "conv" or (node.op == "groupnorm" and node.attrs["groups"] > 1)):
             st.attrs[name] = {"groups": node.attrs["groups"] - len(drop)}
     _shapes(graph, info, gid, -len(drop), st)
 

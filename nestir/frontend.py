@@ -329,10 +329,14 @@ class _Builder:
         first = self.graph[node.inputs[0]] if node.inputs else None
         if op in ("linear", "layernorm"):
             return v.dim() - 1
-        if op in ("conv", "batchnorm", "pool", "adaptive_pool", "flatten", "input"):
+        if op in ("conv", "batchnorm", "groupnorm", "pool", "adaptive_pool", "flatten", "input"):
             return 1
-        if op in ("act", "identity") and first is not None:
+        if op in ("act", "identity", "scale") and first is not None:
             return first.axis
+        if op == "index" and first is not None and first.axis is not None:
+            return first.axis - sum(isinstance(i, int) for i in node.attrs["items"][: first.axis])
+        if op == "permute" and first is not None and first.axis is not None:
+            return node.attrs["dims"].index(first.axis)
         if op == "cat" and first is not None:
             return first.axis
         if op == "mean" and first is not None and first.axis is not None:
@@ -352,6 +356,18 @@ class _Builder:
         inputs, args, kwargs = self.template(fxn.args, fxn.kwargs)
         label = label or getattr(fn, "_nestir_label", None) or cv.target_label(fxn, self.gm)
         self.add(cv.opaque_node(fxn.name, fxn, fn, kind, args, kwargs, label), fxn, inputs)
+
+    def permute(self, fxn: fx.Node, x: str, args: tuple, method: str | None = None) -> bool:
+        if method is None:
+            method = "permute" if fxn.target is torch.permute else "transpose"
+        dims = cv.permute_dims(method, len(self.in_shape(x)), tuple(self.const(a) for a in args))
+        if dims is None:
+            return False
+        if dims == sorted(dims):
+            self.add(Node(fxn.name, "identity", attrs={"p": 0.0}), fxn, [x])
+        else:
+            self.add(Node(fxn.name, "permute", attrs={"dims": dims}), fxn, [x])
+        return True
 
     def reshape(self, fxn: fx.Node, x: str) -> None:
         out = tuple(self.values[fxn].shape)
@@ -388,8 +404,39 @@ class _Builder:
             return self.opaque(fxn, fxn.target, "method" if fxn.op == "call_method" else "function")
         self.add(Node(fxn.name, "mean", attrs={"dims": dims, "keepdim": bool(keepdim)}), fxn, [x])
 
+    def const_tensor(self, a: Any) -> torch.Tensor | None:
+        """The value of a constant tensor argument (a parameter, buffer or folded constant)."""
+        v = self.const(a)
+        return v if isinstance(v, torch.Tensor) else None
+
+    def channelwise(self, fxn: fx.Node, kind: str, x: str, c: torch.Tensor, first: bool) -> bool:
+        """``x op c`` with ``c`` one value per neuron of ``x`` (a layer scale, a per-channel shift,
+        ``c`` broadcast along every other dim): a ``scale`` node that owns ``c``; a one-element
+        ``c`` becomes a scalar operand."""
+        src, out = self.graph[x], tuple(self.values[fxn].shape)
+        if src.shape != out or c.is_complex():
+            return False
+        if c.numel() == 1:
+            self.add(Node(fxn.name, "binary", attrs={"kind": kind, "scalar": float(c.item()), "scalar_first": first}),
+                     fxn, [x])
+            return True
+        shape = list(c.shape)
+        while shape and shape[0] == 1:
+            shape.pop(0)
+        ax = src.axis
+        if ax is None or len(shape) != len(out) - ax or shape[0] != out[ax] or any(s != 1 for s in shape[1:]):
+            return False
+        value = c.detach().reshape(shape).clone().float()
+        self.add(Node(fxn.name, "scale", attrs={"kind": kind, "first": first}, params={"value": value}), fxn, [x])
+        return True
+
     def binary(self, fxn: fx.Node, kind: str, a: Any, b: Any) -> bool:
         ra, rb = self.ref(a), self.ref(b)
+        for r, other, first in ((ra, b, False), (rb, a, True)):
+            c = self.const_tensor(other)
+            if r is not None and c is not None and self.graph[r].op != "const" \
+                    and self.channelwise(fxn, kind, r, c, first):
+                return True
         if ra is not None and rb is not None:
             self.add(Node(fxn.name, "binary", attrs={"kind": kind}), fxn, [ra, rb])
             return True
@@ -440,14 +487,22 @@ class _Builder:
                 nd = len(self.in_shape(refs[0]))  # type: ignore[arg-type]
                 self.add(Node(fxn.name, "cat", attrs={"dim": int(kw.get("dim", 0)) % nd}), fxn, refs)  # type: ignore[arg-type]
                 return
-        if t in (F.batch_norm, F.layer_norm) and kw is not None and self.ref(kw.get("input")) is not None:
+        if t in (F.batch_norm, F.layer_norm, F.group_norm) and kw is not None and self.ref(kw.get("input")) is not None:
             node = cv.norm_function_node(fxn.name, t, kw, self.const)
             if node is not None:
                 return self.add(node, fxn, [self.ref(kw["input"])])  # type: ignore[list-item]
         if t in cv.RESHAPE_FUNCS and first is not None:
             return self.reshape(fxn, first)
+        if t in cv.PERMUTE_FUNCS and first is not None and self.permute(fxn, first, fxn.args[1:]):
+            return None
         if t is torch.mean and first is not None and kw is not None and "dim" in kw:
             return self.mean(fxn, first, kw.get("dim"), kw.get("keepdim", False))
+        if t is operator.getitem and first is not None and len(fxn.args) == 2 and self.ref(fxn.args[1]) is None:
+            items = cv.index_items(self.const(fxn.args[1]), self.in_shape(first), self.graph[first].axis)
+            if items is not None:
+                op = "identity" if all(i is None for i in items) else "index"
+                return self.add(Node(fxn.name, op, attrs={"p": 0.0} if op == "identity" else {"items": items}),
+                                fxn, [first])
         if first is not None and len([a for a in fxn.args if self.ref(a)]) == 1:
             node = cv.function_node(fxn.name, fxn, kw, [first])
             if node is not None:
@@ -466,6 +521,8 @@ class _Builder:
                 return
         if x is not None and m in cv.RESHAPE_METHODS:
             return self.reshape(fxn, x)
+        if x is not None and m in cv.PERMUTE_METHODS and not fxn.kwargs and self.permute(fxn, x, fxn.args[1:], m):
+            return None
         if x is not None and m == "mean":
             dims = fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs.get("dim")
             return self.mean(fxn, x, dims, fxn.kwargs.get("keepdim", False))
@@ -484,6 +541,16 @@ class _Builder:
         if str(fxn.target) in auto:
             n = self.graph[fxn.name]
             n.attrs["label"] = f"{n.attrs['label']} (not traceable, kept whole: {auto[str(fxn.target)]})"
+
+    def folds(self, fxn: fx.Node, v: Any) -> bool:
+        """A call whose every input is a constant (``gamma.view(1, -1, 1, 1)``, ``pos.flatten()``)
+        is itself a constant: the value recorded for it."""
+        if not isinstance(v, torch.Tensor) or fxn.op == "call_module":
+            return False
+        used = [a for a in (*fxn.args, *fxn.kwargs.values()) for a in _flat(a) if isinstance(a, fx.Node)]
+        refs = [self.env[a] for a in used]
+        return bool(refs) and all(kind == "const" or (kind == "node" and self.graph[r].op == "const")
+                                  for kind, r in refs)
 
     def build(self, name: str) -> Graph:
         self.graph.name = name
@@ -504,6 +571,8 @@ class _Builder:
             elif not isinstance(v, torch.Tensor) and not _holds_tensor(v):
                 if not self.sizes(fxn, v):
                     self.env[fxn] = ("const", v)
+            elif self.folds(fxn, v):
+                self.add(Node(fxn.name, "const", params={"value": v.detach().clone()}), fxn, [])
             elif fxn.op == "call_function":
                 self.call_function(fxn)
             elif fxn.op == "call_method":
@@ -512,6 +581,14 @@ class _Builder:
                 self.call_module(fxn)
         self.graph.drop_unused()
         return self.graph
+
+
+def _flat(a: Any) -> list[Any]:
+    if isinstance(a, (list, tuple)):
+        return [y for x in a for y in _flat(x)]
+    if isinstance(a, dict):
+        return [y for x in a.values() for y in _flat(x)]
+    return [a]
 
 
 def _holds_tensor(v: Any) -> bool:

@@ -179,8 +179,10 @@ class _Analysis:
                 if op == "layernorm":
                     self.mixing.update(g for g, _ in lay)
             return lay
-        if op in ("act", "identity"):
+        if op in ("act", "identity", "permute", "index"):  # the neuron axis moves (Node.axis follows) but stays whole
             return self.layout.get(n.inputs[0])
+        if op in ("scale", "groupnorm"):
+            return self.visit_channelwise(n)
         if op in ("pool", "adaptive_pool"):
             return self.input_layout(n, 1)
         if op == "flatten":
@@ -209,6 +211,26 @@ class _Analysis:
         for i in n.inputs:
             self.freeze(self.layout.get(i), f"unknown op '{op}'")
         return None
+
+    def visit_channelwise(self, n: Node) -> Layout | None:
+        """A per-channel operand (``x * gamma``) or a GroupNorm: one entry per neuron. A GroupNorm
+        with one group normalizes across the neurons (like a LayerNorm); one with a group per
+        channel does not; other group counts tie channels in fixed-size sets (frozen)."""
+        lay = self.input_layout(n, 1 if n.op == "groupnorm" else None)
+        if lay is None:
+            return None
+        if any(r != 1 for _, r in lay):
+            self.freeze(lay, f"'{n.name}' reads a repeated layout")
+            return None
+        if n.op == "groupnorm":
+            g, c = n.attrs["groups"], sum(self.width[x] for x, _ in lay)
+            if 1 < g < c or len(lay) > 1 and g != c:
+                self.freeze(lay, f"GroupNorm '{n.name}' normalizes {c} channels in {g} groups")
+                return lay
+            if g == 1:
+                self.mixing.update(x for x, _ in lay)
+        self.per_neuron[n.name] = lay
+        return lay
 
     def visit_conv(self, n: Node) -> Layout | None:
         g = n.attrs["groups"]

@@ -127,6 +127,11 @@ def run_opaque(node: Node, args: Sequence[Any]) -> Any:
     return fn(*call_args, **call_kwargs)
 
 
+def index_key(items: Sequence[Any]) -> tuple[Any, ...]:
+    """The Python index of an ``index`` node: a slice or int per dim."""
+    return tuple(slice(None) if i is None else i if isinstance(i, int) else slice(*i) for i in items)
+
+
 def evaluate(
     node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool = False
 ) -> Any:
@@ -148,6 +153,15 @@ def evaluate(
         )
     if op == "layernorm":
         return F.layer_norm(args[0], (args[0].shape[-1],), p.get("weight"), p.get("bias"), a["eps"])
+    if op == "groupnorm":
+        return F.group_norm(args[0], a["groups"], p.get("weight"), p.get("bias"), a["eps"])
+    if op == "scale":
+        v = p["value"]
+        return binary(a["kind"], v, args[0]) if a.get("first") else binary(a["kind"], args[0], v)
+    if op == "permute":
+        return args[0].permute(*a["dims"])
+    if op == "index":
+        return args[0][index_key(a["items"])]
     if op == "act":
         return activation(a["kind"], a)(args[0])
     if op == "identity":

@@ -165,9 +165,10 @@ class MagnitudePrune(Pass):
     @torch.no_grad()
     def _neurons(self, graph: Graph, ctx: PassContext, allowed: set[str]) -> int:
         info = graph.groups()
-        groups = [g for g in info.resizable() if not g.mixing and set(g.producers) <= allowed and g.width > 1]
-        ties = [t for t in info.ties() if t.groups > 1 and t.conv in allowed and not info.groups[t.dst].mixing
-                and not info.groups[t.src].mixing
+        # groups a LayerNorm normalizes prune too (the normalization then spans fewer neurons: a
+        # lossy step like any pruning, which retraining recovers; growth leaves them alone)
+        groups = [g for g in info.resizable() if set(g.producers) <= allowed and g.width > 1]
+        ties = [t for t in info.ties() if t.groups > 1 and t.conv in allowed
                 and set(info.groups[t.src].producers + info.groups[t.dst].producers) <= allowed]
         if not groups and not ties:
             return 0

@@ -1,3 +1,5 @@
+import operator
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,7 @@ import torch.nn.functional as F
 
 import nestir
 from nestir.errors import ShapeError, TraceError
+from nestir.testing import run_ir, run_onnx
 
 
 class Functional(nn.Module):
@@ -223,7 +226,9 @@ def test_functional_batch_norm_and_layer_norm_are_understood_and_prune():
     p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.25", "eliminate-dead-neurons"],
                      data=[(x, torch.tensor([1, 2]))])
     assert p["c1"].params["weight"].shape[0] == 6 and p["c2"].params["weight"].shape[0] == 6
-    assert p["fc"].params["weight"].shape[0] == 16  # normalized by a LayerNorm: left alone
+    # normalized by a LayerNorm: prunes too, the LayerNorm with it
+    ln = next(n for n in p if n.op == "layernorm")
+    assert p["fc"].params["weight"].shape[0] == 12 and ln.params["weight"].shape[0] == 12
 
 
 def stochastic_depth(input, p: float, mode: str, training: bool = True):  # torchvision.ops' signature
@@ -328,3 +333,59 @@ def test_optional_forward_arguments_not_given_are_fixed_at_their_defaults():
     assert len(g.inputs) == 1
     np.testing.assert_allclose(run_torch(g, x), m(x).detach().numpy(), atol=1e-5)
     np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-4)
+
+
+def test_channels_last_blocks_layer_scales_and_group_norms_are_understood():
+    """ConvNeXt / PoolFormer idioms: permute to channels-last and back, LayerNorm over the last
+    axis, layer scales (a parameter, or one read through ``view``), GroupNorm with one group
+    and with a group per channel, a per-channel shift: no opaque node, one residual group that
+    the depthwise conv, norms and scales follow, and pruning narrows every layer but the head."""
+    from blocks import ChannelsLastBlock
+
+    torch.manual_seed(0)
+    m = ChannelsLastBlock().eval()
+    x = torch.rand(2, 3, 8, 8)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
+    ops = [n.op for n in g]
+    assert ops.count("permute") == 2 and ops.count("scale") == 3 and ops.count("groupnorm") == 2
+    info = g.groups()
+    stream = info.of("stem")
+    assert stream.resizable and stream.mixing and set(stream.producers) == {"stem", "fc2", "mix"}
+    y = torch.rand(3, 3, 8, 8)
+    np.testing.assert_allclose(run_onnx(g, y), m(y).detach().numpy(), atol=1e-5)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.25", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2]))])
+    assert [p[n].params["weight"].shape[0] for n in ("stem", "fc1", "fc2", "mix")] == [6, 12, 6, 6]
+    assert p["dw"].attrs["groups"] == 6 and p["inorm"].attrs["groups"] == 6
+    assert all(n.params["value"].shape[0] == 6 for n in p if n.op == "scale")
+    np.testing.assert_allclose(run_onnx(p, y), run_ir(p, y), atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), run_ir(p, y), atol=1e-5)
+
+
+def test_indexing_that_keeps_the_neuron_axis_whole_is_understood():
+    """``h[:, 0]`` (a class token), ``h[:, 1:4:2]``, ``h[..., :]``, a full-range channel slice:
+    index nodes (or identities) that leave the groups resizable; the example's batch size is not
+    baked in; a partial channel slice stays opaque and freezes what it reads."""
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.c, self.out = nn.Linear(6, 5), nn.Conv2d(3, 4, 1), nn.Linear(5 + 4, 3)
+
+        def forward(self, x, y):
+            h = self.fc(x)
+            t = h[:, 0] + h[:, -1] + h[:, 1:4:2].mean(1) + h[..., :][:, 1:][:, 2]
+            z = self.c(y)
+            return self.out(torch.cat([t, z[:, :4, 1:, ::2].mean((2, 3))], 1)), z[:, 1:3].mean((2, 3))
+
+    m = M().eval()
+    g = nestir.trace(m, (torch.rand(1, 5, 6), torch.rand(1, 3, 6, 6)))
+    assert [n.attrs["fn"] for n in g if n.op == "opaque"] == [operator.getitem]  # z[:, 1:3]
+    assert [n.op for n in g].count("index") == 6
+    info = g.groups()
+    assert info.of("fc").resizable and not info.of("c").resizable
+    xb = (torch.rand(3, 5, 6), torch.rand(3, 3, 6, 6))
+    for got in (run_onnx(g, xb), run_ir(g, xb)):
+        for a, b in zip(got, m(*xb), strict=True):
+            np.testing.assert_allclose(a, b.detach().numpy(), atol=1e-5)

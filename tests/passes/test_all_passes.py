@@ -3,6 +3,8 @@
 honest, function preserved where declared, a clear error without data, deterministic in the
 seed, lowered torch and ONNX agree with the IR."""
 
+import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -33,5 +35,19 @@ def test_pass_invariants(mx, name, sparse):
     g = nestir.trace(model, x)
     if sparse:
         sparsify(g, 0.6, seed=0)
+    _, y = batch_for(g, n=x.shape[0])
+    check_pass(get(name, **OPTIONS[name]), g, PassContext(data=[(x, y)], seed=1), x)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_pass_invariants_on_a_channels_last_block(name):
+    """ConvNeXt / PoolFormer idioms (permutes, LayerNorm over the last axis, layer scales,
+    GroupNorms) under every pass: growth leaves the LayerNorm-normalized stream alone, pruning
+    narrows it, and every lowering agrees with the IR."""
+    from blocks import ChannelsLastBlock
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 8, 8)
+    g = nestir.trace(ChannelsLastBlock().eval(), x)
     _, y = batch_for(g, n=x.shape[0])
     check_pass(get(name, **OPTIONS[name]), g, PassContext(data=[(x, y)], seed=1), x)
