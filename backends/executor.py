@@ -14,7 +14,7 @@ from nestir.ops import evaluate
 
 TRAINABLE = {"linear": ("weight", "bias"), "conv": ("weight", "bias"),
              "batchnorm": ("weight", "bias"), "layernorm": ("weight", "bias"),
-             "groupnorm": ("weight", "bias"), "scale": ("value",)}
+             "groupnorm": ("weight", "bias"), "scale": ("value",), "prepend": ("value",)}
 
 
 @dataclass

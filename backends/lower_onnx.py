@@ -161,6 +161,19 @@ def _pool(e: _Emitter, n: Node, x: str, src: Node) -> str:
     return e.op("AveragePool", [x], nm, count_include_pad=int(a["count_include_pad"]), **common)
 
 
+def _attention(e: _Emitter, nm: str, xs: list[str], heads: int, scale: float) -> str:
+    """(B, T, H*D) q, k, v: split heads, softmax(q k^T * scale) v, merge heads."""
+    split = e.const(nm + "_heads", np.array([0, 0, heads, -1]), np.int64)
+    q, k, v = (e.op("Reshape", [x, split], f"{nm}_{s}") for x, s in zip(xs, "qkv", strict=True))
+    q = e.op("Transpose", [q], nm + "_qh", perm=[0, 2, 1, 3])
+    k = e.op("Transpose", [k], nm + "_kt", perm=[0, 2, 3, 1])
+    v = e.op("Transpose", [v], nm + "_vh", perm=[0, 2, 1, 3])
+    s = e.op("Mul", [e.op("MatMul", [q, k], nm + "_qk"), e.const(nm + "_scale", np.array(scale))], nm + "_s")
+    o = e.op("MatMul", [e.op("Softmax", [s], nm + "_p", axis=-1), v], nm + "_o")
+    o = e.op("Transpose", [o], nm + "_ot", perm=[0, 2, 1, 3])
+    return e.op("Reshape", [o, e.const(nm + "_merge", np.array([0, 0, -1]), np.int64)], nm)
+
+
 def _index(e: _Emitter, nm: str, x: str, items: list) -> str:
     """Ranges as one Slice, then each int index as a Gather (last dim first: it drops the dim)."""
     ranges = [(d, i) for d, i in enumerate(items) if isinstance(i, (list, tuple))]
@@ -226,12 +239,22 @@ def _emit(e: _Emitter, n: Node, g: Graph, env: dict[str, str]) -> str:
         return _groupnorm(e, n, xs[0])
     if n.op == "scale":
         kind = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}[a["kind"]]
-        v = e.const(nm + "_value", p["value"])
+        v = e.const(nm + "_value", p["value"].movedim(0, a["dim"]) if a.get("dim") else p["value"])
         return e.op(kind, [v, xs[0]] if a.get("first") else [xs[0], v], nm)
     if n.op == "permute":
         return e.op("Transpose", xs, nm, perm=list(a["dims"]))
     if n.op == "index":
         return _index(e, nm, xs[0], a["items"])
+    if n.op == "attention":
+        return _attention(e, nm, xs, a["heads"], a["scale"])
+    if n.op == "prepend":
+        v = p["value"].movedim(0, a["vdim"] - 1).unsqueeze(0)
+        batch = e.op("Slice", [e.op("Shape", [xs[0]], nm + "_shape")] + [e.const(nm + k, np.array([i]), np.int64)
+                     for k, i in (("_b0", 0), ("_b1", 1))], nm + "_batch")
+        rest = e.const(nm + "_rest", np.array(v.shape[1:]), np.int64)
+        size = e.op("Concat", [batch, rest], nm + "_size", axis=0)
+        tok = e.op("Expand", [e.const(nm + "_value", v), size], nm + "_tok")
+        return e.op("Concat", [tok, xs[0]], nm, axis=int(a["dim"]))
     if n.op == "act":
         return _act(e, n, xs[0])
     if n.op == "identity":

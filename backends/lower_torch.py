@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from nestir.errors import LoweringError
 from nestir.graph import Graph, Node
@@ -199,11 +200,23 @@ def _emit(n: Node, g: Graph, fg: fx.Graph, root: nn.Module, env: dict[str, Any],
     if n.op == "cat":
         return fg.call_function(torch.cat, (list(args),), {"dim": a["dim"]})
     if n.op == "scale":
-        root.register_parameter(n.name, nn.Parameter(n.params["value"].detach().clone()))
+        v = n.params["value"].movedim(0, a["dim"]) if a.get("dim") else n.params["value"]
+        root.register_parameter(n.name, nn.Parameter(v.detach().clone()))
         v = fg.get_attr(n.name)
         return fg.call_function(_BINOP[a["kind"]], (v, args[0]) if a.get("first") else (args[0], v))
     if n.op == "permute":
         return fg.call_method("permute", (args[0], *a["dims"]))
+    if n.op == "attention":
+        heads = [fg.call_method("transpose", (fg.call_method("unflatten", (t, -1, (a["heads"], -1))), -3, -2))
+                 for t in args]
+        o = fg.call_function(F.scaled_dot_product_attention, tuple(heads), {"scale": a["scale"]})
+        return fg.call_method("flatten", (fg.call_method("transpose", (o, -3, -2)), -2))
+    if n.op == "prepend":
+        v = n.params["value"].movedim(0, a["vdim"] - 1).unsqueeze(0)
+        root.register_parameter(n.name, nn.Parameter(v.detach().clone()))
+        sizes = (fg.call_method("size", (args[0], 0)), *([-1] * (v.dim() - 1)))
+        tok = fg.call_method("expand", (fg.get_attr(n.name), *sizes))
+        return fg.call_function(torch.cat, ([tok, args[0]],), {"dim": a["dim"]})
     if n.op == "index":
         from nestir.ops import index_key
 

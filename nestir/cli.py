@@ -47,7 +47,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for grp in info.groups.values():
         state = ("resizable" if grp.resizable else
                  f"prunable in units of {grp.tie.src_unit if grp.id == grp.tie.src else grp.tie.dst_unit} "
-                 f"(grouped conv '{grp.tie.conv}')" if grp.prunable and grp.tie is not None else
+                 f"({'heads of attention' if g[grp.tie.conv].op == 'attention' else 'grouped conv'} "
+                 f"'{grp.tie.conv}')" if grp.prunable and grp.tie is not None else
                  f"frozen: {grp.reason or 'no producer'}")
         print(f"  group {grp.id}: width {grp.width}, producers {', '.join(grp.producers) or '-'} ({state})")
     for line in opaque_nodes(g):

@@ -280,6 +280,44 @@ def index_items(index: Any, shape: tuple[int, ...], axis: int | None) -> list[An
     return items
 
 
+def is_attention_module(m: nn.Module) -> bool:
+    """Self-attention modules nestir rebuilds as q/k/v projections, an ``attention`` node and an
+    output projection (traced as leaves): ``nn.MultiheadAttention`` and timm-style ``Attention``
+    (``qkv`` and ``proj`` linears, ``num_heads``). The frontend checks the rebuilt computation
+    against the module's recorded output and keeps the module opaque where they differ."""
+    if isinstance(m, nn.MultiheadAttention):
+        return True
+    return (isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "proj", None), nn.Linear)
+            and isinstance(getattr(m, "num_heads", None), int) and getattr(m, "gate", None) is None
+            and all(isinstance(getattr(m, a, nn.Identity()), nn.Identity) for a in ("q_norm", "k_norm", "norm")))
+
+
+AttentionParts = tuple[list[tuple[torch.Tensor, torch.Tensor | None]], tuple[torch.Tensor, torch.Tensor | None], int,
+                       float]
+
+
+def attention_parts(m: nn.Module, args: tuple, kwargs: dict, same_input: bool) -> AttentionParts | None:
+    """((q, k, v) weights and biases, output projection, heads, scale) of a self-attention call,
+    or None where the call is not plain self-attention (masks, cross-attention, extra terms)."""
+    if isinstance(m, nn.MultiheadAttention):
+        extra = {k: v for k, v in kwargs.items() if k not in ("need_weights", "average_attn_weights")}
+        if (not same_input or len(args) != 3 or any(v not in (None, False) for v in extra.values())
+                or not m.batch_first or not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn):
+            return None
+        w, b = m.in_proj_weight, m.in_proj_bias
+        e = m.embed_dim
+        qkv = [(w[i * e:(i + 1) * e], None if b is None else b[i * e:(i + 1) * e]) for i in range(3)]
+        return qkv, (m.out_proj.weight, m.out_proj.bias), m.num_heads, float(m.head_dim ** -0.5)
+    if len(args) != 1 or any(v not in (None, False) for v in kwargs.values()):
+        return None
+    w, b = m.qkv.weight, m.qkv.bias  # type: ignore[union-attr]
+    e = w.shape[0] // 3
+    qkv = [(w[i * e:(i + 1) * e], None if b is None else b[i * e:(i + 1) * e]) for i in range(3)]
+    heads = m.num_heads
+    scale = float(getattr(m, "scale", (e // heads) ** -0.5))  # type: ignore[operator]
+    return qkv, (m.proj.weight, m.proj.bias), heads, scale  # type: ignore[union-attr,return-value]
+
+
 PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "swapdims"}
 PERMUTE_FUNCS = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims}
 

@@ -73,6 +73,8 @@ def _shapes(graph: Graph, info: GroupInfo, gid: int, delta_per_repeat: int, st: 
         shape = list(node.shape or ())
         shape[node.axis] += grow  # type: ignore[index]
         st.shapes[name] = tuple(shape)
+        if node.op == "reshape":  # its target shape follows the width
+            st.attrs.setdefault(name, {})["rest"] = tuple(shape[1:])
 
 
 def add_neurons(
@@ -120,8 +122,8 @@ def add_neurons(
                 cur = st.get(graph, name, key)
                 if node.op == "conv":
                     fill = True if t.dtype == torch.bool else 0.0
-                elif node.op == "scale":  # the identity of its operation
-                    fill = 1.0 if node.attrs["kind"] in ("mul", "div") else 0.0
+                elif node.op in ("scale", "prepend"):  # a scale: the identity of its operation
+                    fill = 1.0 if node.attrs.get("kind") in ("mul", "div") else 0.0
                 else:
                     fill = _PER_NEURON_FILL[key]
                 new = given.get(key, _filler(cur, 0, count, fill))
@@ -197,7 +199,8 @@ def remove_units(graph: Graph, conv: str, units: Sequence[int], *, info: GroupIn
     sides = [(dst, tie.dst_unit)] if tie.src == tie.dst else [(src, tie.src_unit), (dst, tie.dst_unit)]
     for grp, unit in sides:
         _stage_remove(graph, info, grp, [u * unit + j for u in drop for j in range(unit)], st)
-    st.attrs.setdefault(conv, {})["groups"] = tie.groups - len(drop)
+    key = "heads" if graph[conv].op == "attention" else "groups"
+    st.attrs.setdefault(conv, {})[key] = tie.groups - len(drop)
     st.commit(graph)
 
 

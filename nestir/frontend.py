@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from . import convert as cv
 from .errors import ShapeError, TraceError
 from .graph import Graph, Node
+from .ops import evaluate
 
 log = logging.getLogger(__name__)
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -35,7 +36,8 @@ class _Tracer(fx.Tracer):
         self.failed_in: list[str] | None = None  # the stack when tracing first failed
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self.leaf_names or isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+        return (qualname in self.leaf_names or isinstance(m, self.leaves) or cv.is_attention_module(m)
+                or super().is_leaf_module(m, qualname))
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         self.stack.append(self.path_of_module(m))
@@ -331,8 +333,10 @@ class _Builder:
             return v.dim() - 1
         if op in ("conv", "batchnorm", "groupnorm", "pool", "adaptive_pool", "flatten", "input"):
             return 1
-        if op in ("act", "identity", "scale") and first is not None:
+        if op in ("act", "identity", "scale", "prepend") and first is not None:
             return first.axis
+        if op == "reshape":
+            return node.attrs["keep"][1] if "keep" in node.attrs else None
         if op == "index" and first is not None and first.axis is not None:
             return first.axis - sum(isinstance(i, int) for i in node.attrs["items"][: first.axis])
         if op == "permute" and first is not None and first.axis is not None:
@@ -357,6 +361,80 @@ class _Builder:
         label = label or getattr(fn, "_nestir_label", None) or cv.target_label(fxn, self.gm)
         self.add(cv.opaque_node(fxn.name, fxn, fn, kind, args, kwargs, label), fxn, inputs)
 
+    def attention(self, fxn: fx.Node, mod: nn.Module) -> bool:
+        """A self-attention module call as q, k, v linears, an ``attention`` node (heads are the
+        units it prunes in) and the output projection, kept only where it reproduces the
+        module's recorded output."""
+        x = self.ref(fxn.args[0]) if fxn.args else None
+        if x is None or len(self.in_shape(x)) != 3:
+            return False
+        same = all(self.ref(a) == x for a in fxn.args)
+        kwargs = {k: self.const(v) for k, v in fxn.kwargs.items()}
+        parts = cv.attention_parts(mod, fxn.args, kwargs, same)
+        out = self.values[fxn]
+        tuple_out = isinstance(out, tuple)
+        if parts is None or (tuple_out and any(u.target is operator.getitem and u.args[1] != 0 and u.users
+                                                for u in fxn.users)):
+            return False  # masks or cross-attention; or the attention weights are used
+        qkv, (wo, bo), heads, scale = parts
+        if any(w.shape[0] % heads for w, _ in qkv) or qkv[0][0].shape[0] != qkv[1][0].shape[0]:
+            return False
+        src = self.values[fxn.args[0]]
+        b, t = self.in_shape(x)[:2]
+        names = [self.graph.fresh_name(f"{fxn.name}__{s}") for s in ("q", "k", "v")]
+        nodes = [cv.linear_node(nm, w, bias) for nm, (w, bias) in zip(names, qkv, strict=True)]
+        att = Node(self.graph.fresh_name(fxn.name), "attention", inputs=names, attrs={"heads": heads, "scale": scale})
+        proj = cv.linear_node(self.graph.fresh_name(f"{fxn.name}__proj"), wo, bo)
+        with torch.no_grad():  # the rebuilt computation must reproduce the module's
+            vals = [evaluate(n, [src], {**n.params, "weight": n.params["weight"]}) for n in nodes]
+            a = evaluate(att, vals, {})
+            y = evaluate(proj, [a], proj.params)
+        ref = out[0] if tuple_out else out
+        if not isinstance(ref, torch.Tensor) or ref.shape != y.shape or \
+                not torch.allclose(y, ref, atol=1e-5 * max(1.0, float(ref.abs().max())), rtol=1e-4):
+            return False
+        for n, v in zip(nodes, vals, strict=True):
+            self.put(n, [x], v)
+        self.put(att, names, a)
+        self.put(proj, [att.name], y)
+        self.env[fxn] = ("tuple", [proj.name, None]) if tuple_out else ("node", proj.name)
+        return True
+
+    def put(self, node: Node, inputs: list[str], v: torch.Tensor) -> None:
+        """Add a node the frontend made up (not one fx node), with its value ``v``."""
+        node.inputs = inputs
+        node.shape = tuple(v.shape)
+        node.axis = v.dim() - 1
+        self.graph.add(node)
+
+    def batch_expanded(self, name: str) -> torch.Tensor | None:
+        """The constant that opaque node ``name`` expands to the batch size (``tok.expand(B, -1, -1)``
+        with ``tok`` of batch dim 1), else None."""
+        n = self.graph[name]
+        if n.op != "opaque" or n.attrs["kind"] != "method" or n.attrs["fn"] != "expand" or n.attrs["kwargs"]:
+            return None
+        args = n.attrs["args"]
+        src = self.graph[n.inputs[0]]
+        sizes = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else args[1]
+        if src.op != "const" or args[0] != ("__ref__", 0) or not src.shape or src.shape[0] != 1:
+            return None
+        if len(sizes) != len(src.shape) or sizes[0] != ("__batch__", 1) or any(s != -1 for s in sizes[1:]):
+            return None
+        return src.params["value"]
+
+    def prepend(self, fxn: fx.Node, refs: list[str], dim: int) -> bool:
+        """``cat([tok.expand(B, -1, -1), ..., x], dim)``: learned tokens (a class token) before the
+        tokens of ``x``, one entry per neuron of ``x``: a ``prepend`` node that owns them."""
+        *toks, x = refs
+        values = [self.batch_expanded(t) for t in toks]
+        ax = self.graph[x].axis
+        if not toks or any(v is None for v in values) or ax is None or dim in (0, ax):
+            return False
+        value = torch.cat(values, dim).detach().float()  # type: ignore[arg-type]
+        node = Node(fxn.name, "prepend", attrs={"dim": dim, "vdim": ax}, params={"value": value[0].movedim(ax - 1, 0)})
+        self.add(node, fxn, [x])
+        return True
+
     def permute(self, fxn: fx.Node, x: str, args: tuple, method: str | None = None) -> bool:
         if method is None:
             method = "permute" if fxn.target is torch.permute else "transpose"
@@ -376,7 +454,11 @@ class _Builder:
             op = "identity" if len(src) == 2 else "flatten"
             self.add(Node(fxn.name, op, attrs={"p": 0.0} if op == "identity" else {}), fxn, [x])
         elif len(src) >= 1 and len(out) >= 1 and out[0] == src[0]:
-            self.add(Node(fxn.name, "reshape", attrs={"rest": out[1:]}), fxn, [x])
+            attrs: dict[str, Any] = {"rest": out[1:]}
+            keep = _kept_axis(src, out, self.graph[x].axis)
+            if keep is not None:
+                attrs["keep"] = [self.graph[x].axis, keep]
+            self.add(Node(fxn.name, "reshape", attrs=attrs), fxn, [x])
         elif fxn.op == "call_module":
             mod = self.gm.get_submodule(str(fxn.target))
             self.opaque(fxn, mod, "module", f"{type(mod).__name__}: reshapes the batch dimension away")
@@ -424,10 +506,12 @@ class _Builder:
         while shape and shape[0] == 1:
             shape.pop(0)
         ax = src.axis
-        if ax is None or len(shape) != len(out) - ax or shape[0] != out[ax] or any(s != 1 for s in shape[1:]):
+        k = -1 if ax is None else len(shape) - len(out) + ax  # the operand's dim along the neuron axis
+        if k < 0 or shape[k] != out[ax] or torch.broadcast_shapes(tuple(shape), out) != out:  # type: ignore[index]
             return False
-        value = c.detach().reshape(shape).clone().float()
-        self.add(Node(fxn.name, "scale", attrs={"kind": kind, "first": first}, params={"value": value}), fxn, [x])
+        value = c.detach().reshape(shape).movedim(k, 0).clone().float()  # one row per neuron
+        attrs = {"kind": kind, "first": first, **({"dim": k} if k else {})}
+        self.add(Node(fxn.name, "scale", attrs=attrs, params={"value": value}), fxn, [x])
         return True
 
     def binary(self, fxn: fx.Node, kind: str, a: Any, b: Any) -> bool:
@@ -485,6 +569,8 @@ class _Builder:
             refs = [self.ref(a) for a in kw["tensors"]]
             if refs and all(r is not None for r in refs):
                 nd = len(self.in_shape(refs[0]))  # type: ignore[arg-type]
+                if self.prepend(fxn, refs, int(kw.get("dim", 0)) % nd):  # type: ignore[arg-type]
+                    return
                 self.add(Node(fxn.name, "cat", attrs={"dim": int(kw.get("dim", 0)) % nd}), fxn, refs)  # type: ignore[arg-type]
                 return
         if t in (F.batch_norm, F.layer_norm, F.group_norm) and kw is not None and self.ref(kw.get("input")) is not None:
@@ -534,6 +620,8 @@ class _Builder:
         x = self.ref(fxn.args[0]) if len(fxn.args) == 1 and not fxn.kwargs else None
         if isinstance(mod, nn.Flatten) and x is not None and str(fxn.target) not in auto:
             return self.flatten_module(fxn, mod, x)
+        if cv.is_attention_module(mod) and str(fxn.target) not in auto and self.attention(fxn, mod):
+            return None
         node = cv.module_node(fxn.name, mod) if x is not None and str(fxn.target) not in auto else None
         if node is not None:
             return self.add(node, fxn, [x])  # type: ignore[list-item]
@@ -568,6 +656,10 @@ class _Builder:
                     self.add(Node(fxn.name, "const", params={"value": v.detach().clone()}), fxn, [])
                 else:
                     self.env[fxn] = ("const", v)
+            elif fxn.target is operator.getitem and isinstance(fxn.args[0], fx.Node) \
+                    and self.env[fxn.args[0]][0] == "tuple":
+                item = self.env[fxn.args[0]][1][fxn.args[1]]
+                self.env[fxn] = ("const", None) if item is None else ("node", item)
             elif not isinstance(v, torch.Tensor) and not _holds_tensor(v):
                 if not self.sizes(fxn, v):
                     self.env[fxn] = ("const", v)
@@ -581,6 +673,19 @@ class _Builder:
                 self.call_module(fxn)
         self.graph.drop_unused()
         return self.graph
+
+
+def _kept_axis(src: tuple[int, ...], out: tuple[int, ...], axis: int | None) -> int | None:
+    """Where a reshape from ``src`` to ``out`` puts the neuron axis when it keeps it a whole dim
+    (the dims before it and after it only merge or split among themselves: ``flatten(2)`` of a
+    conv output, ``(B, N, C) -> (B, H, W, C)``), else None."""
+    if axis is None or axis == 0:
+        return None
+    before, after = math.prod(src[1:axis]), math.prod(src[axis + 1:])
+    for k in range(1, len(out)):
+        if out[k] == src[axis] and math.prod(out[1:k]) == before and math.prod(out[k + 1:]) == after:
+            return k
+    return None
 
 
 def _flat(a: Any) -> list[Any]:

@@ -161,6 +161,8 @@ class _Analysis:
             for i in n.inputs:
                 self.freeze(self.layout.get(i), "model output")
             return None
+        if op == "reshape" and "keep" in n.attrs:  # the neuron axis stays a whole dim
+            return self.input_layout(n, n.attrs["keep"][0])
         if op in ("const", "reshape", "opaque", "gather", "slice"):
             for i in n.inputs:
                 self.freeze(self.layout.get(i), f"{op} node '{n.name}'")
@@ -172,6 +174,8 @@ class _Analysis:
             return [(self.new(n.params["weight"].shape[0], n.name), 1)]
         if op == "conv":
             return self.visit_conv(n)
+        if op == "attention":
+            return self.visit_attention(n)
         if op in ("batchnorm", "layernorm"):
             lay = self.input_layout(n, 1 if op == "batchnorm" else -1)
             if lay is not None:
@@ -181,7 +185,7 @@ class _Analysis:
             return lay
         if op in ("act", "identity", "permute", "index"):  # the neuron axis moves (Node.axis follows) but stays whole
             return self.layout.get(n.inputs[0])
-        if op in ("scale", "groupnorm"):
+        if op in ("scale", "groupnorm", "prepend"):
             return self.visit_channelwise(n)
         if op in ("pool", "adaptive_pool"):
             return self.input_layout(n, 1)
@@ -231,6 +235,26 @@ class _Analysis:
                 self.mixing.update(x for x, _ in lay)
         self.per_neuron[n.name] = lay
         return lay
+
+    def visit_attention(self, n: Node) -> Layout | None:
+        """q and k share one index space (their dot product pairs neuron j of q with neuron j of
+        k); v's neurons flow to the output. Both are cut in heads: head h of q/k exists only with
+        head h of v, so the node ties the two groups in units of whole heads."""
+        lays = []
+        for i in n.inputs:
+            src, lay = self.graph[i], self.layout.get(i)
+            ok = lay is not None and len(lay) == 1 and lay[0][1] == 1 and src.shape is not None \
+                and src.axis == len(src.shape) - 1
+            lays.append(lay if ok else None)
+        if any(lay is None for lay in lays):
+            for i in n.inputs:
+                self.freeze(self.layout.get(i), f"attention '{n.name}' reads it in a layout it cannot cut in heads")
+            return None
+        (q, _), (k, _), (v, _) = (lay[0] for lay in lays)  # type: ignore[index]
+        self.union(q, k)
+        h = n.attrs["heads"]
+        self.ties.append((n.name, h, q, self.width[self.find(q)] // h, v, self.width[self.find(v)] // h))
+        return lays[2]
 
     def visit_conv(self, n: Node) -> Layout | None:
         g = n.attrs["groups"]

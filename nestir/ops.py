@@ -127,6 +127,17 @@ def run_opaque(node: Node, args: Sequence[Any]) -> Any:
     return fn(*call_args, **call_kwargs)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+    """Multi-head scaled dot-product attention over the token axis (-2); the last axis of q, k
+    and v holds ``heads`` heads of equal size, head-major."""
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (heads, -1)).transpose(-3, -2)
+
+    o = F.scaled_dot_product_attention(split(q), split(k), split(v), scale=scale)
+    return o.transpose(-3, -2).flatten(-2)
+
+
 def index_key(items: Sequence[Any]) -> tuple[Any, ...]:
     """The Python index of an ``index`` node: a slice or int per dim."""
     return tuple(slice(None) if i is None else i if isinstance(i, int) else slice(*i) for i in items)
@@ -156,10 +167,16 @@ def evaluate(
     if op == "groupnorm":
         return F.group_norm(args[0], a["groups"], p.get("weight"), p.get("bias"), a["eps"])
     if op == "scale":
-        v = p["value"]
+        v = p["value"].movedim(0, a["dim"]) if a.get("dim") else p["value"]
         return binary(a["kind"], v, args[0]) if a.get("first") else binary(a["kind"], args[0], v)
     if op == "permute":
         return args[0].permute(*a["dims"])
+    if op == "attention":
+        return attention(args[0], args[1], args[2], a["heads"], a["scale"])
+    if op == "prepend":
+        x = args[0]
+        v = p["value"].movedim(0, a["vdim"] - 1).unsqueeze(0)
+        return torch.cat([v.expand(x.shape[0], *v.shape[1:]).to(x.dtype), x], a["dim"])
     if op == "index":
         return args[0][index_key(a["items"])]
     if op == "act":

@@ -60,7 +60,7 @@ def graph_stats(graph: Graph, compact: bool = True) -> dict[str, Any]:
         graph = graph.copy()
         eliminate_dead_neurons(graph)
     layers = [layer_row(n) for n in graph.parametric()]
-    norm = sum(t.numel() for n in graph if n.op in ("batchnorm", "layernorm", "groupnorm", "scale")
+    norm = sum(t.numel() for n in graph if n.op in ("batchnorm", "layernorm", "groupnorm", "scale", "prepend")
                for k, t in n.params.items() if k in ("weight", "bias", "value"))
     return {
         "params": sum(r["params"] for r in layers) + norm,

@@ -168,7 +168,7 @@ class MagnitudePrune(Pass):
         # groups a LayerNorm normalizes prune too (the normalization then spans fewer neurons: a
         # lossy step like any pruning, which retraining recovers; growth leaves them alone)
         groups = [g for g in info.resizable() if set(g.producers) <= allowed and g.width > 1]
-        ties = [t for t in info.ties() if t.groups > 1 and t.conv in allowed
+        ties = [t for t in info.ties() if t.groups > 1 and (t.conv in allowed or graph[t.conv].op == "attention")
                 and set(info.groups[t.src].producers + info.groups[t.dst].producers) <= allowed]
         if not groups and not ties:
             return 0

@@ -48,3 +48,45 @@ class ChannelsLastBlock(torch.nn.Module):
         x = x + self.ls.view(1, -1, 1, 1) * self.mix(self.gn(x))
         x = self.inorm(x) + self.shift
         return self.head(x.mean((2, 3)))
+
+
+class TimmStyleAttention(nn.Module):
+    """timm's ``Attention``: one qkv linear, reshape into heads, fused attention, merge, project."""
+
+    def __init__(self, c: int, heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, c // heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.q_norm, self.k_norm = nn.Identity(), nn.Identity()
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class TinyViT(nn.Module):
+    """A ViT in miniature: patch conv, flatten + transpose to tokens, a class token expanded to
+    the batch, a position embedding, a ``nn.MultiheadAttention`` block, a timm-style attention
+    block, an MLP block, the class token's output to the head."""
+
+    def __init__(self, c: int = 8, heads: int = 2, tokens: int = 4) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, c, 4, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, c))
+        self.pos = nn.Parameter(torch.randn(1, tokens + 1, c))
+        self.ln0, self.mha = nn.LayerNorm(c), nn.MultiheadAttention(c, heads, batch_first=True)
+        self.ln1, self.attn = nn.LayerNorm(c), TimmStyleAttention(c, heads)
+        self.ln2, self.fc1, self.fc2 = nn.LayerNorm(c), nn.Linear(c, 2 * c), nn.Linear(2 * c, c)
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        h = self.ln0(x)
+        x = x + self.mha(h, h, h, need_weights=False)[0]
+        x = x + self.attn(self.ln1(x))
+        x = x + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln2(x))))
+        return self.head(x[:, 0])

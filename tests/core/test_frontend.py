@@ -389,3 +389,66 @@ def test_indexing_that_keeps_the_neuron_axis_whole_is_understood():
     for got in (run_onnx(g, xb), run_ir(g, xb)):
         for a, b in zip(got, m(*xb), strict=True):
             np.testing.assert_allclose(a, b.detach().numpy(), atol=1e-5)
+
+
+def test_vit_parts_are_understood_and_attention_prunes_in_whole_heads():
+    """Patch tokens (``flatten(2).transpose(1, 2)``), a class token expanded to the batch, a
+    position embedding, ``nn.MultiheadAttention`` and timm-style attention (q, k, v linears, an
+    attention node, the projection), ``x[:, 0]``: no opaque node; one residual stream; each
+    attention ties q/k and v in units of heads; pruning removes whole heads and narrows the
+    stream, the MLP and every projection, and the lowerings agree at another batch size."""
+    from blocks import TinyViT
+
+    torch.manual_seed(0)
+    m = TinyViT().eval()
+    g = nestir.trace(m, torch.rand(1, 3, 8, 8))
+    assert not nestir.opaque_nodes(g)
+    assert [n.op for n in g].count("attention") == 2 and [n.op for n in g].count("prepend") == 1
+    info = g.groups()
+    stream = info.of("patch")
+    assert stream.prunable and set(stream.producers) == {"patch", "mha__proj", "attn__proj", "fc2"}
+    ties = {t.conv: t for t in info.ties()}
+    assert set(ties) == {"mha", "attn"} and all(t.groups == 2 and t.src_unit == t.dst_unit == 4 for t in ties.values())
+    x = torch.rand(3, 3, 8, 8)
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2, 3]))])
+    assert all(p[a].attrs["heads"] == 1 for a in ("mha", "attn"))
+    rows = {n.name: n.params["weight"].shape[0] for n in p.parametric()}
+    assert rows == {"patch": 4, "mha__q": 4, "mha__k": 4, "mha__v": 4, "mha__proj": 4, "attn__q": 4, "attn__k": 4,
+                    "attn__v": 4, "attn__proj": 4, "fc1": 8, "fc2": 4, "head": 10}
+    np.testing.assert_allclose(run_onnx(p, x), run_ir(p, x), atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(x).detach().numpy(), run_ir(p, x), atol=1e-5)
+
+
+def test_attention_that_is_not_plain_self_attention_stays_opaque():
+    """Cross-attention (key from another value) and a module whose rebuilt computation would
+    differ from its recorded output are kept whole."""
+
+    class Cross(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(4, 8)
+            self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            q, kv = self.a(x), self.b(x)
+            return self.mha(q, kv, kv)[0]
+
+    class Odd(nn.Module):  # looks like timm's Attention, splits q/k/v differently
+        def __init__(self) -> None:
+            super().__init__()
+            self.num_heads, self.qkv, self.proj = 2, nn.Linear(8, 24), nn.Linear(8, 8)
+
+        def forward(self, x):
+            b, n, c = x.shape
+            q, k, v = self.qkv(x).reshape(b, n, 2, 3, 4).permute(3, 0, 2, 1, 4).unbind(0)
+            return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+    x = torch.rand(2, 5, 4)
+    g = nestir.trace(Cross().eval(), x)
+    assert [n.name for n in g if n.op == "opaque"] == ["mha", "getitem"]
+    m = nn.Sequential(nn.Linear(4, 8), Odd()).eval()
+    g = nestir.trace(m, x)
+    assert [n.op for n in g if n.op in ("opaque", "attention")] == ["opaque"]
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-6)

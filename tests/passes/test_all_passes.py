@@ -39,15 +39,17 @@ def test_pass_invariants(mx, name, sparse):
     check_pass(get(name, **OPTIONS[name]), g, PassContext(data=[(x, y)], seed=1), x)
 
 
+@pytest.mark.parametrize("block", ["ChannelsLastBlock", "TinyViT"])
 @pytest.mark.parametrize("name", sorted(OPTIONS))
-def test_pass_invariants_on_a_channels_last_block(name):
+def test_pass_invariants_on_real_model_idioms(name, block):
     """ConvNeXt / PoolFormer idioms (permutes, LayerNorm over the last axis, layer scales,
-    GroupNorms) under every pass: growth leaves the LayerNorm-normalized stream alone, pruning
-    narrows it, and every lowering agrees with the IR."""
-    from blocks import ChannelsLastBlock
+    GroupNorms) and ViT ones (tokens, class token, attention heads) under every pass: growth
+    leaves the LayerNorm-normalized stream alone, pruning narrows it, attention loses whole
+    heads, and every lowering agrees with the IR."""
+    import blocks
 
     torch.manual_seed(0)
     x = torch.rand(4, 3, 8, 8)
-    g = nestir.trace(ChannelsLastBlock().eval(), x)
+    g = nestir.trace(getattr(blocks, block)().eval(), x)
     _, y = batch_for(g, n=x.shape[0])
     check_pass(get(name, **OPTIONS[name]), g, PassContext(data=[(x, y)], seed=1), x)
