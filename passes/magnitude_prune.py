@@ -38,8 +38,9 @@ class MagnitudePrune(Pass):
     a ``fraction`` of each layer's live connections (``scope="layer"``) or of all of them
     (``scope="global"``), or every one below ``threshold``. With ``neuron_fraction`` > 0 also
     remove that fraction of each resizable group's neurons with the smallest mean |output| over
-    the data (measured on the device, at the group's last value before its consumers).
-    Never adds; never empties a layer or a group (refuses such a step with a clear error when
+    the data (measured on the device, at the group's last value before its consumers), and of
+    each grouped conv's groups and each attention node's heads (whole units, the nearest count:
+    a quarter of 3 heads is 1) with the smallest mean |output|. Never adds; never empties a layer or a group (refuses such a step with a clear error when
     ``strict``, else keeps the strongest). With ``flops_fraction`` > 0, when the connections
     removed so far cut the layers' multiply-accumulates by less than that fraction, further live
     connections go, cheapest first by |W*| per multiply-accumulate saved (the greedy answer to
@@ -201,7 +202,7 @@ class MagnitudePrune(Pass):
         for conv, tap in [(t.conv, taps[t.dst]) for t in ties]:  # whole conv groups: weakest mean |output|
             info = graph.groups()
             tie = next(t for t in info.ties() if t.conv == conv)
-            k = min(math.floor(self.neuron_fraction * tie.groups), tie.groups - 1)
+            k = min(math.floor(self.neuron_fraction * tie.groups + 0.5), tie.groups - 1)  # whole units: nearest count
             if k <= 0:
                 continue
             unit_score = sums[tap].cpu().view(tie.groups, tie.dst_unit).mean(1)
