@@ -275,8 +275,8 @@ def index_items(index: Any, shape: tuple[int, ...], axis: int | None) -> list[An
             items.append(i % n)
         else:
             return None
-        if items[-1] is not None and (d == 0 or d == axis):
-            return None
+        if items[-1] is not None and (d == 0 or (d == axis and not (isinstance(i, slice) and items[-1][2] == 1))):
+            return None  # the batch dim stays whole; the neuron axis whole or a contiguous range
     return items
 
 
@@ -316,6 +316,17 @@ def attention_parts(m: nn.Module, args: tuple, kwargs: dict, same_input: bool) -
     heads = m.num_heads
     scale = float(getattr(m, "scale", (e // heads) ** -0.5))  # type: ignore[operator]
     return qkv, (m.proj.weight, m.proj.bias), heads, scale  # type: ignore[union-attr,return-value]
+
+
+SPLIT_METHODS = {"chunk", "split", "tensor_split", "unbind"}
+SPLIT_FUNCS = {torch.chunk, torch.split, torch.tensor_split, torch.unbind}
+
+
+def split_dim(method: str, args: tuple, kwargs: dict, nd: int) -> int | None:
+    """The dim a chunk / split / unbind call cuts (its args after the tensor), or None."""
+    dim = kwargs.get("dim", args[1] if len(args) > 1 else 0) if method != "unbind" else \
+        kwargs.get("dim", args[0] if args else 0)
+    return int(dim) % nd if isinstance(dim, int) else None
 
 
 PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "swapdims"}

@@ -10,7 +10,7 @@ import torch
 
 from .errors import EditError
 from .graph import Graph
-from .groups import Group, GroupInfo, analyze
+from .groups import Group, GroupInfo, analyze, index_range
 
 # For each node kind, which params carry a neuron on which dim, as a producer and as an index
 # (per-neuron or consumer) node; and the fill value of a new entry.
@@ -75,6 +75,25 @@ def _shapes(graph: Graph, info: GroupInfo, gid: int, delta_per_repeat: int, st: 
         st.shapes[name] = tuple(shape)
         if node.op == "reshape":  # its target shape follows the width
             st.attrs.setdefault(name, {})["rest"] = tuple(shape[1:])
+    for node in graph:  # channel ranges of index nodes follow the widths before and inside them
+        if node.op != "index" or gid not in {g for g, _ in info.layouts.get(node.inputs[0]) or []}:
+            continue
+        src = graph[node.inputs[0]]
+        cut = index_range(node, src.axis)
+        if cut is None:
+            continue
+        before, inside, off = 0, 0, 0
+        for g, r in info.layouts[src.name] or []:
+            w = info.groups[g].width * r
+            if off < cut[0]:
+                before += (g == gid) * r
+            elif off < cut[1]:
+                inside += (g == gid) * r
+            off += w
+        items = list(node.attrs["items"])
+        s = cut[0] + before * delta_per_repeat
+        items[src.axis] = (s, s + cut[1] - cut[0] + inside * delta_per_repeat, 1)  # type: ignore[index]
+        st.attrs.setdefault(node.name, {})["items"] = items
 
 
 def add_neurons(

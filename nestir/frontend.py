@@ -266,6 +266,8 @@ class _Builder:
                 return n.params["value"] if n.op == "const" else None
             if kind in ("shape", "batch"):
                 return v[1]
+            if kind == "tuple":
+                return None
             return v
         return a
 
@@ -301,6 +303,13 @@ class _Builder:
             if r is not None:
                 inputs.append(r)
                 return ("__ref__", len(inputs) - 1)
+            if isinstance(a, fx.Node) and self.env[a][0] == "tuple":
+                refs: list[Any] = []
+                for name in self.env[a][1]:
+                    if name is not None:
+                        inputs.append(name)
+                    refs.append(None if name is None else ("__ref__", len(inputs) - 1))
+                return tuple(refs)
             if isinstance(a, fx.Node) and self.env[a][0] == "batch":
                 # read it from a model input (frozen anyway) rather than freeze the value it came from
                 src, size = self.env[a][1]
@@ -433,6 +442,36 @@ class _Builder:
         value = torch.cat(values, dim).detach().float()  # type: ignore[arg-type]
         node = Node(fxn.name, "prepend", attrs={"dim": dim, "vdim": ax}, params={"value": value[0].movedim(ax - 1, 0)})
         self.add(node, fxn, [x])
+        return True
+
+    def split(self, fxn: fx.Node, x: str, method: str, args: tuple) -> bool:
+        """``chunk`` / ``split`` / ``tensor_split`` / ``unbind``: one ``index`` node per piece (a
+        range of the cut dim, or one position for unbind); the call's value is their tuple."""
+        shape = self.in_shape(x)
+        kwargs = {k: self.const(v) for k, v in fxn.kwargs.items()}
+        dim = cv.split_dim(method, tuple(self.const(a) for a in args), kwargs, len(shape))
+        pieces = self.values[fxn]
+        if dim is None or dim == 0 or not isinstance(pieces, (tuple, list)) or not pieces:
+            return False
+        names, start = [], 0
+        for k, v in enumerate(pieces):
+            index: Any = [slice(None)] * len(shape)
+            if method == "unbind":
+                index[dim] = k
+            else:
+                index[dim] = slice(start, start + v.shape[dim])
+                start += v.shape[dim]
+            items = cv.index_items(tuple(index), shape, self.graph[x].axis)
+            if items is None:
+                for n in names:
+                    del self.graph.nodes[n]
+                return False
+            node = Node(self.graph.fresh_name(f"{fxn.name}__{k}"), "index", [x], {"items": items})
+            node.axis = self.axis(node, v)
+            node.shape, node.source = tuple(v.shape), _source(fxn)
+            self.graph.add(node)
+            names.append(node.name)
+        self.env[fxn] = ("tuple", names)
         return True
 
     def permute(self, fxn: fx.Node, x: str, args: tuple, method: str | None = None) -> bool:
@@ -581,6 +620,8 @@ class _Builder:
             return self.reshape(fxn, first)
         if t in cv.PERMUTE_FUNCS and first is not None and self.permute(fxn, first, fxn.args[1:]):
             return None
+        if t in cv.SPLIT_FUNCS and first is not None and self.split(fxn, first, t.__name__, tuple(fxn.args[1:])):
+            return None
         if t is torch.mean and first is not None and kw is not None and "dim" in kw:
             return self.mean(fxn, first, kw.get("dim"), kw.get("keepdim", False))
         if t is operator.getitem and first is not None and len(fxn.args) == 2 and self.ref(fxn.args[1]) is None:
@@ -607,6 +648,8 @@ class _Builder:
                 return
         if x is not None and m in cv.RESHAPE_METHODS:
             return self.reshape(fxn, x)
+        if x is not None and m in cv.SPLIT_METHODS and self.split(fxn, x, m, tuple(fxn.args[1:])):
+            return None
         if x is not None and m in cv.PERMUTE_METHODS and not fxn.kwargs and self.permute(fxn, x, fxn.args[1:], m):
             return None
         if x is not None and m == "mean":
@@ -672,7 +715,61 @@ class _Builder:
             else:
                 self.call_module(fxn)
         self.graph.drop_unused()
+        _cut_producers(self.graph)
         return self.graph
+
+
+def _cut_producers(graph: Graph) -> None:
+    """Where a channel range (a slice, a piece of ``split``) cuts a neuron group with a single
+    linear/conv producer, split that producer's rows into pieces joined by a ``cat`` under its
+    name: the same function, and each piece becomes a group of its own that resizes alone
+    (CSPNet's and DPN's splits, GhostNet's and ReXNet's slices)."""
+    from .groups import analyze, index_range
+
+    for _ in range(8):
+        info = analyze(graph)
+        cuts: dict[str, set[int]] = {}
+        for n in graph:
+            src = graph[n.inputs[0]] if n.op == "index" else None
+            cut = index_range(n, src.axis) if src is not None else None
+            lay = info.layouts.get(src.name) if src is not None else None
+            if cut is None or lay is None:
+                continue
+            off = 0
+            for g, r in lay:
+                grp = info.groups[g]
+                w = grp.width * r
+                inner = {c - off for c in cut if off < c < off + w}
+                prod = graph[grp.producers[0]] if len(grp.producers) == 1 else None
+                if inner and r == 1 and prod is not None and prod.name not in grp.consumers and (
+                        prod.op == "linear" or (prod.op == "conv" and prod.attrs["groups"] == 1)):
+                    cuts.setdefault(prod.name, set()).update(inner)
+                off += w
+        if not cuts:
+            return
+        for name, offsets in cuts.items():
+            _cut(graph, name, sorted(offsets))
+
+
+def _cut(graph: Graph, name: str, offsets: list[int]) -> None:
+    p = graph[name]
+    bounds = [0, *offsets, p.params["weight"].shape[0]]
+    pieces: list[Node] = []
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        base, i = f"{name}__{k}", 1
+        piece = base
+        while piece in graph.nodes or piece in {q.name for q in pieces}:
+            piece, i = f"{base}_{i}", i + 1
+        params = {key: (t[:, a:b] if key == "area" else t[a:b]).clone() for key, t in p.params.items()}
+        shape = list(p.shape or ())
+        shape[p.axis] = b - a  # type: ignore[index]
+        pieces.append(Node(piece, p.op, list(p.inputs), dict(p.attrs), params, tuple(shape), p.axis, p.source))
+    joined = Node(name, "cat", [q.name for q in pieces], {"dim": p.axis}, {}, p.shape, p.axis, p.source)
+    nodes = list(graph.nodes.values())
+    graph.nodes = {}
+    for n in nodes:
+        for new in (pieces + [joined] if n.name == name else [n]):
+            graph.nodes[new.name] = new
 
 
 def _kept_axis(src: tuple[int, ...], out: tuple[int, ...], axis: int | None) -> int | None:

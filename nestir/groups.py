@@ -183,7 +183,9 @@ class _Analysis:
                 if op == "layernorm":
                     self.mixing.update(g for g, _ in lay)
             return lay
-        if op in ("act", "identity", "permute", "index"):  # the neuron axis moves (Node.axis follows) but stays whole
+        if op == "index":
+            return self.visit_index(n)
+        if op in ("act", "identity", "permute"):  # the neuron axis moves (Node.axis follows) but stays whole
             return self.layout.get(n.inputs[0])
         if op in ("scale", "groupnorm", "prepend"):
             return self.visit_channelwise(n)
@@ -235,6 +237,27 @@ class _Analysis:
                 self.mixing.update(x for x, _ in lay)
         self.per_neuron[n.name] = lay
         return lay
+
+    def visit_index(self, n: Node) -> Layout | None:
+        """Indexing that keeps the neuron axis whole passes its layout through; a range of the
+        neuron axis (a channel slice, a piece of ``split``/``chunk``) selects the segments it
+        covers, and freezes them where it cuts one (the frontend splits such producers first)."""
+        src = self.graph[n.inputs[0]]
+        lay = self.layout.get(src.name)
+        cut = index_range(n, src.axis)
+        if lay is None or cut is None:
+            return lay
+        start, stop = cut
+        out, off = [], 0
+        for g, r in lay:
+            w = self.width[self.find(g)] * r
+            if start <= off and off + w <= stop:
+                out.append((g, r))
+            elif off < stop and start < off + w:  # cuts into this segment
+                self.freeze(lay, f"'{n.name}' takes channels {start}:{stop}, which cut a neuron group")
+                return None
+            off += w
+        return out
 
     def visit_attention(self, n: Node) -> Layout | None:
         """q and k share one index space (their dot product pairs neuron j of q with neuron j of
@@ -350,6 +373,15 @@ class _Analysis:
                 for g in dict.fromkeys(g for g, _ in index[name]):
                     getattr(groups[g], attr).append(name)
         return GroupInfo(groups, layouts, index)
+
+
+def index_range(n: Node, axis: int | None) -> tuple[int, int] | None:
+    """The (start, stop) an ``index`` node takes of its input's neuron ``axis``, or None when it
+    takes all of it."""
+    if axis is None:
+        return None
+    item = n.attrs["items"][axis]
+    return None if item is None or isinstance(item, int) else (item[0], item[1])
 
 
 def analyze(graph: Graph) -> GroupInfo:

@@ -40,12 +40,13 @@ class MagnitudePrune(Pass):
     remove that fraction of each resizable group's neurons with the smallest mean |output| over
     the data (measured on the device, at the group's last value before its consumers), and of
     each grouped conv's groups and each attention node's heads (whole units, the nearest count:
-    a quarter of 3 heads is 1) with the smallest mean |output|. Never adds; never empties a layer or a group (refuses such a step with a clear error when
-    ``strict``, else keeps the strongest). With ``flops_fraction`` > 0, when the connections
-    removed so far cut the layers' multiply-accumulates by less than that fraction, further live
-    connections go, cheapest first by |W*| per multiply-accumulate saved (the greedy answer to
-    "lose the least magnitude for this many FLOPs"): the FLOPs then fall at least as fast as the
-    requested fraction. ``modified`` is false when nothing was below threshold or nothing was live."""
+    a quarter of 3 heads is 1) with the smallest mean |output|. Never adds; never empties a layer
+    or a group (refuses such a step with a clear error when ``strict``, else keeps the strongest).
+    With ``flops_fraction`` > 0, when the connections removed so far cut the layers'
+    multiply-accumulates by less than that fraction, further live connections go, cheapest first
+    by |W*| per multiply-accumulate saved (the greedy answer to "lose the least magnitude for this
+    many FLOPs"): the FLOPs then fall at least as fast as the requested fraction. ``modified`` is
+    false when nothing was below threshold or nothing was live."""
 
     fraction: float = 0.0
     threshold: float = 0.0

@@ -90,3 +90,24 @@ class TinyViT(nn.Module):
         x = x + self.attn(self.ln1(x))
         x = x + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln2(x))))
         return self.head(x[:, 0])
+
+
+class ChannelSplitBlock(torch.nn.Module):
+    """CSPNet / DPN / ReXNet / GhostNet idioms: ``split`` of a conv's channels into a shortcut
+    and a branch, a prefix slice added to and re-joined with the rest, ``chunk`` halves swapped,
+    an overlapping tail slice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 12, 3, padding=1), nn.BatchNorm2d(12)
+        self.c2, self.c3, self.c4 = nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(12, 10, 1), nn.Conv2d(10, 8, 1)
+        self.fc = nn.Linear(8 + 4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        a, b = x.split((6, 6), dim=1)
+        y = self.c3(torch.cat([a, self.c2(b)], 1))
+        y = torch.cat([y[:, :8] + 1.0, y[:, 8:]], 1)
+        p, q = y.chunk(2, dim=1)
+        z = self.c4(torch.cat([q, p], 1))
+        return self.fc(torch.cat([z, y[:, 6:]], 1).mean((2, 3)))

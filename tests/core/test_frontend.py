@@ -1,4 +1,3 @@
-import operator
 
 import numpy as np
 import pytest
@@ -366,7 +365,8 @@ def test_channels_last_blocks_layer_scales_and_group_norms_are_understood():
 def test_indexing_that_keeps_the_neuron_axis_whole_is_understood():
     """``h[:, 0]`` (a class token), ``h[:, 1:4:2]``, ``h[..., :]``, a full-range channel slice:
     index nodes (or identities) that leave the groups resizable; the example's batch size is not
-    baked in; a partial channel slice stays opaque and freezes what it reads."""
+    baked in; a partial channel slice cuts its conv into pieces, and only the piece that reaches
+    the model's output is frozen."""
 
     class M(nn.Module):
         def __init__(self) -> None:
@@ -381,10 +381,10 @@ def test_indexing_that_keeps_the_neuron_axis_whole_is_understood():
 
     m = M().eval()
     g = nestir.trace(m, (torch.rand(1, 5, 6), torch.rand(1, 3, 6, 6)))
-    assert [n.attrs["fn"] for n in g if n.op == "opaque"] == [operator.getitem]  # z[:, 1:3]
-    assert [n.op for n in g].count("index") == 6
+    assert not nestir.opaque_nodes(g) and [n.op for n in g].count("index") == 7
     info = g.groups()
-    assert info.of("fc").resizable and not info.of("c").resizable
+    assert g["c"].op == "cat" and [g[i].params["weight"].shape[0] for i in g["c"].inputs] == [1, 2, 1]
+    assert info.of("fc").resizable and [info.of(i).resizable for i in g["c"].inputs] == [True, False, True]
     xb = (torch.rand(3, 5, 6), torch.rand(3, 3, 6, 6))
     for got in (run_onnx(g, xb), run_ir(g, xb)):
         for a, b in zip(got, m(*xb), strict=True):
@@ -452,3 +452,27 @@ def test_attention_that_is_not_plain_self_attention_stays_opaque():
     g = nestir.trace(m, x)
     assert [n.op for n in g if n.op in ("opaque", "attention")] == ["opaque"]
     np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-6)
+
+
+def test_channel_slices_and_splits_cut_their_producer_into_resizable_pieces():
+    """``split`` / ``chunk`` / channel slices that cut a conv's output: the conv becomes pieces
+    joined by a ``cat`` (same function), each piece its own resizable group; pruning moves the
+    slices' channel ranges with the widths, and the lowerings agree."""
+    from blocks import ChannelSplitBlock
+
+    torch.manual_seed(0)
+    m = ChannelSplitBlock().eval()
+    x = torch.rand(3, 3, 6, 6)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
+    assert g["c1"].op == "cat" and [g[i].params["weight"].shape[0] for i in g["c1"].inputs] == [6, 6]
+    info = g.groups()
+    assert all(info.of(n.name).resizable for n in g.parametric() if n.name != "fc")
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-6)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2, 3]))])
+    assert [p[i].params["weight"].shape[0] for i in p["c1"].inputs] == [3, 3]
+    assert p["split__1"].attrs["items"][1] == (3, 6, 1)
+    y = torch.rand(2, 3, 6, 6)
+    np.testing.assert_allclose(run_onnx(p, y), run_ir(p, y), atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), run_ir(p, y), atol=1e-5)

@@ -39,7 +39,7 @@ def test_pass_invariants(mx, name, sparse):
     check_pass(get(name, **OPTIONS[name]), g, PassContext(data=[(x, y)], seed=1), x)
 
 
-@pytest.mark.parametrize("block", ["ChannelsLastBlock", "TinyViT"])
+@pytest.mark.parametrize("block", ["ChannelsLastBlock", "TinyViT", "ChannelSplitBlock"])
 @pytest.mark.parametrize("name", sorted(OPTIONS))
 def test_pass_invariants_on_real_model_idioms(name, block):
     """ConvNeXt / PoolFormer idioms (permutes, LayerNorm over the last axis, layer scales,
