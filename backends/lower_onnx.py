@@ -161,6 +161,26 @@ def _pool(e: _Emitter, n: Node, x: str, src: Node) -> str:
     return e.op("AveragePool", [x], nm, count_include_pad=int(a["count_include_pad"]), **common)
 
 
+def _resize(e: _Emitter, n: Node, x: str) -> str:
+    """torch's nearest (floor of dst / scale) and (bi)linear (half-pixel or align-corners)."""
+    a, nm, shape = n.attrs, n.name, n.shape or ()
+    nd = len(shape) - 2
+    empty = e.const(nm + "_roi", np.array([], np.float32))
+    if "scale_factor" in a:
+        s = a["scale_factor"] if isinstance(a["scale_factor"], list) else [a["scale_factor"]] * nd
+        ins = [x, empty, e.const(nm + "_scales", np.array([1.0, 1.0, *s], np.float32))]
+    else:  # a fixed size: batch and channels from the input, the spatial size as traced
+        head = e.op("Slice", [e.op("Shape", [x], nm + "_shape"), e.const(nm + "_s0", np.array([0]), np.int64),
+                              e.const(nm + "_s2", np.array([2]), np.int64)], nm + "_nc")
+        sizes = e.op("Concat", [head, e.const(nm + "_hw", np.array(shape[2:]), np.int64)], nm + "_sizes", axis=0)
+        ins = [x, empty, e.const(nm + "_noscales", np.array([], np.float32)), sizes]
+    if a["mode"] == "nearest":
+        return e.op("Resize", ins, nm, mode="nearest", coordinate_transformation_mode="asymmetric",
+                    nearest_mode="floor")
+    ctm = "align_corners" if a["align_corners"] else "pytorch_half_pixel"
+    return e.op("Resize", ins, nm, mode="linear", coordinate_transformation_mode=ctm)
+
+
 def _attention(e: _Emitter, nm: str, xs: list[str], heads: int, scale: float) -> str:
     """(B, T, H*D) q, k, v: split heads, softmax(q k^T * scale) v, merge heads."""
     split = e.const(nm + "_heads", np.array([0, 0, heads, -1]), np.int64)
@@ -245,6 +265,8 @@ def _emit(e: _Emitter, n: Node, g: Graph, env: dict[str, str]) -> str:
         return e.op("Transpose", xs, nm, perm=list(a["dims"]))
     if n.op == "index":
         return _index(e, nm, xs[0], a["items"])
+    if n.op == "resize":
+        return _resize(e, n, xs[0])
     if n.op == "attention":
         return _attention(e, nm, xs, a["heads"], a["scale"])
     if n.op == "prepend":

@@ -206,6 +206,9 @@ def _emit(n: Node, g: Graph, fg: fx.Graph, root: nn.Module, env: dict[str, Any],
         return fg.call_function(_BINOP[a["kind"]], (v, args[0]) if a.get("first") else (args[0], v))
     if n.op == "permute":
         return fg.call_method("permute", (args[0], *a["dims"]))
+    if n.op == "resize":
+        kw = {k: a.get(k) for k in ("size", "scale_factor", "mode", "align_corners")}
+        return fg.call_function(F.interpolate, (args[0],), kw)
     if n.op == "attention":
         heads = [fg.call_method("transpose", (fg.call_method("unflatten", (t, -1, (a["heads"], -1))), -3, -2))
                  for t in args]

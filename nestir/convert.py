@@ -107,6 +107,8 @@ def module_node(name: str, mod: nn.Module) -> Node | None:
         if mod.bias is not None:
             params["bias"] = mod.bias.detach().clone().float()
         return Node(name, "layernorm", attrs={"eps": float(mod.eps)}, params=params)
+    if type(mod) in (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d):
+        return resize_node(name, mod.size, mod.scale_factor, mod.mode, mod.align_corners, None, False)
     if isinstance(mod, nn.GroupNorm):
         params = {}
         if mod.affine:
@@ -147,6 +149,21 @@ def module_node(name: str, mod: nn.Module) -> Node | None:
     return None
 
 
+def resize_node(name: str, size: Any, scale: Any, mode: str, align_corners: Any, recompute: Any,
+                antialias: Any) -> Node | None:
+    """``nn.Upsample`` / ``F.interpolate`` in nearest or (bi)linear mode, else None (opaque)."""
+    if mode not in ("nearest", "linear", "bilinear") or antialias or recompute:
+        return None
+    if (size is None) == (scale is None):
+        return None
+    attrs: dict[str, Any] = {"mode": mode, "align_corners": None if mode == "nearest" else bool(align_corners)}
+    if size is not None:
+        attrs["size"] = list(size) if isinstance(size, (list, tuple)) else size
+    else:
+        attrs["scale_factor"] = [float(s) for s in scale] if isinstance(scale, (list, tuple)) else float(scale)
+    return Node(name, "resize", attrs=attrs)
+
+
 def pool_node(name: str, mode: str, nd: int, kernel: Any, stride: Any, padding: Any, dilation: Any,
               ceil_mode: bool, count_include_pad: bool, divisor: Any) -> Node:
     k = _pair(kernel, nd)
@@ -174,6 +191,9 @@ def function_node(name: str, node: fx.Node, kw: dict[str, Any] | None, refs: lis
         return None
     if _is_stochastic_depth(t) and kw.get("training") is False:  # torchvision.ops: the identity in eval
         return Node(name, "identity", attrs={"p": 0.0})
+    if t is F.interpolate:
+        return resize_node(name, kw.get("size"), kw.get("scale_factor"), kw.get("mode", "nearest"),
+                           kw.get("align_corners"), kw.get("recompute_scale_factor"), kw.get("antialias", False))
     if t is F.dropout or t is F.dropout2d or t is F.dropout1d:
         return Node(name, "identity", attrs={"p": float(kw.get("p", 0.5)) if t is F.dropout else 0.0})
     if t is F.max_pool2d or t is F.max_pool1d:

@@ -340,7 +340,7 @@ class _Builder:
         first = self.graph[node.inputs[0]] if node.inputs else None
         if op in ("linear", "layernorm"):
             return v.dim() - 1
-        if op in ("conv", "batchnorm", "groupnorm", "pool", "adaptive_pool", "flatten", "input"):
+        if op in ("conv", "batchnorm", "groupnorm", "pool", "adaptive_pool", "resize", "flatten", "input"):
             return 1
         if op in ("act", "identity", "scale", "prepend") and first is not None:
             return first.axis

@@ -164,6 +164,9 @@ def evaluate(
         )
     if op == "layernorm":
         return F.layer_norm(args[0], (args[0].shape[-1],), p.get("weight"), p.get("bias"), a["eps"])
+    if op == "resize":
+        return F.interpolate(args[0], size=a.get("size"), scale_factor=a.get("scale_factor"), mode=a["mode"],
+                             align_corners=a["align_corners"])
     if op == "groupnorm":
         return F.group_norm(args[0], a["groups"], p.get("weight"), p.get("bias"), a["eps"])
     if op == "scale":

@@ -476,3 +476,31 @@ def test_channel_slices_and_splits_cut_their_producer_into_resizable_pieces():
     y = torch.rand(2, 3, 6, 6)
     np.testing.assert_allclose(run_onnx(p, y), run_ir(p, y), atol=1e-5)
     np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), run_ir(p, y), atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["module", "size", "bilinear", "align_corners"])
+def test_upsampling_is_understood(how):
+    """``nn.Upsample`` and ``F.interpolate`` (nearest, bilinear, by scale or size; HRNet's fusion):
+    a ``resize`` node that passes channels through, exact in torch and ONNX."""
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, stride=2, padding=1)
+            self.up, self.fc = nn.Upsample(scale_factor=2, mode="nearest"), nn.Linear(4, 3)
+
+        def forward(self, x):
+            a = torch.relu(self.c1(x))
+            b = self.c2(a)
+            up = {"module": lambda: self.up(b), "size": lambda: F.interpolate(b, size=(8, 8)),
+                  "bilinear": lambda: F.interpolate(b, size=(8, 8), mode="bilinear", align_corners=False),
+                  "align_corners": lambda: F.interpolate(b, scale_factor=2.0, mode="bilinear", align_corners=True)}
+            return self.fc((a + up[how]()).mean((2, 3)))
+
+    m = M().eval()
+    g = nestir.trace(m, torch.rand(1, 3, 8, 8))
+    assert not nestir.opaque_nodes(g) and [n.op for n in g].count("resize") == 1
+    assert g.groups().of("c2").resizable
+    x = torch.rand(3, 3, 8, 8)
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(g.to_torch()(x).detach().numpy(), m(x).detach().numpy(), atol=1e-6)
