@@ -265,6 +265,12 @@ def _emit(e: _Emitter, n: Node, g: Graph, env: dict[str, str]) -> str:
         return e.op("Transpose", xs, nm, perm=list(a["dims"]))
     if n.op == "index":
         return _index(e, nm, xs[0], a["items"])
+    if n.op == "pad":  # F.pad's (last dim first, begin/end pairs) to ONNX's (all begins, all ends)
+        nd = len(n.shape or ())
+        fp = list(a["pads"])
+        begins = [0, 0] + [fp[2 * (nd - 3 - i)] for i in range(nd - 2)]
+        ends = [0, 0] + [fp[2 * (nd - 3 - i) + 1] for i in range(nd - 2)]
+        return e.op("Pad", [xs[0], e.const(nm + "_pads", np.array(begins + ends), np.int64)], nm)
     if n.op == "resize":
         return _resize(e, n, xs[0])
     if n.op == "attention":

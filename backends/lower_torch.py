@@ -206,6 +206,8 @@ def _emit(n: Node, g: Graph, fg: fx.Graph, root: nn.Module, env: dict[str, Any],
         return fg.call_function(_BINOP[a["kind"]], (v, args[0]) if a.get("first") else (args[0], v))
     if n.op == "permute":
         return fg.call_method("permute", (args[0], *a["dims"]))
+    if n.op == "pad":
+        return fg.call_function(F.pad, (args[0], list(a["pads"])))
     if n.op == "resize":
         kw = {k: a.get(k) for k in ("size", "scale_factor", "mode", "align_corners")}
         return fg.call_function(F.interpolate, (args[0],), kw)

@@ -340,7 +340,7 @@ class _Builder:
         first = self.graph[node.inputs[0]] if node.inputs else None
         if op in ("linear", "layernorm"):
             return v.dim() - 1
-        if op in ("conv", "batchnorm", "groupnorm", "pool", "adaptive_pool", "resize", "flatten", "input"):
+        if op in ("conv", "batchnorm", "groupnorm", "pool", "adaptive_pool", "resize", "pad", "flatten", "input"):
             return 1
         if op in ("act", "identity", "scale", "prepend") and first is not None:
             return first.axis
@@ -409,11 +409,44 @@ class _Builder:
         self.env[fxn] = ("tuple", [proj.name, None]) if tuple_out else ("node", proj.name)
         return True
 
-    def put(self, node: Node, inputs: list[str], v: torch.Tensor) -> None:
+    def conv_subclass(self, fxn: fx.Node, mod: nn.Module, x: str) -> bool:
+        """A subclass of ``nn.Conv2d`` / ``nn.Conv1d`` (timm's ``Conv2dSame``) whose recorded output
+        is a plain conv of its input, as declared or after TensorFlow-style 'same' zero padding
+        (asymmetric: a ``pad`` node before the conv)."""
+        w, b = mod.weight, mod.bias  # type: ignore[union-attr]
+        src, out = self.values[fxn.args[0]], self.values[fxn]
+        if not isinstance(out, torch.Tensor) or getattr(mod, "padding_mode", "zeros") != "zeros":
+            return False
+        k, s, d = tuple(w.shape[2:]), cv._pair(mod.stride, w.dim() - 2), cv._pair(mod.dilation, w.dim() - 2)
+        pads: list[int] = []
+        for i, kk, ss, dd in reversed(list(zip(src.shape[2:], k, s, d, strict=True))):  # F.pad: last dim first
+            total = max((math.ceil(i / ss) - 1) * ss + (kk - 1) * dd + 1 - i, 0)
+            pads += [total // 2, total - total // 2]
+        tol = 1e-5 * max(1.0, float(out.abs().max()))
+        for same in (False, True):
+            attrs = cv.conv_attrs(mod.stride, 0 if same else mod.padding, mod.dilation, mod.groups, k)
+            if attrs is None:
+                continue
+            node = cv.conv_node(fxn.name, w, b, attrs)
+            with torch.no_grad():
+                inp = F.pad(src, pads) if same else src
+                y = evaluate(node, [inp], node.params)
+            if y.shape != out.shape or not torch.allclose(y, out, atol=tol, rtol=1e-4):
+                continue
+            if same and any(pads):
+                pad = Node(self.graph.fresh_name(f"{fxn.name}__pad"), "pad", attrs={"pads": pads})
+                self.put(pad, [x], inp, axis=1)
+                x = pad.name
+            self.put(node, [x], y, axis=1)
+            self.env[fxn] = ("node", node.name)
+            return True
+        return False
+
+    def put(self, node: Node, inputs: list[str], v: torch.Tensor, axis: int = -1) -> None:
         """Add a node the frontend made up (not one fx node), with its value ``v``."""
         node.inputs = inputs
         node.shape = tuple(v.shape)
-        node.axis = v.dim() - 1
+        node.axis = axis % v.dim()
         self.graph.add(node)
 
     def batch_expanded(self, name: str) -> torch.Tensor | None:
@@ -664,6 +697,9 @@ class _Builder:
         if isinstance(mod, nn.Flatten) and x is not None and str(fxn.target) not in auto:
             return self.flatten_module(fxn, mod, x)
         if cv.is_attention_module(mod) and str(fxn.target) not in auto and self.attention(fxn, mod):
+            return None
+        if x is not None and isinstance(mod, (nn.Conv1d, nn.Conv2d)) and type(mod) not in (nn.Conv1d, nn.Conv2d) \
+                and self.conv_subclass(fxn, mod, x):
             return None
         node = cv.module_node(fxn.name, mod) if x is not None and str(fxn.target) not in auto else None
         if node is not None:

@@ -189,7 +189,7 @@ class _Analysis:
             return self.layout.get(n.inputs[0])
         if op in ("scale", "groupnorm", "prepend"):
             return self.visit_channelwise(n)
-        if op in ("pool", "adaptive_pool", "resize"):
+        if op in ("pool", "adaptive_pool", "resize", "pad"):
             return self.input_layout(n, 1)
         if op == "flatten":
             lay = self.input_layout(n, 1)

@@ -164,6 +164,8 @@ def evaluate(
         )
     if op == "layernorm":
         return F.layer_norm(args[0], (args[0].shape[-1],), p.get("weight"), p.get("bias"), a["eps"])
+    if op == "pad":
+        return F.pad(args[0], a["pads"])
     if op == "resize":
         return F.interpolate(args[0], size=a.get("size"), scale_factor=a.get("scale_factor"), mode=a["mode"],
                              align_corners=a["align_corners"])

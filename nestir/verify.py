@@ -12,7 +12,7 @@ from .ops import evaluate
 KNOWN_OPS = frozenset({
     "input", "output", "linear", "conv", "batchnorm", "layernorm", "act", "identity", "pool",
     "adaptive_pool", "flatten", "reshape", "mean", "binary", "cat", "const", "opaque", "gather", "slice",
-    "groupnorm", "scale", "permute", "index", "prepend", "attention", "resize",
+    "groupnorm", "scale", "permute", "index", "prepend", "attention", "resize", "pad",
 })
 
 

@@ -504,3 +504,32 @@ def test_upsampling_is_understood(how):
     x = torch.rand(3, 3, 8, 8)
     np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
     np.testing.assert_allclose(g.to_torch()(x).detach().numpy(), m(x).detach().numpy(), atol=1e-6)
+
+
+class _Conv2dSame(nn.Conv2d):
+    """TensorFlow 'same' padding computed from the input size at run time (timm's Conv2dSame):
+    not traceable by torch.fx."""
+
+    def forward(self, x):
+        pads = []
+        for i, k, s, d in reversed(list(zip(x.shape[2:], self.kernel_size, self.stride, self.dilation, strict=True))):
+            total = max((-(-i // s) - 1) * s + (k - 1) * d + 1 - i, 0)
+            if int(total) > 0:
+                pads += [total // 2, total - total // 2]
+            else:
+                pads += [0, 0]
+        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def test_a_conv_subclass_with_same_padding_becomes_pad_and_conv():
+    """timm's ``Conv2dSame`` (EfficientNet-TF ports): kept whole by the tracer, then recognised
+    by its recorded output as an asymmetric zero pad and a plain conv, so its channels resize."""
+    m = nn.Sequential(_Conv2dSame(3, 6, 3, stride=2), nn.ReLU(), nn.Conv2d(6, 4, 1), nn.Flatten(), nn.Linear(64, 3))
+    m.eval()
+    g = nestir.trace(m, torch.rand(1, 3, 8, 8))
+    assert not nestir.opaque_nodes(g)
+    assert [n.op for n in g][:3] == ["input", "pad", "conv"] and g["_0__pad"].attrs["pads"] == [0, 1, 0, 1]
+    assert g.groups().of("_0").resizable
+    x = torch.rand(3, 3, 8, 8)
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(g.to_torch()(x).detach().numpy(), m(x).detach().numpy(), atol=1e-6)
