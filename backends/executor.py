@@ -10,11 +10,7 @@ import torch
 import torch.nn as nn
 
 from nestir.graph import Graph
-from nestir.ops import evaluate
-
-TRAINABLE = {"linear": ("weight", "bias"), "conv": ("weight", "bias"),
-             "batchnorm": ("weight", "bias"), "layernorm": ("weight", "bias"),
-             "groupnorm": ("weight", "bias"), "scale": ("value",), "prepend": ("value",)}
+from nestir.opdefs import evaluate, opdef
 
 
 @dataclass
@@ -53,7 +49,7 @@ class IRModule(nn.Module):
         """Re-create parameters from the graph's current tensors (after an edit)."""
         self.params = nn.ParameterDict()
         for n in self.graph:
-            for key in TRAINABLE.get(n.op, ()):
+            for key in opdef(n.op).trainable:
                 t = n.params.get(key)
                 if t is not None:
                     p = nn.Parameter(t, requires_grad=True)
@@ -67,7 +63,7 @@ class IRModule(nn.Module):
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
         n = self.graph[name]
         p = dict(n.params)
-        for key in TRAINABLE.get(n.op, ()):
+        for key in opdef(n.op).trainable:
             t = self.param(name, key)
             if t is not None:
                 p[key] = t

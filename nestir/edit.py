@@ -10,13 +10,13 @@ import torch
 
 from .errors import EditError
 from .graph import Graph
-from .groups import Group, GroupInfo, analyze, index_range
+from .groups import Group, GroupInfo, analyze
+from .opdefs import opdef
 
 # For each node kind, which params carry a neuron on which dim, as a producer and as an index
 # (per-neuron or consumer) node; and the fill value of a new entry.
 _PRODUCER = {"weight": 0, "mask": 0, "bias": 0, "area": 1}
 _CONSUMER = {"weight": 1, "mask": 1, "area": 0}
-_PER_NEURON_FILL = {"running_mean": 0.0, "running_var": 1.0, "weight": 1.0, "bias": 0.0}
 
 
 @dataclass
@@ -73,27 +73,10 @@ def _shapes(graph: Graph, info: GroupInfo, gid: int, delta_per_repeat: int, st: 
         shape = list(node.shape or ())
         shape[node.axis] += grow  # type: ignore[index]
         st.shapes[name] = tuple(shape)
-        if node.op == "reshape":  # its target shape follows the width
-            st.attrs.setdefault(name, {})["rest"] = tuple(shape[1:])
-    for node in graph:  # channel ranges of index nodes follow the widths before and inside them
-        if node.op != "index" or gid not in {g for g, _ in info.layouts.get(node.inputs[0]) or []}:
-            continue
-        src = graph[node.inputs[0]]
-        cut = index_range(node, src.axis)
-        if cut is None:
-            continue
-        before, inside, off = 0, 0, 0
-        for g, r in info.layouts[src.name] or []:
-            w = info.groups[g].width * r
-            if off < cut[0]:
-                before += (g == gid) * r
-            elif off < cut[1]:
-                inside += (g == gid) * r
-            off += w
-        items = list(node.attrs["items"])
-        s = cut[0] + before * delta_per_repeat
-        items[src.axis] = (s, s + cut[1] - cut[0] + inside * delta_per_repeat, 1)  # type: ignore[index]
-        st.attrs.setdefault(node.name, {})["items"] = items
+    for node in graph:  # attributes that follow the widths (a reshape's target, a channel range)
+        at = opdef(node.op).follow(node, graph, info, gid, delta_per_repeat, st.shapes.get(node.name))
+        if at:
+            st.attrs.setdefault(node.name, {}).update(at)
 
 
 def add_neurons(
@@ -137,19 +120,15 @@ def add_neurons(
         for g, off, _r, w in reversed(_segs(info, name)):
             if g != gid:
                 continue
-            for key, t in node.params.items():
+            for key in node.params:
                 cur = st.get(graph, name, key)
-                if node.op == "conv":
-                    fill = True if t.dtype == torch.bool else 0.0
-                elif node.op in ("scale", "prepend"):  # a scale: the identity of its operation
-                    fill = 1.0 if node.attrs.get("kind") in ("mul", "div") else 0.0
-                else:
-                    fill = _PER_NEURON_FILL[key]
+                fill = opdef(node.op).fill(node, key)  # what a new neuron holds: it changes nothing
                 new = given.get(key, _filler(cur, 0, count, fill))
                 _check(name, key, new, cur, 0, count)
                 st.put(name, key, _insert(cur, 0, off + w, new), ("insert", 0, off + w, count))
-        if node.op == "conv" or (node.op == "groupnorm" and node.attrs["groups"] > 1):
-            st.attrs[name] = {"groups": node.attrs["groups"] + count}
+        at = opdef(node.op).resized(node, count)
+        if at:
+            st.attrs[name] = at
     for name in grp.consumers:
         node = graph[name]
         given = cols.get(name, {})
@@ -218,8 +197,7 @@ def remove_units(graph: Graph, conv: str, units: Sequence[int], *, info: GroupIn
     sides = [(dst, tie.dst_unit)] if tie.src == tie.dst else [(src, tie.src_unit), (dst, tie.dst_unit)]
     for grp, unit in sides:
         _stage_remove(graph, info, grp, [u * unit + j for u in drop for j in range(unit)], st)
-    key = "heads" if graph[conv].op == "attention" else "groups"
-    st.attrs.setdefault(conv, {})[key] = tie.groups - len(drop)
+    st.attrs.setdefault(conv, {})[opdef(graph[conv].op).unit_attr] = tie.groups - len(drop)
     st.commit(graph)
 
 
@@ -250,8 +228,9 @@ def _stage_remove(graph: Graph, info: GroupInfo, grp: Group, drop: list[int], st
             t = st.get(graph, name, key)  # a layer may both produce and consume the group
             idx = _keep_index(_segs(info, name), gid, keep, t.shape[dim])
             st.put(name, key, t.index_select(dim, idx.to(t.device)), ("select", dim, idx))
-        if name in grp.per_neuron and (node.op == "conv" or (node.op == "groupnorm" and node.attrs["groups"] > 1)):
-            st.attrs[name] = {"groups": node.attrs["groups"] - len(drop)}
+        at = opdef(node.op).resized(node, -len(drop)) if name in grp.per_neuron else None
+        if at:
+            st.attrs[name] = at
     _shapes(graph, info, gid, -len(drop), st)
 
 

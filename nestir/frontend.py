@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from . import convert as cv
 from .errors import ShapeError, TraceError
 from .graph import Graph, Node
-from .ops import evaluate
+from .opdefs import OPS, evaluate, opdef
+from .opdefs.elementwise import ACT_METHODS
 
 log = logging.getLogger(__name__)
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -334,35 +335,10 @@ class _Builder:
         return self.graph[name].shape or ()
 
     def axis(self, node: Node, v: torch.Tensor) -> int | None:
+        """The neuron axis of ``node``'s value ``v``: its op definition says."""
         if v.dim() < 2:
             return None
-        op = node.op
-        first = self.graph[node.inputs[0]] if node.inputs else None
-        if op in ("linear", "layernorm"):
-            return v.dim() - 1
-        if op in ("conv", "batchnorm", "groupnorm", "pool", "adaptive_pool", "resize", "pad", "flatten", "input"):
-            return 1
-        if op in ("act", "identity", "scale", "prepend") and first is not None:
-            return first.axis
-        if op == "reshape":
-            return node.attrs["keep"][1] if "keep" in node.attrs else None
-        if op == "index" and first is not None and first.axis is not None:
-            return first.axis - sum(isinstance(i, int) for i in node.attrs["items"][: first.axis])
-        if op == "permute" and first is not None and first.axis is not None:
-            return node.attrs["dims"].index(first.axis)
-        if op == "cat" and first is not None:
-            return first.axis
-        if op == "mean" and first is not None and first.axis is not None:
-            dims = node.attrs["dims"]
-            if first.axis in dims:
-                return None
-            return first.axis if node.attrs["keepdim"] else first.axis - sum(d < first.axis for d in dims)
-        if op == "binary":
-            for i in node.inputs:
-                src = self.graph[i]
-                if src.shape == tuple(v.shape) and src.axis is not None:
-                    return src.axis
-        return None
+        return opdef(node.op).axis(node, [self.graph[i] for i in node.inputs], v)
 
     # -- per-kind conversion -------------------------------------------------------------------
     def opaque(self, fxn: fx.Node, fn: Any, kind: str, label: str | None = None) -> None:
@@ -604,20 +580,21 @@ class _Builder:
                 return True
         return False
 
-    def parametric_function(self, fxn: fx.Node, kw: dict[str, Any]) -> bool:
-        x = self.ref(kw.get("input"))
-        w = self.const(kw.get("weight"))
-        b = self.const(kw.get("bias"))
-        if x is None or not isinstance(w, torch.Tensor) or (b is not None and not isinstance(b, torch.Tensor)):
+    def known_function(self, fxn: fx.Node, kw: dict[str, Any] | None) -> bool:
+        """A call of a function an op definition recognises (``OpDef.functions``), with one tensor
+        input and every other tensor argument a constant."""
+        t = fxn.target
+        d = next((d for d in OPS.values() if d.handles(t)), None)
+        if d is None:
             return False
-        if fxn.target is F.linear:
-            node = cv.linear_node(fxn.name, w, b)
-        else:
-            attrs = cv.conv_attrs(kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
-                                  kw.get("groups", 1), tuple(w.shape[2:]))
-            if attrs is None:
-                return False
-            node = cv.conv_node(fxn.name, w, b, attrs)
+        src = kw["input"] if kw is not None and "input" in kw else (fxn.args[0] if fxn.args else None)
+        x = self.ref(src)
+        others = [a for a in _flat((*fxn.args, *fxn.kwargs.values())) if isinstance(a, fx.Node) and a is not src]
+        if x is None or any(self.env[a][0] == "node" and self.graph[self.env[a][1]].op != "const" for a in others):
+            return False
+        node = d.from_function(fxn.name, fxn, kw, self.const)
+        if node is None:
+            return False
         self.add(node, fxn, [x])
         return True
 
@@ -629,11 +606,6 @@ class _Builder:
             norm = None
         kw = dict(norm.kwargs) if norm is not None else None
         first = self.ref(fxn.args[0]) if fxn.args else None
-        if t in (F.linear, F.conv1d, F.conv2d):
-            names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
-            bound = {**dict(zip(names, fxn.args, strict=False)), **fxn.kwargs}
-            if self.parametric_function(fxn, bound):
-                return
         if t in cv.BINARY_FUNCS and len(fxn.args) == 2 and fxn.kwargs.get("alpha", 1) == 1:
             if self.binary(fxn, cv.BINARY_FUNCS[t], fxn.args[0], fxn.args[1]):
                 return
@@ -645,10 +617,6 @@ class _Builder:
                     return
                 self.add(Node(fxn.name, "cat", attrs={"dim": int(kw.get("dim", 0)) % nd}), fxn, refs)  # type: ignore[arg-type]
                 return
-        if t in (F.batch_norm, F.layer_norm, F.group_norm) and kw is not None and self.ref(kw.get("input")) is not None:
-            node = cv.norm_function_node(fxn.name, t, kw, self.const)
-            if node is not None:
-                return self.add(node, fxn, [self.ref(kw["input"])])  # type: ignore[list-item]
         if t in cv.RESHAPE_FUNCS and first is not None:
             return self.reshape(fxn, first)
         if t in cv.PERMUTE_FUNCS and first is not None and self.permute(fxn, first, fxn.args[1:]):
@@ -663,10 +631,8 @@ class _Builder:
                 op = "identity" if all(i is None for i in items) else "index"
                 return self.add(Node(fxn.name, op, attrs={"p": 0.0} if op == "identity" else {"items": items}),
                                 fxn, [first])
-        if first is not None and len([a for a in fxn.args if self.ref(a)]) == 1:
-            node = cv.function_node(fxn.name, fxn, kw, [first])
-            if node is not None:
-                return self.add(node, fxn, [first])
+        if self.known_function(fxn, kw):
+            return None
         self.opaque(fxn, t, "function")
 
     def call_method(self, fxn: fx.Node) -> None:
@@ -674,8 +640,8 @@ class _Builder:
         x = self.ref(fxn.args[0]) if fxn.args else None
         if x is not None and m in cv.IDENTITY_METHODS:
             return self.add(Node(fxn.name, "identity", attrs={"p": 0.0}), fxn, [x])
-        if x is not None and m in cv.ACT_METHODS and len(fxn.args) == 1:
-            return self.add(Node(fxn.name, "act", attrs={"kind": cv.ACT_METHODS[m]}), fxn, [x])
+        if x is not None and m in ACT_METHODS and len(fxn.args) == 1:
+            return self.add(Node(fxn.name, "act", attrs={"kind": ACT_METHODS[m]}), fxn, [x])
         if m in cv.BINARY_METHODS and len(fxn.args) == 2 and not fxn.kwargs:
             if self.binary(fxn, cv.BINARY_METHODS[m], fxn.args[0], fxn.args[1]):
                 return
@@ -701,7 +667,8 @@ class _Builder:
         if x is not None and isinstance(mod, (nn.Conv1d, nn.Conv2d)) and type(mod) not in (nn.Conv1d, nn.Conv2d) \
                 and self.conv_subclass(fxn, mod, x):
             return None
-        node = cv.module_node(fxn.name, mod) if x is not None and str(fxn.target) not in auto else None
+        d = next((d for d in OPS.values() if isinstance(mod, d.modules)), None)
+        node = d.from_module(fxn.name, mod) if d is not None and x is not None and str(fxn.target) not in auto else None
         if node is not None:
             return self.add(node, fxn, [x])  # type: ignore[list-item]
         self.opaque(fxn, mod, "module")
@@ -760,7 +727,8 @@ def _cut_producers(graph: Graph) -> None:
     linear/conv producer, split that producer's rows into pieces joined by a ``cat`` under its
     name: the same function, and each piece becomes a group of its own that resizes alone
     (CSPNet's and DPN's splits, GhostNet's and ReXNet's slices)."""
-    from .groups import analyze, index_range
+    from .groups import analyze
+    from .opdefs import index_range
 
     for _ in range(8):
         info = analyze(graph)

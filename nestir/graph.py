@@ -32,7 +32,6 @@ def _provider(name: str) -> Callable[..., Any]:
 
 
 PARAMETRIC = frozenset({"linear", "conv"})
-PER_NEURON = frozenset({"batchnorm", "layernorm", "groupnorm", "scale", "prepend"})
 ACTIVATIONS = frozenset(
     {"relu", "relu6", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "hardswish", "hardsigmoid", "elu"}
 )

@@ -3,10 +3,10 @@ neurons live in every producer, per-neuron node and consumer."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from .graph import Graph, Node
+from .opdefs import opdef
 
 Layout = list[tuple[int, int]]  # segments (group id, repeat): a group's neurons, each repeated
 
@@ -153,172 +153,21 @@ class _Analysis:
             return None
         return lay
 
-    def visit(self, n: Node) -> Layout | None:
-        op = n.op
-        if op == "input":
-            return None if n.axis is None else [(self.new(n.width or 0, frozen="model input"), 1)]
-        if op == "output":
-            for i in n.inputs:
-                self.freeze(self.layout.get(i), "model output")
-            return None
-        if op == "reshape" and "keep" in n.attrs:  # the neuron axis stays a whole dim
-            return self.input_layout(n, n.attrs["keep"][0])
-        if op in ("const", "reshape", "opaque", "gather", "slice"):
-            for i in n.inputs:
-                self.freeze(self.layout.get(i), f"{op} node '{n.name}'")
-            return None
-        if op == "linear":
-            lay = self.input_layout(n, -1)
-            if lay is not None:
-                self.consumer[n.name] = lay
-            return [(self.new(n.params["weight"].shape[0], n.name), 1)]
-        if op == "conv":
-            return self.visit_conv(n)
-        if op == "attention":
-            return self.visit_attention(n)
-        if op in ("batchnorm", "layernorm"):
-            lay = self.input_layout(n, 1 if op == "batchnorm" else -1)
-            if lay is not None:
-                self.per_neuron[n.name] = lay
-                if op == "layernorm":
-                    self.mixing.update(g for g, _ in lay)
-            return lay
-        if op == "index":
-            return self.visit_index(n)
-        if op in ("act", "identity", "permute"):  # the neuron axis moves (Node.axis follows) but stays whole
-            return self.layout.get(n.inputs[0])
-        if op in ("scale", "groupnorm", "prepend"):
-            return self.visit_channelwise(n)
-        if op in ("pool", "adaptive_pool", "resize", "pad"):
-            return self.input_layout(n, 1)
-        if op == "flatten":
-            lay = self.input_layout(n, 1)
-            src = self.graph[n.inputs[0]].shape or ()
-            sp = math.prod(src[2:])
-            return None if lay is None else [(g, r * sp) for g, r in lay]
-        if op == "mean":
-            lay = self.layout.get(n.inputs[0])
-            if n.axis is None:
-                self.freeze(lay, f"mean '{n.name}' reduces the neuron axis")
-                return None
-            return lay
-        if op == "binary":
-            return self.visit_binary(n)
-        if op == "cat":
-            lays = [self.layout.get(i) for i in n.inputs]
-            srcs = [self.graph[i] for i in n.inputs]
-            if all(s.axis == n.attrs["dim"] for s in srcs):
-                if any(lay is None for lay in lays):
-                    for lay in lays:
-                        self.freeze(lay, f"cat '{n.name}' joins a frozen value")
-                    return None
-                return [seg for lay in lays for seg in lay]  # type: ignore[union-attr]
-            return self.unify(lays, f"cat '{n.name}'")
-        for i in n.inputs:
-            self.freeze(self.layout.get(i), f"unknown op '{op}'")
-        return None
-
-    def visit_channelwise(self, n: Node) -> Layout | None:
-        """A per-channel operand (``x * gamma``) or a GroupNorm: one entry per neuron. A GroupNorm
-        with one group normalizes across the neurons (like a LayerNorm); one with a group per
-        channel does not; other group counts tie channels in fixed-size sets (frozen)."""
-        lay = self.input_layout(n, 1 if n.op == "groupnorm" else None)
+    def channelwise(self, node: Node, along: int | None) -> Layout | None:
+        """A node with one entry per neuron of its input (read along ``along``, None: any axis):
+        registered as per-neuron; a repeated layout freezes."""
+        lay = self.input_layout(node, along)
         if lay is None:
             return None
         if any(r != 1 for _, r in lay):
-            self.freeze(lay, f"'{n.name}' reads a repeated layout")
+            self.freeze(lay, f"'{node.name}' reads a repeated layout")
             return None
-        if n.op == "groupnorm":
-            g, c = n.attrs["groups"], sum(self.width[x] for x, _ in lay)
-            if 1 < g < c or len(lay) > 1 and g != c:
-                self.freeze(lay, f"GroupNorm '{n.name}' normalizes {c} channels in {g} groups")
-                return lay
-            if g == 1:
-                self.mixing.update(x for x, _ in lay)
-        self.per_neuron[n.name] = lay
+        self.per_neuron[node.name] = lay
         return lay
 
-    def visit_index(self, n: Node) -> Layout | None:
-        """Indexing that keeps the neuron axis whole passes its layout through; a range of the
-        neuron axis (a channel slice, a piece of ``split``/``chunk``) selects the segments it
-        covers, and freezes them where it cuts one (the frontend splits such producers first)."""
-        src = self.graph[n.inputs[0]]
-        lay = self.layout.get(src.name)
-        cut = index_range(n, src.axis)
-        if lay is None or cut is None:
-            return lay
-        start, stop = cut
-        out, off = [], 0
-        for g, r in lay:
-            w = self.width[self.find(g)] * r
-            if start <= off and off + w <= stop:
-                out.append((g, r))
-            elif off < stop and start < off + w:  # cuts into this segment
-                self.freeze(lay, f"'{n.name}' takes channels {start}:{stop}, which cut a neuron group")
-                return None
-            off += w
-        return out
-
-    def visit_attention(self, n: Node) -> Layout | None:
-        """q and k share one index space (their dot product pairs neuron j of q with neuron j of
-        k); v's neurons flow to the output. Both are cut in heads: head h of q/k exists only with
-        head h of v, so the node ties the two groups in units of whole heads."""
-        lays = []
-        for i in n.inputs:
-            src, lay = self.graph[i], self.layout.get(i)
-            ok = lay is not None and len(lay) == 1 and lay[0][1] == 1 and src.shape is not None \
-                and src.axis == len(src.shape) - 1
-            lays.append(lay if ok else None)
-        if any(lay is None for lay in lays):
-            for i in n.inputs:
-                self.freeze(self.layout.get(i), f"attention '{n.name}' reads it in a layout it cannot cut in heads")
-            return None
-        (q, _), (k, _), (v, _) = (lay[0] for lay in lays)  # type: ignore[index]
-        self.union(q, k)
-        h = n.attrs["heads"]
-        self.ties.append((n.name, h, q, self.width[self.find(q)] // h, v, self.width[self.find(v)] // h))
-        return lays[2]
-
-    def visit_conv(self, n: Node) -> Layout | None:
-        g = n.attrs["groups"]
-        w = n.params["weight"]
-        lay = self.input_layout(n, 1)
-        if lay is not None and any(r != 1 for _, r in lay):
-            self.freeze(lay, f"conv '{n.name}' reads a repeated layout")
-            lay = None
-        c_in = w.shape[1] * g
-        if g == 1:
-            if lay is not None:
-                self.consumer[n.name] = lay
-            return [(self.new(w.shape[0], n.name), 1)]
-        if g == c_in == w.shape[0] and lay is not None:
-            self.per_neuron[n.name] = lay  # depthwise: output channel c is input channel c
-            return lay
-        if lay is not None and len(lay) == 1:  # whole conv groups: unit k of the input <-> unit k of the output
-            out = self.new(w.shape[0], n.name)
-            self.ties.append((n.name, g, lay[0][0], w.shape[1], out, w.shape[0] // g))
-            return [(out, 1)]
-        self.freeze(lay, f"grouped conv '{n.name}'")
-        return [(self.new(w.shape[0], n.name, frozen=f"grouped conv '{n.name}'"), 1)]
-
-    def visit_binary(self, n: Node) -> Layout | None:
-        if n.axis is None or n.shape is None:
-            for i in n.inputs:
-                self.freeze(self.layout.get(i), f"binary '{n.name}' has no neuron axis")
-            return None
-        lays = []
-        for i in n.inputs:
-            src = self.graph[i]
-            s = src.shape or ()
-            k = len(s) - len(n.shape) + n.axis  # broadcast aligns trailing dims
-            if k < 0:
-                continue
-            if s[k] == 1 and n.shape[n.axis] != 1:
-                # broadcast along the neuron axis: growing that input would break it
-                self.freeze(self.layout.get(i) if src.axis == k else None, f"'{n.name}' broadcasts it")
-                continue
-            lays.append(self.layout.get(i) if src.axis == k else None)
-        return self.unify(lays, f"binary '{n.name}'")
+    def visit(self, n: Node) -> Layout | None:
+        """What ``n`` does to neurons: its op definition says (:meth:`nestir.opdefs.OpDef.neurons`)."""
+        return opdef(n.op).neurons(self, n)
 
     def resolve_ties(self) -> dict[int, Tie]:
         """Each group in at most one tie, with the same unit on both sides of a self-tie, else
@@ -373,15 +222,6 @@ class _Analysis:
                 for g in dict.fromkeys(g for g, _ in index[name]):
                     getattr(groups[g], attr).append(name)
         return GroupInfo(groups, layouts, index)
-
-
-def index_range(n: Node, axis: int | None) -> tuple[int, int] | None:
-    """The (start, stop) an ``index`` node takes of its input's neuron ``axis``, or None when it
-    takes all of it."""
-    if axis is None:
-        return None
-    item = n.attrs["items"][axis]
-    return None if item is None or isinstance(item, int) else (item[0], item[1])
 
 
 def analyze(graph: Graph) -> GroupInfo:

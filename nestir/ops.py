@@ -1,4 +1,4 @@
-"""How each IR op computes, shared by the executor, the lowering and the verifier."""
+"""Numeric helpers the op definitions (:mod:`nestir.opdefs`) and the lowerings share."""
 
 from __future__ import annotations
 
@@ -141,82 +141,3 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, sca
 def index_key(items: Sequence[Any]) -> tuple[Any, ...]:
     """The Python index of an ``index`` node: a slice or int per dim."""
     return tuple(slice(None) if i is None else i if isinstance(i, int) else slice(*i) for i in items)
-
-
-def evaluate(
-    node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool = False
-) -> Any:
-    """Compute ``node`` from its input values ``args`` with the tensors ``p``.
-
-    ``p`` holds the tensors to compute with: for parametric nodes ``weight`` must already have
-    its mask applied (the executor multiplies, the lowering bakes it in)."""
-    op, a = node.op, node.attrs
-    if op == "linear":
-        return F.linear(args[0], p["weight"], p.get("bias"))
-    if op == "conv":
-        if "area" in p:
-            return partial_area_conv(args[0], p["weight"], p.get("bias"), p["area"], a)
-        return conv(args[0], p["weight"], p.get("bias"), a)
-    if op == "batchnorm":
-        return F.batch_norm(
-            args[0], p["running_mean"], p["running_var"], p.get("weight"), p.get("bias"),
-            training, a["momentum"], a["eps"],
-        )
-    if op == "layernorm":
-        return F.layer_norm(args[0], (args[0].shape[-1],), p.get("weight"), p.get("bias"), a["eps"])
-    if op == "pad":
-        return F.pad(args[0], a["pads"])
-    if op == "resize":
-        return F.interpolate(args[0], size=a.get("size"), scale_factor=a.get("scale_factor"), mode=a["mode"],
-                             align_corners=a["align_corners"])
-    if op == "groupnorm":
-        return F.group_norm(args[0], a["groups"], p.get("weight"), p.get("bias"), a["eps"])
-    if op == "scale":
-        v = p["value"].movedim(0, a["dim"]) if a.get("dim") else p["value"]
-        return binary(a["kind"], v, args[0]) if a.get("first") else binary(a["kind"], args[0], v)
-    if op == "permute":
-        return args[0].permute(*a["dims"])
-    if op == "attention":
-        return attention(args[0], args[1], args[2], a["heads"], a["scale"])
-    if op == "prepend":
-        x = args[0]
-        v = p["value"].movedim(0, a["vdim"] - 1).unsqueeze(0)
-        return torch.cat([v.expand(x.shape[0], *v.shape[1:]).to(x.dtype), x], a["dim"])
-    if op == "index":
-        return args[0][index_key(a["items"])]
-    if op == "act":
-        return activation(a["kind"], a)(args[0])
-    if op == "identity":
-        if a.get("p", 0.0) and training:
-            return F.dropout(args[0], a["p"], True)
-        return args[0]
-    if op == "pool":
-        return pool(args[0], a)
-    if op == "adaptive_pool":
-        return adaptive_pool(args[0], a)
-    if op == "flatten":
-        return torch.flatten(args[0], 1)
-    if op == "reshape":
-        return args[0].reshape(args[0].shape[0], *a["rest"])
-    if op == "mean":
-        return args[0].mean(dim=a["dims"], keepdim=a["keepdim"])
-    if op == "binary":
-        if len(args) == 2:
-            return binary(a["kind"], args[0], args[1])
-        if a.get("scalar_first"):
-            return binary(a["kind"], a["scalar"], args[0])
-        return binary(a["kind"], args[0], a["scalar"])
-    if op == "cat":
-        return torch.cat(list(args), dim=a["dim"])
-    if op == "const":
-        return p["value"]
-    if op == "slice":
-        x = args[0]
-        for d, s, e in zip(a["dims"], a["starts"], a["ends"], strict=True):
-            x = x.narrow(d, s, e - s)
-        return x
-    if op == "gather":
-        return args[0].index_select(a["dim"], p["index"])
-    if op == "opaque":
-        return run_opaque(node, args)
-    raise NestirError(f"node '{node.name}': unknown op '{op}'")

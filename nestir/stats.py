@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -10,17 +9,13 @@ import torch.nn as nn
 
 from .errors import ArgumentError
 from .graph import Graph, Node
+from .opdefs import opdef
 
 
 def _positions(n: Node) -> float | torch.Tensor:
     """Multiply-accumulates per sample of one weight entry: a number for a linear layer or a plain
     conv, an (out, in) tensor of live positions for a partial-area conv."""
-    shape = n.shape or ()
-    if n.op == "linear":
-        return float(math.prod(shape[1:-1]))
-    if "area" in n.params:
-        return n.params["area"].flatten(2).sum(2).T.double()
-    return float(math.prod(shape[2:]))
+    return opdef(n.op).positions(n)
 
 
 def weight_macs(n: Node) -> torch.Tensor:
@@ -60,8 +55,8 @@ def graph_stats(graph: Graph, compact: bool = True) -> dict[str, Any]:
         graph = graph.copy()
         eliminate_dead_neurons(graph)
     layers = [layer_row(n) for n in graph.parametric()]
-    norm = sum(t.numel() for n in graph if n.op in ("batchnorm", "layernorm", "groupnorm", "scale", "prepend")
-               for k, t in n.params.items() if k in ("weight", "bias", "value"))
+    norm = sum(t.numel() for n in graph if not n.is_parametric
+               for k, t in n.params.items() if k in opdef(n.op).counted)
     return {
         "params": sum(r["params"] for r in layers) + norm,
         "flops": sum(r["flops"] for r in layers),

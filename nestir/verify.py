@@ -5,15 +5,9 @@ from __future__ import annotations
 import torch
 
 from .errors import VerifyError
-from .graph import ACTIVATIONS, Graph, Node
+from .graph import Graph, Node
 from .groups import analyze
-from .ops import evaluate
-
-KNOWN_OPS = frozenset({
-    "input", "output", "linear", "conv", "batchnorm", "layernorm", "act", "identity", "pool",
-    "adaptive_pool", "flatten", "reshape", "mean", "binary", "cat", "const", "opaque", "gather", "slice",
-    "groupnorm", "scale", "permute", "index", "prepend", "attention", "resize", "pad",
-})
+from .opdefs import OPS, evaluate, opdef
 
 
 def verify(graph: Graph, *, check_values: bool = True) -> None:
@@ -34,7 +28,7 @@ def verify(graph: Graph, *, check_values: bool = True) -> None:
     if not graph.inputs:
         raise VerifyError("<graph>", "graph has no input node")
     for n in nodes:
-        if n.op not in KNOWN_OPS:
+        if n.op not in OPS:
             raise VerifyError(n.name, f"unknown op '{n.op}'")
         for i in n.inputs:
             if i not in graph:
@@ -64,38 +58,13 @@ def _check_params(graph: Graph, n: Node, check_values: bool) -> None:
             raise _fail(n, f"param '{k}' is not a tensor")
         if check_values and t.is_floating_point() and not _finite(t):
             raise _fail(n, f"param '{k}' has NaN or infinite entries")
-    if n.op == "act" and n.attrs.get("kind") not in ACTIVATIONS:
-        raise _fail(n, f"unknown activation '{n.attrs.get('kind')}'")
-    if n.op not in ("linear", "conv"):
-        return
-    if len(n.inputs) != 1:
-        raise _fail(n, f"{n.op} must have exactly one input")
-    w = p.get("weight")
-    if w is None or "mask" not in p:
-        raise _fail(n, "parametric node needs 'weight' and 'mask'")
-    if p["mask"].dtype != torch.bool or p["mask"].shape != w.shape:
-        raise _fail(n, f"mask must be bool of the weight's shape {tuple(w.shape)}, "
-                       f"got {p['mask'].dtype} {tuple(p['mask'].shape)}")
-    if "bias" in p and tuple(p["bias"].shape) != (w.shape[0],):
-        raise _fail(n, f"bias shape {tuple(p['bias'].shape)} does not match {w.shape[0]} outputs")
-    src = graph[n.inputs[0]]
-    if n.op == "linear":
-        if w.dim() != 2 or src.shape is None or src.shape[-1] != w.shape[1]:
-            raise _fail(n, f"weight {tuple(w.shape)} does not fit input {src.shape}")
-    else:
-        g = n.attrs["groups"]
-        if w.dim() not in (3, 4) or src.shape is None or src.shape[1] != w.shape[1] * g or w.shape[0] % g:
-            raise _fail(n, f"weight {tuple(w.shape)} with groups={g} does not fit input {src.shape}")
-        if "area" in p:
-            want = (w.shape[1], w.shape[0], *(n.shape or ())[2:])
-            if p["area"].dtype != torch.bool or tuple(p["area"].shape) != want:
-                raise _fail(n, f"partial-area mask must be bool of shape {want}, got {tuple(p['area'].shape)}")
+    why = opdef(n.op).check(graph, n)
+    if why:
+        raise _fail(n, why)
 
 
 def _check_shape(graph: Graph, n: Node) -> None:
-    if n.op in ("input", "output", "opaque", "const"):
-        if n.op == "const" and n.shape is not None and tuple(n.params["value"].shape) != n.shape:
-            raise _fail(n, "const value does not match its shape")
+    if n.op in ("input", "output", "opaque", "const"):  # no shape rule: their values are given
         return
     srcs = [graph[i] for i in n.inputs]
     if any(s.shape is None for s in srcs) or n.shape is None:

@@ -1,0 +1,275 @@
+"""Elementwise ops: ``act``, ``identity``, ``binary`` (two values, or a value and a scalar) and
+``scale`` (a value and a per-neuron constant: a layer scale, a shift, a position embedding)."""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import LoweringError
+from ..graph import ACTIVATIONS, Node
+from ..ops import activation, binary
+from .base import OpDef, register
+
+if TYPE_CHECKING:
+    import torch.fx as fx
+
+    from ..graph import Graph
+    from ..groups import Layout, _Analysis
+
+ACT_MODULES: dict[type, str] = {
+    nn.ReLU: "relu", nn.ReLU6: "relu6", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu", nn.SiLU: "silu",
+    nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
+    nn.ELU: "elu",
+}
+ACT_FUNCS: dict[Any, str] = {
+    F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.leaky_relu: "leaky_relu", F.gelu: "gelu",
+    F.silu: "silu", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
+    F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.elu: "elu", torch.relu_: "relu",
+}
+ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+_TORCH_ACT = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+              "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid}
+BINOP = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
+_ONNX_BINOP = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}
+
+
+def _same_axis(node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+    return None if not srcs or value.dim() < 2 else srcs[0].axis
+
+
+@register
+class Act(OpDef):
+    """An elementwise activation (``kind``): relu, relu6, leaky_relu, gelu, silu, tanh, sigmoid,
+    hardswish, hardsigmoid, elu."""
+
+    name = "act"
+    modules = tuple(ACT_MODULES)
+    functions = tuple(ACT_FUNCS)
+
+    def from_module(self, name: str, mod: nn.Module) -> Node | None:
+        kind = ACT_MODULES.get(type(mod))
+        if kind is None:
+            return None
+        attrs: dict[str, Any] = {"kind": kind}
+        if kind == "leaky_relu":
+            attrs["slope"] = float(mod.negative_slope)  # type: ignore[arg-type]
+        elif kind == "gelu":
+            attrs["approximate"] = mod.approximate
+        elif kind == "elu":
+            attrs["alpha"] = float(mod.alpha)  # type: ignore[arg-type]
+        return Node(name, "act", attrs=attrs)
+
+    def from_function(self, name: str, fxn: fx.Node, kw: dict[str, Any] | None, const: Any) -> Node | None:
+        kind = ACT_FUNCS[fxn.target]
+        attrs: dict[str, Any] = {"kind": kind}
+        if kw is not None and kind == "leaky_relu":
+            attrs["slope"] = float(kw.get("negative_slope", 0.01))
+        if kw is not None and kind == "gelu":
+            attrs["approximate"] = kw.get("approximate", "none")
+        if kw is not None and kind == "elu":
+            attrs["alpha"] = float(kw.get("alpha", 1.0))
+        return Node(name, "act", attrs=attrs)
+
+    axis = staticmethod(_same_axis)  # type: ignore[assignment]
+
+    def check(self, graph: Graph, node: Node) -> str | None:
+        kind = node.attrs.get("kind")
+        return None if kind in ACTIVATIONS else f"unknown activation '{kind}'"
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return activation(node.attrs["kind"], node.attrs)(args[0])
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        return an.layout.get(node.inputs[0])
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        k, a = node.attrs["kind"], node.attrs
+        if k in _TORCH_ACT:
+            m = _TORCH_ACT[k]()
+        elif k == "leaky_relu":
+            m = nn.LeakyReLU(a.get("slope", 0.01))
+        elif k == "gelu":
+            m = nn.GELU(a.get("approximate", "none"))
+        elif k == "elu":
+            m = nn.ELU(a.get("alpha", 1.0))
+        else:
+            raise LoweringError(f"node '{node.name}': no torch lowering for activation '{k}'")
+        return low.module(node, m, args)
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        k, a, nm, x = node.attrs["kind"], node.attrs, node.name, xs[0]
+        simple = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "hardswish": "HardSwish"}
+        if k in simple:
+            return e.op(simple[k], [x], nm)
+        if k == "relu6":
+            return e.op("Clip", [x, e.const(nm + "_lo", 0.0), e.const(nm + "_hi", 6.0)], nm)
+        if k == "leaky_relu":
+            return e.op("LeakyRelu", [x], nm, alpha=float(a.get("slope", 0.01)))
+        if k == "elu":
+            return e.op("Elu", [x], nm, alpha=float(a.get("alpha", 1.0)))
+        if k == "hardsigmoid":
+            return e.op("HardSigmoid", [x], nm, alpha=1.0 / 6.0, beta=0.5)
+        if k == "silu":
+            return e.op("Mul", [x, e.op("Sigmoid", [x], nm + "_sig")], nm)
+        if k == "gelu":
+            half = e.op("Mul", [x, e.const(nm + "_half", 0.5)], nm + "_h")
+            if a.get("approximate", "none") == "tanh":
+                cube = e.op("Mul", [e.op("Mul", [x, x], nm + "_x2"), x], nm + "_x3")
+                inner = e.op("Add", [x, e.op("Mul", [cube, e.const(nm + "_c", 0.044715)], nm + "_cx3")], nm + "_in")
+                s = e.op("Mul", [inner, e.const(nm + "_k", math.sqrt(2 / math.pi))], nm + "_s")
+                t = e.op("Tanh", [s], nm + "_t")
+            else:
+                t = e.op("Erf", [e.op("Mul", [x, e.const(nm + "_r", 1 / math.sqrt(2))], nm + "_s")], nm + "_t")
+            return e.op("Mul", [half, e.op("Add", [t, e.const(nm + "_one", 1.0)], nm + "_1p")], nm)
+        raise LoweringError(f"node '{nm}': no ONNX lowering for activation '{k}'")
+
+
+def _is_stochastic_depth(target: Any) -> bool:
+    return (getattr(target, "__name__", "") == "stochastic_depth"
+            and str(getattr(target, "__module__", "")).startswith("torchvision"))
+
+
+@register
+class Identity(OpDef):
+    """The value itself; dropout with ``p`` > 0 in training (``nn.Dropout``, ``F.dropout``),
+    ``nn.Identity``, channel dropout and torchvision's stochastic depth in eval form."""
+
+    name = "identity"
+    modules = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
+    functions = (F.dropout, F.dropout1d, F.dropout2d)
+
+    def handles(self, target: Any) -> bool:
+        return super().handles(target) or _is_stochastic_depth(target)
+
+    def from_module(self, name: str, mod: nn.Module) -> Node | None:
+        if type(mod) is nn.Dropout:
+            return Node(name, "identity", attrs={"p": float(mod.p)})
+        if isinstance(mod, (nn.Identity, nn.Dropout1d, nn.Dropout2d)):
+            return Node(name, "identity", attrs={"p": 0.0})
+        return None
+
+    def from_function(self, name: str, fxn: fx.Node, kw: dict[str, Any] | None, const: Any) -> Node | None:
+        if kw is None:
+            return None
+        t = fxn.target
+        if _is_stochastic_depth(t):  # torchvision.ops: the identity in eval
+            return Node(name, "identity", attrs={"p": 0.0}) if kw.get("training") is False else None
+        return Node(name, "identity", attrs={"p": float(kw.get("p", 0.5)) if t is F.dropout else 0.0})
+
+    axis = staticmethod(_same_axis)  # type: ignore[assignment]
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        if node.attrs.get("p", 0.0) and training:
+            return F.dropout(args[0], node.attrs["p"], True)
+        return args[0]
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        return an.layout.get(node.inputs[0])
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        return low.module(node, nn.Dropout(node.attrs["p"]), args) if node.attrs.get("p", 0.0) > 0 else args[0]
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        return xs[0]
+
+
+@register
+class Binary(OpDef):
+    """add / sub / mul / div of two values (broadcasting), or of a value and a scalar
+    (``scalar``, ``scalar_first``)."""
+
+    name = "binary"
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        if value.dim() < 2:
+            return None
+        return next((s.axis for s in srcs if s.shape == tuple(value.shape) and s.axis is not None), None)
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        a = node.attrs
+        if len(args) == 2:
+            return binary(a["kind"], args[0], args[1])
+        if a.get("scalar_first"):
+            return binary(a["kind"], a["scalar"], args[0])
+        return binary(a["kind"], args[0], a["scalar"])
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        if node.axis is None or node.shape is None:
+            for i in node.inputs:
+                an.freeze(an.layout.get(i), f"binary '{node.name}' has no neuron axis")
+            return None
+        lays = []
+        for i in node.inputs:
+            src = an.graph[i]
+            s = src.shape or ()
+            k = len(s) - len(node.shape) + node.axis  # broadcast aligns trailing dims
+            if k < 0:
+                continue
+            if s[k] == 1 and node.shape[node.axis] != 1:
+                # broadcast along the neuron axis: growing that input would break it
+                an.freeze(an.layout.get(i) if src.axis == k else None, f"'{node.name}' broadcasts it")
+                continue
+            lays.append(an.layout.get(i) if src.axis == k else None)
+        return an.unify(lays, f"binary '{node.name}'")
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        a = node.attrs
+        if len(args) == 2:
+            return low.fg.call_function(BINOP[a["kind"]], tuple(args))
+        pair = (a["scalar"], args[0]) if a.get("scalar_first") else (args[0], a["scalar"])
+        return low.fg.call_function(BINOP[a["kind"]], pair)
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        a = node.attrs
+        if len(xs) == 1:
+            s = e.const(node.name + "_scalar", np.array(a["scalar"]))
+            xs = [s, xs[0]] if a.get("scalar_first") else [xs[0], s]
+        return e.op(_ONNX_BINOP[a["kind"]], xs, node.name)
+
+
+@register
+class Scale(OpDef):
+    """``x op c`` with ``c`` one (trained) value per neuron of ``x``, broadcast along the other
+    dims: ``params["value"]`` holds it with the neuron dim first; ``attrs["dim"]`` is where that
+    dim sits in the operand as written (0 when absent); ``first``: ``c op x``."""
+
+    name = "scale"
+    trainable = ("value",)
+    entries = ("value",)
+    counted = ("value",)
+    per_neuron = True
+
+    axis = staticmethod(_same_axis)  # type: ignore[assignment]
+
+    @staticmethod
+    def operand(node: Node, v: torch.Tensor) -> torch.Tensor:
+        return v.movedim(0, node.attrs["dim"]) if node.attrs.get("dim") else v
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        a, v = node.attrs, self.operand(node, p["value"])
+        return binary(a["kind"], v, args[0]) if a.get("first") else binary(a["kind"], args[0], v)
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        return an.channelwise(node, None)
+
+    def fill(self, node: Node, key: str) -> float | bool:  # the identity of its operation
+        return 1.0 if node.attrs["kind"] in ("mul", "div") else 0.0
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        a = node.attrs
+        low.root.register_parameter(node.name, nn.Parameter(self.operand(node, node.params["value"]).detach().clone()))
+        v = low.fg.get_attr(node.name)
+        return low.fg.call_function(BINOP[a["kind"]], (v, args[0]) if a.get("first") else (args[0], v))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        a = node.attrs
+        v = e.const(node.name + "_value", self.operand(node, node.params["value"]))
+        return e.op(_ONNX_BINOP[a["kind"]], [v, xs[0]] if a.get("first") else [xs[0], v], node.name)

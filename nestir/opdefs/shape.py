@@ -1,0 +1,315 @@
+"""Ops that move, select, join or reduce values without weights: ``flatten``, ``reshape``,
+``permute``, ``index``, ``slice``, ``gather``, ``cat``, ``mean``, ``pad``."""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..ops import index_key
+from .base import OpDef, register
+
+if TYPE_CHECKING:
+    from ..graph import Graph, Node
+    from ..groups import GroupInfo, Layout, _Analysis
+
+
+def index_range(n: Node, axis: int | None) -> tuple[int, int] | None:
+    """The (start, stop) an ``index`` node takes of its input's neuron ``axis``, or None when it
+    takes all of it."""
+    if axis is None:
+        return None
+    item = n.attrs["items"][axis]
+    return None if item is None or isinstance(item, int) else (item[0], item[1])
+
+
+@register
+class Flatten(OpDef):
+    """``torch.flatten(x, 1)``: each channel becomes H·W features (a repeated layout)."""
+
+    name = "flatten"
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        return 1
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return torch.flatten(args[0], 1)
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        lay = an.input_layout(node, 1)
+        sp = math.prod((an.graph[node.inputs[0]].shape or ())[2:])
+        return None if lay is None else [(g, r * sp) for g, r in lay]
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        return low.fg.call_function(torch.flatten, (args[0], 1))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        return e.op("Flatten", xs, node.name, axis=1)
+
+
+@register
+class Reshape(OpDef):
+    """``x.reshape(B, *rest)``. With ``keep`` = [input axis, output axis] it keeps the neuron axis a
+    whole dim (the dims before and after it only merge or split among themselves) and passes the
+    layout through; ``rest`` then follows the width under edits. Otherwise it freezes."""
+
+    name = "reshape"
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        return node.attrs["keep"][1] if "keep" in node.attrs else None
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return args[0].reshape(args[0].shape[0], *node.attrs["rest"])
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        if "keep" in node.attrs:
+            return an.input_layout(node, node.attrs["keep"][0])
+        return super().neurons(an, node)
+
+    def follow(self, node: Node, graph: Graph, info: GroupInfo, gid: int, delta: int,
+               shape: tuple[int, ...] | None) -> dict[str, Any] | None:
+        return None if shape is None else {"rest": tuple(shape[1:])}  # its target shape follows the width
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        return low.fg.call_method("reshape", (args[0], -1, *node.attrs["rest"]))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        shape = e.const(node.name + "_shape", np.array([-1, *node.attrs["rest"]]), np.int64)
+        return e.op("Reshape", [xs[0], shape], node.name)
+
+
+@register
+class Permute(OpDef):
+    """``x.permute(dims)`` (``transpose`` too) with the batch dim first: the neuron axis moves."""
+
+    name = "permute"
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        return None if srcs[0].axis is None else node.attrs["dims"].index(srcs[0].axis)
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return args[0].permute(*node.attrs["dims"])
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        return an.layout.get(node.inputs[0])
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        return low.fg.call_method("permute", (args[0], *node.attrs["dims"]))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        return e.op("Transpose", xs, node.name, perm=list(node.attrs["dims"]))
+
+
+@register
+class Index(OpDef):
+    """``x[...]`` with ``items``, one per dim: None (whole), an int (the dim goes) or
+    (start, stop, step). The batch dim stays whole; the neuron axis whole or a contiguous range,
+    which selects the layout segments it covers (edits move the range with the widths)."""
+
+    name = "index"
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        a = srcs[0].axis
+        return None if a is None else a - sum(isinstance(i, int) for i in node.attrs["items"][:a])
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return args[0][index_key(node.attrs["items"])]
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        src = an.graph[node.inputs[0]]
+        lay = an.layout.get(src.name)
+        cut = index_range(node, src.axis)
+        if lay is None or cut is None:
+            return lay
+        start, stop = cut
+        out, off = [], 0
+        for g, r in lay:
+            w = an.width[an.find(g)] * r
+            if start <= off and off + w <= stop:
+                out.append((g, r))
+            elif off < stop and start < off + w:  # cuts into this segment
+                an.freeze(lay, f"'{node.name}' takes channels {start}:{stop}, which cut a neuron group")
+                return None
+            off += w
+        return out
+
+    def follow(self, node: Node, graph: Graph, info: GroupInfo, gid: int, delta: int,
+               shape: tuple[int, ...] | None) -> dict[str, Any] | None:
+        """A channel range moves with the widths of the segments before and inside it."""
+        src = graph[node.inputs[0]]
+        lay = info.layouts.get(src.name) or []
+        cut = index_range(node, src.axis)
+        if cut is None or gid not in {g for g, _ in lay}:
+            return None
+        before, inside, off = 0, 0, 0
+        for g, r in lay:
+            if off < cut[0]:
+                before += (g == gid) * r
+            elif off < cut[1]:
+                inside += (g == gid) * r
+            off += info.groups[g].width * r
+        items = list(node.attrs["items"])
+        s = cut[0] + before * delta
+        items[src.axis] = (s, s + cut[1] - cut[0] + inside * delta, 1)  # type: ignore[index]
+        return {"items": items}
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        return low.fg.call_function(operator.getitem, (args[0], index_key(node.attrs["items"])))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        """Ranges as one Slice, then each int index as a Gather (last dim first: it drops the dim)."""
+        nm, x, items = node.name, xs[0], node.attrs["items"]
+        ranges = [(d, i) for d, i in enumerate(items) if isinstance(i, (list, tuple))]
+        if ranges:
+            cols = list(zip(*[(s, t, st, d) for d, (s, t, st) in ranges], strict=True))
+            big = np.iinfo(np.int64).max  # a negative step's stop of -1 means 'past index 0', not 'the last'
+            stops = [-big if st < 0 and t == -1 else t for t, st in zip(cols[1], cols[2], strict=True)]
+            ins = [x] + [e.const(nm + k, np.array(v), np.int64)
+                         for k, v in (("_starts", cols[0]), ("_ends", stops), ("_axes", cols[3]), ("_steps", cols[2]))]
+            x = e.op("Slice", ins, nm + "_slice")
+        for d in sorted((d for d, i in enumerate(items) if isinstance(i, int)), reverse=True):
+            x = e.op("Gather", [x, e.const(nm + "_at", np.array(items[d]), np.int64)], nm + f"_at{d}", axis=d)
+        return x
+
+
+@register
+class Slice(OpDef):
+    """``narrow`` along ``dims`` from ``starts`` to ``ends`` (made by compaction: a crop to the
+    live pixels); freezes what it reads."""
+
+    name = "slice"
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        x, a = args[0], node.attrs
+        for d, s, e in zip(a["dims"], a["starts"], a["ends"], strict=True):
+            x = x.narrow(d, s, e - s)
+        return x
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        x, a = args[0], node.attrs
+        for d, s, e in zip(a["dims"], a["starts"], a["ends"], strict=True):
+            x = low.fg.call_method("narrow", (x, d, s, e - s))
+        return x
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        a, nm = node.attrs, node.name
+        ins = [xs[0]] + [e.const(nm + k, np.array(a[v]), np.int64)
+                         for k, v in (("_starts", "starts"), ("_ends", "ends"), ("_axes", "dims"))]
+        return e.op("Slice", ins, nm)
+
+
+@register
+class Gather(OpDef):
+    """``index_select`` of ``params["index"]`` along ``dim`` (made by compaction: the input
+    columns a layer still reads); freezes what it reads."""
+
+    name = "gather"
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return args[0].index_select(node.attrs["dim"], p["index"])
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        low.root.register_buffer(node.name, node.params["index"].clone())
+        return low.fg.call_function(torch.index_select, (args[0], node.attrs["dim"], low.fg.get_attr(node.name)))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        idx = e.const(node.name + "_index", node.params["index"], np.int64)
+        return e.op("Gather", [xs[0], idx], node.name, axis=int(node.attrs["dim"]))
+
+
+@register
+class Cat(OpDef):
+    """``torch.cat`` along ``dim``: along the neuron axis the layouts join end to end (concat
+    offsets); along another dim they must be the same neurons."""
+
+    name = "cat"
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        return srcs[0].axis if value.dim() >= 2 else None
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return torch.cat(list(args), dim=node.attrs["dim"])
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        lays = [an.layout.get(i) for i in node.inputs]
+        srcs = [an.graph[i] for i in node.inputs]
+        if all(s.axis == node.attrs["dim"] for s in srcs):
+            if any(lay is None for lay in lays):
+                for lay in lays:
+                    an.freeze(lay, f"cat '{node.name}' joins a frozen value")
+                return None
+            return [seg for lay in lays for seg in lay]  # type: ignore[union-attr]
+        return an.unify(lays, f"cat '{node.name}'")
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        return low.fg.call_function(torch.cat, (list(args),), {"dim": node.attrs["dim"]})
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        return e.op("Concat", xs, node.name, axis=int(node.attrs["dim"]))
+
+
+@register
+class Mean(OpDef):
+    """``x.mean(dims, keepdim)``; reducing the neuron axis freezes it."""
+
+    name = "mean"
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        first = srcs[0]
+        if value.dim() < 2 or first.axis is None:
+            return None
+        dims = node.attrs["dims"]
+        if first.axis in dims:
+            return None
+        return first.axis if node.attrs["keepdim"] else first.axis - sum(d < first.axis for d in dims)
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return args[0].mean(dim=node.attrs["dims"], keepdim=node.attrs["keepdim"])
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        lay = an.layout.get(node.inputs[0])
+        if node.axis is None:
+            an.freeze(lay, f"mean '{node.name}' reduces the neuron axis")
+            return None
+        return lay
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        a = node.attrs
+        return low.fg.call_method("mean", (args[0], tuple(a["dims"])), {"keepdim": a["keepdim"]})
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        axes = e.const(node.name + "_axes", np.array(node.attrs["dims"]), np.int64)
+        return e.op("ReduceMean", [xs[0], axes], node.name, keepdims=int(node.attrs["keepdim"]))
+
+
+@register
+class Pad(OpDef):
+    """Zero padding of the spatial dims (``pads`` in ``F.pad`` order: last dim first)."""
+
+    name = "pad"
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        return 1
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return F.pad(args[0], node.attrs["pads"])
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        return an.input_layout(node, 1)
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        return low.fg.call_function(F.pad, (args[0], list(node.attrs["pads"])))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        """F.pad's (last dim first, begin/end pairs) to ONNX's (all begins, then all ends)."""
+        nd = len(node.shape or ())
+        fp = list(node.attrs["pads"])
+        begins = [0, 0] + [fp[2 * (nd - 3 - i)] for i in range(nd - 2)]
+        ends = [0, 0] + [fp[2 * (nd - 3 - i) + 1] for i in range(nd - 2)]
+        return e.op("Pad", [xs[0], e.const(node.name + "_pads", np.array(begins + ends), np.int64)], node.name)

@@ -1,0 +1,68 @@
+"""Op definitions: the registry, and a user-defined op (the README's example) that the frontend,
+group analysis, passes and both lowerings pick up from its one definition."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import nestir
+from nestir.errors import NestirError
+from nestir.graph import Node
+from nestir.opdefs import OPS, OpDef, opdef, register
+from nestir.testing import run_ir, run_onnx
+
+
+class Swish2(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(2 * x)
+
+
+@register
+class Swish2Op(OpDef):
+    name = "swish2_test"
+    modules = (Swish2,)
+
+    def from_module(self, name, mod):
+        return Node(name, "swish2_test")
+
+    def axis(self, node, srcs, value):
+        return srcs[0].axis
+
+    def evaluate(self, node, args, p, training):
+        return args[0] * torch.sigmoid(2 * args[0])
+
+    def neurons(self, an, node):
+        return an.layout.get(node.inputs[0])
+
+    def to_torch(self, low, node, args):
+        return low.module(node, Swish2(), args)
+
+    def to_onnx(self, e, node, xs, g):
+        two = e.const(node.name + "_two", 2.0)
+        s = e.op("Sigmoid", [e.op("Mul", [xs[0], two], node.name + "_2x")], node.name + "_s")
+        return e.op("Mul", [xs[0], s], node.name)
+
+
+def test_every_op_the_ir_uses_is_defined_once():
+    assert {"linear", "conv", "batchnorm", "layernorm", "groupnorm", "act", "identity", "binary", "scale",
+            "flatten", "reshape", "permute", "index", "cat", "mean", "pool", "adaptive_pool", "resize", "pad",
+            "attention", "prepend", "slice", "gather", "const", "opaque", "input", "output"} <= set(OPS)
+    with pytest.raises(NestirError, match="defined twice"):
+        register(type("Again", (OpDef,), {"name": "conv"}))
+    with pytest.raises(NestirError, match="unknown op 'nope'"):
+        opdef("nope")
+
+
+def test_a_user_defined_op_is_understood_everywhere_from_its_one_definition():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), Swish2(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    x = torch.rand(2, 3, 8, 8)
+    g = nestir.trace(m, x, leaf_modules=[Swish2])
+    assert not nestir.opaque_nodes(g) and [n.op for n in g].count("swish2_test") == 1
+    assert g.groups().of("_0").resizable
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons", "add-feature-map:count=1"],
+                     data=[(x, torch.tensor([0, 1]))])
+    assert p["_0"].params["weight"].shape[0] == 5
+    np.testing.assert_allclose(run_onnx(p, x), run_ir(p, x), atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(x).detach().numpy(), run_ir(p, x), atol=1e-5)
