@@ -30,6 +30,7 @@ from .backends.train import Trainer
 from .batches import Stream
 from .checks import check_batches, check_loss, check_seed
 from .data import Dataset, Splits
+from .edit import set_mask
 from .errors import ArgumentError, DataError
 from .frontend import trace
 from .graph import Graph
@@ -157,7 +158,7 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
     check_storable(dense, "synthesize cannot train this model (its checkpoints cannot store code)",
                    "Fix: write those ops with layers nestir knows, or make the block a leaf module.")
     for n in dense.parametric():
-        n.params["mask"] = torch.ones_like(n.params["mask"])
+        set_mask(dense, n.name, torch.ones_like(n.params["mask"]))
     splits = Splits(_collect(train, "train", dense, loss), _collect(val, "val", dense, loss))
     size = stats(dense)["params"]
     cfg_kw: dict[str, Any] = {"max_params": max_params if max_params is not None else 2 * size, **options}

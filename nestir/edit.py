@@ -284,7 +284,8 @@ def _check(node: str, key: str, new: torch.Tensor, ref: torch.Tensor, dim: int, 
 
 
 def set_mask(graph: Graph, node: str, mask: torch.Tensor, key: str = "mask") -> None:
-    """Replace the connectivity mask (or partial-area mask ``key='area'``) of a parametric node."""
+    """Replace the connectivity mask (or partial-area mask ``key='area'``) of a parametric node;
+    weights of connections the new mask makes dormant are zeroed (a dormant weight is zero)."""
     n = graph[node]
     if not n.is_parametric:
         raise EditError(f"node '{node}' ({n.op}) has no connectivity mask")
@@ -295,6 +296,22 @@ def set_mask(graph: Graph, node: str, mask: torch.Tensor, key: str = "mask") -> 
     if mask.dtype != torch.bool:
         raise EditError(f"node '{node}': {key} must be boolean, got {mask.dtype}")
     n.params[key] = mask.to(n.params["weight"].device)
+    if key == "mask":
+        with torch.no_grad():
+            n.params["weight"].mul_(n.params["mask"])
+
+
+def activate(graph: Graph, node: str, flat: torch.Tensor, values: torch.Tensor | float = 0.0) -> None:
+    """Make the dormant connections at flat indices ``flat`` of a parametric node live, with
+    initial weights ``values`` (grow-connection)."""
+    n = graph[node]
+    if not n.is_parametric:
+        raise EditError(f"node '{node}' ({n.op}) has no connectivity mask")
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= n.params["mask"].numel()):
+        raise EditError(f"node '{node}': connection index out of range for {n.params['mask'].numel()} entries")
+    with torch.no_grad():
+        n.params["mask"].view(-1)[flat] = True
+        n.params["weight"].view(-1)[flat] = values if isinstance(values, float) else values.to(n.params["weight"].dtype)
 
 
 def _area_shape(n) -> tuple[int, ...]:  # type: ignore[no-untyped-def]

@@ -13,6 +13,7 @@ from . import data as datasets
 from .backends.device import resolve_device
 from .backends.train import Trainer, evaluate
 from .decide import wilson
+from .edit import set_mask
 from .errors import NestirError
 from .frontend import trace
 from .graph import Graph
@@ -133,7 +134,7 @@ def dense_graph(prep: Prepared, spec: RunSpec) -> Graph:
         module, _ = load_model(spec.model)
         g = trace(module, torch.zeros(2, *prep.shape), name=spec.model)
     for n in g.parametric():
-        n.params["mask"] = torch.ones_like(n.params["mask"])
+        set_mask(g, n.name, torch.ones_like(n.params["mask"]))
     return g
 
 

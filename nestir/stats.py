@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .edit import set_mask
 from .errors import ArgumentError
 from .graph import Graph, Node
 from .opdefs import opdef
@@ -85,7 +86,7 @@ def stats(model: Graph | nn.Module, example_inputs: Any = None, *, compact: bool
 
     g = trace(model, example_inputs)
     for n in g.parametric():
-        n.params["mask"] = n.params["weight"] != 0
+        set_mask(g, n.name, n.params["weight"] != 0)
     return graph_stats(g, compact)
 
 

@@ -21,6 +21,7 @@ from .backends.device import resolve_device
 from .backends.train import Trainer, evaluate
 from .data import Splits
 from .decide import paired, pooled
+from .edit import set_mask
 from .errors import NestirError
 from .graph import Graph
 from .passes import resolve
@@ -721,5 +722,4 @@ def sparsify_seed(graph: Graph, density: float, seed: int) -> None:
             pick = torch.randint(0, cols.shape[1], (int(dead_cols.sum()),), generator=gen)
             cols[dead_cols.nonzero().flatten(), pick] = True
             keep = cols.view(m.shape[1], m.shape[0], *m.shape[2:]).transpose(0, 1)
-        n.params["mask"] = keep.contiguous().to(m.device)
-        n.params["weight"] = n.params["weight"] * n.params["mask"]
+        set_mask(graph, n.name, keep.contiguous())

@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 
 from nestir.backends.gradstats import collect
+from nestir.edit import activate
 from nestir.errors import PassError
 from nestir.graph import Graph
 from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
@@ -64,14 +65,8 @@ class GrowConnection(Pass):
             for name, idx in picks.items():
                 if idx.numel() == 0:
                     continue
-                node = graph[name]
-                mask = node.params["mask"].view(-1)
-                weight = node.params["weight"].view(-1)
-                mask[idx] = True
-                if self.init == "gradient":
-                    weight[idx] = -self.lr * stats.weight_grad[name].flatten()[idx].to(weight.dtype)
-                else:
-                    weight[idx] = 0.0
+                init = (-self.lr * stats.weight_grad[name].flatten()[idx] if self.init == "gradient" else 0.0)
+                activate(graph, name, idx, init)
                 grown += idx.numel()
         return PassResult(graph, grown > 0, {"grown": grown, "loss": stats.loss})
 

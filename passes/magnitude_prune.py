@@ -10,7 +10,7 @@ import torch
 
 from nestir import dist
 from nestir.backends.executor import IRModule
-from nestir.edit import remove_neurons, remove_units
+from nestir.edit import remove_neurons, remove_units, set_mask
 from nestir.errors import PassError
 from nestir.graph import Graph, Node
 from nestir.groups import GroupInfo
@@ -128,8 +128,7 @@ class MagnitudePrune(Pass):
                 keep = mags[n].masked_fill(~m, -1.0).flatten().argmax()
                 new.view(-1)[keep] = True
             total += int(m.sum() - new.sum())
-            graph[n].params["mask"] = new
-            graph[n].params["weight"].mul_(new)
+            set_mask(graph, n, new)
         return total
 
     @torch.no_grad()
@@ -159,8 +158,7 @@ class MagnitudePrune(Pass):
             k = min(k, order.numel())
             new = flat.clone()
             new[live[order[:k]]] = False
-            graph[n].params["mask"] = new.view_as(m)
-            graph[n].params["weight"].mul_(graph[n].params["mask"])
+            set_mask(graph, n, new.view_as(m))
             total += k
         return total
 

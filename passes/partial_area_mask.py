@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from nestir import dist
 from nestir.backends.executor import IRModule
+from nestir.edit import set_mask
 from nestir.errors import PassError
 from nestir.graph import Graph, Node
 from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
@@ -79,6 +80,6 @@ class PartialAreaMask(Pass):
             idx = torch.topk(score, k, largest=False).indices
             new = area.clone().flatten()
             new[idx] = False
-            n.params["area"] = new.view_as(area)
+            set_mask(graph, n.name, new.view_as(area), key="area")
             masked += k
         return PassResult(graph, masked > 0, {"masked": masked})

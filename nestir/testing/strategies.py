@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import strategies as st
 
+from nestir.edit import set_mask
 from nestir.graph import Graph
 
 ACTS = ["relu", "leaky_relu", "tanh", "gelu", "silu", "relu6", "sigmoid", "hardswish"]
@@ -203,8 +204,7 @@ def sparsify(graph: Graph, density: float = 0.6, seed: int = 0) -> Graph:
     gen = torch.Generator().manual_seed(seed)
     for n in graph.parametric():
         keep = torch.rand(n.params["mask"].shape, generator=gen) < density
-        n.params["mask"] = n.params["mask"] & keep.to(n.params["mask"].device)
-        n.params["weight"] = n.params["weight"] * n.params["mask"]
+        set_mask(graph, n.name, n.params["mask"] & keep.to(n.params["mask"].device))
     return graph
 
 

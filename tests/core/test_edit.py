@@ -46,3 +46,25 @@ def test_cols_of_a_layer_that_also_produces_the_group(rows_before):
     np.testing.assert_allclose(run_ir(g, x), ref, atol=1e-6)
     with pytest.raises(EditError, match="expected"):
         add_neurons(g, g.groups().of("fc0").id, 2, cols={"fc1": {"weight": torch.zeros(5, 2)}})
+
+
+def test_masks_change_only_through_the_edit_api_and_dormant_weights_are_zero():
+    """``set_mask`` zeroes what it makes dormant and checks shape and dtype; ``activate`` makes
+    connections live with their initial weights and checks the indices."""
+    from nestir.edit import activate, set_mask
+
+    g = nestir.trace(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval(), torch.rand(2, 4))
+    name = next(iter(g.parametric())).name
+    keep = torch.tensor([[True, False, True, False]] * 3)
+    set_mask(g, name, keep)
+    w = g[name].params["weight"]
+    assert bool((w[~keep] == 0).all()) and bool((w[keep] != 0).all())
+    activate(g, name, torch.tensor([1, 3]), torch.tensor([0.5, -0.5]))
+    assert bool(g[name].params["mask"].view(-1)[[1, 3]].all()) and w.view(-1)[1] == 0.5 and w.view(-1)[3] == -0.5
+    with pytest.raises(EditError, match="expected"):
+        set_mask(g, name, torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(EditError, match="boolean"):
+        set_mask(g, name, torch.ones(3, 4))
+    with pytest.raises(EditError, match="out of range"):
+        activate(g, name, torch.tensor([12]))
+    g.verify()
