@@ -44,6 +44,17 @@ TIMM = [
     "poolformer_s12", "resmlp_12_224", "hrnet_w18_small", "mobilevit_xs", "seresnext26d_32x4d", "resnext50_32x4d",
     "cspresnet50", "mixer_b16_224", "convmixer_768_32", "efficientvit_b0", "tf_efficientnet_lite0",
 ]
+# a second, held-out-style sample (`--models extra`): families and ops the list above lacks
+EXTRA = [
+    "tv:swin_v2_t", "tv:vit_b_32", "tv:mobilenet_v3_large", "tv:shufflenet_v2_x1_0", "tv:regnet_y_800mf",
+    "tv:squeezenet1_1", "tv:mnasnet1_0", "tv:efficientnet_b1",
+    "timm:vit_small_patch16_224", "timm:deit3_small_patch16_224", "timm:cait_xxs24_224", "timm:pit_ti_224",
+    "timm:xcit_nano_12_p16_224", "timm:eva02_tiny_patch14_224", "timm:efficientformer_l1", "timm:edgenext_xx_small",
+    "timm:fastvit_t8", "timm:convnextv2_atto", "timm:repvit_m1", "timm:mobileone_s0", "timm:ghostnetv2_100",
+    "timm:hgnet_tiny", "timm:nf_resnet26", "timm:resnest14d", "timm:res2net50_14w_8s", "timm:selecsls42b",
+    "timm:skresnet18", "timm:ese_vovnet19b_dw", "timm:lcnet_050", "timm:mobilenetv3_large_100", "timm:mixnet_s",
+    "timm:regnetz_b16", "timm:resnetv2_50", "timm:coat_lite_tiny", "timm:visformer_tiny", "timm:efficientvit_m0",
+]
 SIZE = {"inception_v3": 299, "vit_b_16": 224, "swin_t": 224, "maxvit_t": 224, "googlenet": 96,
         "alexnet": 96, "deit_tiny_patch16_224": 224, "levit_128s": 224, "resmlp_12_224": 224,
         "mixer_b16_224": 224, "mobilevit_xs": 256, "efficientvit_b0": 224, "convmixer_768_32": 96}
@@ -68,7 +79,15 @@ def build(key: str):  # type: ignore[no-untyped-def]
 
         model = timm.create_model(name, pretrained=False, num_classes=10)
     size = SIZE.get(name, 96)
-    return model.eval(), torch.rand(1, 3, size, size)
+    model.eval()
+    if name not in SIZE:  # a model that needs its own input size (fixed position embeddings, windows)
+        try:
+            with torch.no_grad():
+                model(torch.rand(1, 3, size, size))
+        except Exception:
+            cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+            size = int(cfg.get("input_size", (3, 224, 224))[-1]) if isinstance(cfg, dict) else 224
+    return model, torch.rand(1, 3, size, size)
 
 
 def rel(a, b) -> float:  # type: ignore[no-untyped-def]
@@ -222,14 +241,18 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         return child(sys.argv[2], sys.argv[3] == "growth")
     ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default=",".join([f"tv:{m}" for m in TORCHVISION] + [f"timm:{m}" for m in TIMM]))
+    ap.add_argument("--models", default=",".join([f"tv:{m}" for m in TORCHVISION] + [f"timm:{m}" for m in TIMM]),
+                    help="comma-separated models, or \"extra\" for the second sample (results/coverage_extra.*)")
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--redo", default="", help="comma-separated models to run again, their rows replaced in place")
     ap.add_argument("--no-growth", action="store_true",
                     help="skip the growth passes (the slow part): results/coverage_nogrowth.json/.md")
     args = ap.parse_args()
-    stem = "coverage_nogrowth" if args.no_growth else "coverage"
+    extra = args.models == "extra"
+    if extra:
+        args.models = ",".join(EXTRA)
+    stem = ("coverage_nogrowth" if args.no_growth else "coverage") + ("_extra" if extra else "")
     path = os.path.join(RESULTS, stem + ".json")
     res = {"rows": []}
     if os.path.isfile(path) and not args.fresh:
