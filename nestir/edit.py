@@ -101,15 +101,21 @@ def add_neurons(
     if count <= 0:
         raise EditError(f"add_neurons needs a positive count, got {count}")
     info, grp = _group(graph, gid, info)
-    rows, cols = rows or {}, cols or {}
     st = _Staged()
+    _stage_add(graph, info, grp, count, rows or {}, cols or {}, st)
+    st.commit(graph)
+    return list(range(grp.width, grp.width + count))
+
+
+def _stage_add(graph: Graph, info: GroupInfo, grp: Group, count: int, rows: dict, cols: dict, st: _Staged) -> None:
+    gid = grp.id
     for name in grp.producers:
         node = graph[name]
         given = rows.get(name, {})
         for key, dim in _PRODUCER.items():
             if key not in node.params:
                 continue
-            t = node.params[key]
+            t = st.get(graph, name, key)
             fill = True if t.dtype == torch.bool else 0.0
             new = given.get(key, _filler(t, dim, count, fill))
             _check(name, key, new, t, dim, count)
@@ -148,8 +154,6 @@ def add_neurons(
                 _check(name, key, new, cur, dim, count * r)
                 st.put(name, key, _insert(cur, dim, off + w * r, new), ("insert", dim, off + w * r, count * r))
     _shapes(graph, info, gid, count, st)
-    st.commit(graph)
-    return list(range(grp.width, grp.width + count))
 
 
 def _pad_own_rows(new: torch.Tensor, cur: torch.Tensor, dim: int, count: int, fill: float | bool) -> torch.Tensor:
@@ -198,6 +202,34 @@ def remove_units(graph: Graph, conv: str, units: Sequence[int], *, info: GroupIn
     for grp, unit in sides:
         _stage_remove(graph, info, grp, [u * unit + j for u in drop for j in range(unit)], st)
     st.attrs.setdefault(conv, {})[opdef(graph[conv].op).unit_attr] = tie.groups - len(drop)
+    st.commit(graph)
+
+
+def add_units(
+    graph: Graph,
+    node: str,
+    count: int,
+    *,
+    rows: dict[str, dict[str, torch.Tensor]] | None = None,
+    cols: dict[str, dict[str, torch.Tensor]] | None = None,
+    info: GroupInfo | None = None,
+) -> None:
+    """Append ``count`` whole units to the tie of ``node`` (a grouped conv: conv groups; an
+    attention node: heads), in both groups it ties, in one edit. ``rows``/``cols`` as for
+    :func:`add_neurons`, each covering ``count`` units of its group (default zero weights: the
+    function is unchanged, but a new head with zero v rows and zero projection columns never
+    learns; give v rows)."""
+    if count <= 0:
+        raise EditError(f"add_units needs a positive count, got {count}")
+    info = info or analyze(graph)
+    tie = next((t for t in info.ties() if t.conv == node), None)
+    if tie is None:
+        raise EditError(f"'{node}' cannot gain whole units: it does not tie two prunable groups")
+    st = _Staged()
+    sides = [(tie.dst, tie.dst_unit)] if tie.src == tie.dst else [(tie.src, tie.src_unit), (tie.dst, tie.dst_unit)]
+    for gid, unit in sides:
+        _stage_add(graph, info, info.groups[gid], count * unit, rows or {}, cols or {}, st)
+    st.attrs.setdefault(node, {})[opdef(graph[node].op).unit_attr] = tie.groups + count
     st.commit(graph)
 
 

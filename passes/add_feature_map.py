@@ -1,4 +1,5 @@
-"""add-feature-map: NeST Policy 3, the best of K random kernel sets for a new conv channel."""
+"""add-feature-map: NeST Policy 3, the best of K random kernel sets for a new conv channel (and,
+in transformers, for a new attention head)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch.func import functional_call, vmap
 
 from nestir import dist
 from nestir.backends.executor import IRModule, param_key
-from nestir.edit import add_neurons
+from nestir.edit import add_neurons, add_units
 from nestir.errors import PassError
 from nestir.graph import Graph
 from nestir.groups import Group, GroupInfo
@@ -35,7 +36,9 @@ class AddFeatureMap(Pass):
     channel, draw ``candidates`` random kernel sets (its input kernels in every producer and its
     output kernels in every consumer, normal with the std of that layer's live weights times
     ``scale``), evaluate all candidate losses on the scoring batch in one ``vmap``-batched
-    computation on the device (eval mode), and keep the best. Never removes."""
+    computation on the device (eval mode), and keep the best. Attention nodes gain ``count``
+    whole heads the same way (random q, k, v rows and projection columns; the best of
+    ``candidates`` by loss). Never removes."""
 
     count: int = 1
     candidates: int = 8
@@ -61,6 +64,12 @@ class AddFeatureMap(Pass):
             info = graph.groups()
             grp = info.of(key)
             gains.append(self._grow_one(graph, grp, info, data, ctx))
+        info = graph.groups()
+        heads = [t.conv for t in info.ties() if graph[t.conv].op == "attention"]
+        if self.layers:
+            heads = [h for h in heads if set(graph[h].inputs) & set(name_list(self.layers))]
+        for node in heads * self.count:
+            gains.append(self._grow_head(graph, node, data, ctx))
         added = len(gains)
         return PassResult(graph, added > 0, {"added": added, "loss_gain": sum(gains)})
 
@@ -126,6 +135,50 @@ class AddFeatureMap(Pass):
                     rows={p: {"weight": rows[p][best].to(graph.device)} for p in grp.producers},
                     cols={c: {"weight": cols[c][best].to(graph.device)} for c in grp.consumers}, info=info)
         return base_loss - float(losses[best])
+
+    def _grow_head(self, graph: Graph, node: str, data, ctx: PassContext) -> float:  # type: ignore[no-untyped-def]
+        """Add one head to attention ``node``: the best of ``candidates`` random heads by mean loss."""
+        info = graph.groups()
+        tie = next(t for t in info.ties() if t.conv == node)
+        q, k, v = graph[node].inputs
+        proj = info.groups[tie.dst].consumers
+        gen = ctx.generator(f"head:{node}:{tie.groups}")
+        n = self.candidates
+
+        def draw(w: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.randn((n, *shape), generator=gen) * _std(w) * self.scale
+
+        rows = {p: draw(graph[p].params["weight"], (u, graph[p].params["weight"].shape[1]))
+                for p, u in ((q, tie.src_unit), (k, tie.src_unit), (v, tie.dst_unit))}
+        cols = {c: draw(graph[c].params["weight"], (graph[c].params["weight"].shape[0], tie.dst_unit)) for c in proj}
+        trial = graph.copy()
+        add_units(trial, node, 1)
+        mod = IRModule(trial).eval()
+        base = {name: t.detach() for name, t in mod.params.items()}
+        loss_fn = ctx.loss_fn()
+        sums = torch.zeros(n + 2, dtype=torch.float64)
+        with torch.no_grad():
+            for x, y in data:
+                for i in range(n):
+                    params = dict(base)
+                    for p, r in rows.items():
+                        w = params[param_key(p, "weight")].clone()
+                        w[-r.shape[1]:] = r[i].to(w.device, w.dtype)
+                        params[param_key(p, "weight")] = w
+                    for c, cc in cols.items():
+                        w = params[param_key(c, "weight")].clone()
+                        w[:, -cc.shape[2]:] = cc[i].to(w.device, w.dtype)
+                        params[param_key(c, "weight")] = w
+                    out = functional_call(mod, {f"params.{name}": t for name, t in params.items()}, (x,))
+                    sums[i] += float(loss_fn(out, y))
+                sums[n] += float(loss_fn(mod(x), y))
+                sums[n + 1] += 1
+        dist.all_sum([sums])
+        losses = sums[:n] / sums[n + 1]
+        best = int(torch.argmin(losses))
+        add_units(graph, node, 1, rows={p: {"weight": r[best].to(graph.device)} for p, r in rows.items()},
+                  cols={c: {"weight": cc[best].to(graph.device)} for c, cc in cols.items()}, info=info)
+        return float(sums[n] / sums[n + 1]) - float(losses[best])
 
     @staticmethod
     def _with_rows(w: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:

@@ -68,3 +68,35 @@ def test_masks_change_only_through_the_edit_api_and_dormant_weights_are_zero():
     with pytest.raises(EditError, match="out of range"):
         activate(g, name, torch.tensor([12]))
     g.verify()
+
+
+def test_whole_units_are_added_to_attention_heads_and_conv_groups_without_changing_the_function():
+    """``add_units``: a new attention head (q, k, v rows, projection columns) or a new conv
+    group (the grouped conv's rows and the producer rows of the channels it reads), in one edit;
+    with v rows given the new head still leaves the output unchanged (zero projection columns)."""
+    from blocks import GroupedBlock, TinyViT
+
+    from nestir.edit import add_units
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 8, 8)
+    g = nestir.trace(TinyViT().eval(), x)
+    before = run_ir(g, x)
+    v = torch.randn(4, 8)
+    add_units(g, "mha", 1, rows={"mha__v": {"weight": v}})
+    assert g["mha"].attrs["heads"] == 3
+    assert [g[n].params["weight"].shape[0] for n in ("mha__q", "mha__k", "mha__v")] == [12, 12, 12]
+    assert g["mha__proj"].params["weight"].shape == (8, 12) and torch.equal(g["mha__v"].params["weight"][8:], v)
+    g.verify()
+    np.testing.assert_allclose(run_ir(g, x), before, atol=1e-6)
+    np.testing.assert_allclose(g.to_torch()(x).detach().numpy(), before, atol=1e-5)
+    c = nestir.trace(GroupedBlock().eval(), torch.rand(2, 3, 8, 8))
+    y = torch.rand(2, 3, 8, 8)
+    before = run_ir(c, y)
+    add_units(c, "c2", 2)
+    assert c["c2"].attrs["groups"] == 6 and c["c2"].params["weight"].shape[0] == 24
+    assert c["c1"].params["weight"].shape[0] == 24
+    c.verify()
+    np.testing.assert_allclose(run_ir(c, y), before, atol=1e-6)
+    with pytest.raises(EditError, match="whole units"):
+        add_units(c, "c1", 1)

@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -62,3 +63,20 @@ def test_a_conv_that_reads_the_channels_it_writes_grows_exactly():
         after = float(F.cross_entropy(IRModule(out.copy()).eval()(x), y))
     # the batched candidate evaluation saw the same network that was kept
     assert abs((before - after) - res.info["loss_gain"]) < 1e-4
+
+
+def test_attention_gains_whole_heads():
+    """In a transformer, add-feature-map adds a whole head to each attention node (q, k, v rows
+    and projection columns, the best of the random candidates by loss); the lowerings agree."""
+    from blocks import TinyViT
+
+    from nestir.testing import run_ir, run_onnx
+
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 8, 8)
+    g = nestir.trace(TinyViT().eval(), x)
+    out = nestir.apply(g, ["add-feature-map:count=1,candidates=3"], data=[(x, torch.arange(6) % 10)])
+    assert out["mha"].attrs["heads"] == 3 and out["attn"].attrs["heads"] == 3
+    assert out["attn__v"].params["weight"].shape[0] == 12 and out["attn__proj"].params["weight"].shape[1] == 12
+    assert bool(out["attn__proj"].params["weight"][:, 8:].abs().sum() > 0)
+    np.testing.assert_allclose(run_onnx(out, x), run_ir(out, x), atol=1e-5)
