@@ -138,15 +138,18 @@ def _stage_add(graph: Graph, info: GroupInfo, grp: Group, count: int, rows: dict
     for name in grp.consumers:
         node = graph[name]
         given = cols.get(name, {})
-        for g, off, r, w in reversed(_segs(info, name)):
-            if g != gid:
-                continue
+        segs = [s for s in _segs(info, name) if s[0] == gid]
+        for i, (_g, off, r, w) in reversed(list(enumerate(segs))):
             for key, dim in _CONSUMER.items():
                 if key not in node.params:
                     continue
                 cur = st.get(graph, name, key)
                 fill = True if cur.dtype == torch.bool else 0.0
                 new = given.get(key)
+                if new is not None and len(segs) > 1 and new.shape[dim] == count * sum(s[2] for s in segs):
+                    # the group read in several places (cat([x, x])): the given columns, segment by segment
+                    start = count * sum(s[2] for s in segs[:i])
+                    new = new.narrow(dim, start, count * r)
                 if new is None:
                     new = _filler(cur, dim, count * r, fill)
                 elif name in grp.producers:

@@ -102,12 +102,15 @@ class AddFeatureMap(Pass):
                 cand = torch.cat([cand[:, :, :at], torch.zeros_like(cand[:, :, :r]), cand[:, :, at:]], 2)
             stacked[param_key(p, "weight")] = self._with_rows(base[param_key(p, "weight")], cand)
         for c in grp.consumers:
-            (off, r, w), *_ = tinfo.columns(c, tgrp.id)
             cand = cols[c]
             if c in own:  # and so is the new channel's kernel into the new row
                 cand = torch.cat([cand, torch.zeros_like(cand[:, :1])], 1)
             key = param_key(c, "weight")
-            stacked[key] = self._with_cols(stacked.get(key, base[key]), cand, off + (w - 1) * r, k)
+            start = 0
+            for off, r, w in tinfo.columns(c, tgrp.id):  # each place the consumer reads the group
+                stacked[key] = self._with_cols(stacked.get(key, base[key]), cand[:, :, start:start + r],
+                                               off + (w - 1) * r, k)
+                start += r
         dev = next(iter(base.values())).device
         stacked = {n: t.to(dev) for n, t in stacked.items()}
         loss_fn = ctx.loss_fn()

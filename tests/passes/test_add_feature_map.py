@@ -80,3 +80,29 @@ def test_attention_gains_whole_heads():
     assert out["attn__v"].params["weight"].shape[0] == 12 and out["attn__proj"].params["weight"].shape[1] == 12
     assert bool(out["attn__proj"].params["weight"][:, 8:].abs().sum() > 0)
     np.testing.assert_allclose(run_onnx(out, x), run_ir(out, x), atol=1e-5)
+
+
+def test_a_layer_reading_the_same_channels_twice_gains_columns_in_both_places():
+    """DLA's root reads ``cat([a, a])``: each new channel of ``a`` gets its candidate's columns in
+    both places it is read (this failed with a shape error on timm's DLA-34)."""
+    from nestir.testing import run_ir, run_onnx
+
+    class Root(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.root = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(8, 6, 1)
+            self.fc = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            a = torch.relu(self.c1(x))
+            return self.fc(self.root(torch.cat([a, a], 1)).mean((2, 3)))
+
+    x = torch.rand(4, 3, 8, 8)
+    g = nestir.trace(Root().eval(), x)
+    data = [(x, torch.tensor([0, 1, 2, 0]))]
+    check_pass(get("add-feature-map", count=2, candidates=3), g, PassContext(data=data, seed=1), x)
+    out = nestir.apply(g, ["add-feature-map:count=2,candidates=3"], data=data)
+    w = out["root"].params["weight"]
+    assert out["c1"].params["weight"].shape[0] == 6 and w.shape[1] == 12
+    assert bool(w[:6, 4:6].abs().sum() > 0) and bool(w[:6, 10:12].abs().sum() > 0)  # columns in both places
+    np.testing.assert_allclose(run_onnx(out, x), run_ir(out, x), atol=1e-5)
