@@ -197,8 +197,16 @@ class Resize(_Spatial):
     def from_function(self, name: str, fxn: fx.Node, kw: dict[str, Any] | None, const: Any) -> Node | None:
         if kw is None:
             return None
-        return resize_node(name, kw.get("size"), kw.get("scale_factor"), kw.get("mode", "nearest"),
-                           kw.get("align_corners"), kw.get("recompute_scale_factor"), kw.get("antialias", False))
+
+        def value(v: Any) -> Any:  # sizes may be read from a tensor's shape (GhostNetV2): their traced values
+            return [const(a) for a in v] if isinstance(v, (list, tuple)) else const(v)
+
+        size, scale = value(kw.get("size")), value(kw.get("scale_factor"))
+        for v in (size, scale):
+            if v is not None and not all(isinstance(a, (int, float)) for a in (v if isinstance(v, list) else [v])):
+                return None
+        return resize_node(name, size, scale, kw.get("mode", "nearest"), kw.get("align_corners"),
+                           kw.get("recompute_scale_factor"), kw.get("antialias", False))
 
     def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
         a = node.attrs

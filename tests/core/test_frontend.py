@@ -478,7 +478,7 @@ def test_channel_slices_and_splits_cut_their_producer_into_resizable_pieces():
     np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), run_ir(p, y), atol=1e-5)
 
 
-@pytest.mark.parametrize("how", ["module", "size", "bilinear", "align_corners"])
+@pytest.mark.parametrize("how", ["module", "size", "bilinear", "align_corners", "shape"])
 def test_upsampling_is_understood(how):
     """``nn.Upsample`` and ``F.interpolate`` (nearest, bilinear, by scale or size; HRNet's fusion):
     a ``resize`` node that passes channels through, exact in torch and ONNX."""
@@ -494,7 +494,8 @@ def test_upsampling_is_understood(how):
             b = self.c2(a)
             up = {"module": lambda: self.up(b), "size": lambda: F.interpolate(b, size=(8, 8)),
                   "bilinear": lambda: F.interpolate(b, size=(8, 8), mode="bilinear", align_corners=False),
-                  "align_corners": lambda: F.interpolate(b, scale_factor=2.0, mode="bilinear", align_corners=True)}
+                  "align_corners": lambda: F.interpolate(b, scale_factor=2.0, mode="bilinear", align_corners=True),
+                  "shape": lambda: F.interpolate(b, size=(a.shape[-2], a.shape[-1]))}  # GhostNetV2
             return self.fc((a + up[how]()).mean((2, 3)))
 
     m = M().eval()
