@@ -132,7 +132,8 @@ def _stage_add(graph: Graph, info: GroupInfo, grp: Group, count: int, rows: dict
                 new = given.get(key, _filler(cur, 0, count, fill))
                 _check(name, key, new, cur, 0, count)
                 st.put(name, key, _insert(cur, 0, off + w, new), ("insert", 0, off + w, count))
-        at = opdef(node.op).resized(node, count)
+        # a node reading the group in several places (cat([x, dw(x)]) into a depthwise conv) gains each
+        at = opdef(node.op).resized(node, count * sum(s[0] == gid for s in _segs(info, name)))
         if at:
             st.attrs[name] = at
     for name in grp.consumers:
@@ -263,7 +264,8 @@ def _stage_remove(graph: Graph, info: GroupInfo, grp: Group, drop: list[int], st
             t = st.get(graph, name, key)  # a layer may both produce and consume the group
             idx = _keep_index(_segs(info, name), gid, keep, t.shape[dim])
             st.put(name, key, t.index_select(dim, idx.to(t.device)), ("select", dim, idx))
-        at = opdef(node.op).resized(node, -len(drop)) if name in grp.per_neuron else None
+        places = sum(s[0] == gid for s in _segs(info, name))  # GhostNet: cat([x, dw(x)]) into a depthwise conv
+        at = opdef(node.op).resized(node, -len(drop) * places) if name in grp.per_neuron else None
         if at:
             st.attrs[name] = at
     _shapes(graph, info, gid, -len(drop), st)

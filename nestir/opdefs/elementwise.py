@@ -215,8 +215,10 @@ class Binary(OpDef):
                 continue
             if s[k] == 1 and node.shape[node.axis] != 1:
                 # broadcast along the neuron axis: growing that input would break it
-                an.freeze(an.layout.get(i) if src.axis == k else None, f"'{node.name}' broadcasts it")
+                an.freeze(an.layout.get(i), f"'{node.name}' broadcasts it")
                 continue
+            if src.axis != k:  # its neurons lie along another dim of the sum (token mixing): fixed
+                an.freeze(an.layout.get(i), f"'{node.name}' adds it along another dim")
             lays.append(an.layout.get(i) if src.axis == k else None)
         return an.unify(lays, f"binary '{node.name}'")
 

@@ -245,7 +245,11 @@ class Cat(OpDef):
                     an.freeze(lay, f"cat '{node.name}' joins a frozen value")
                 return None
             return [seg for lay in lays for seg in lay]  # type: ignore[union-attr]
-        return an.unify(lays, f"cat '{node.name}'")
+        for i, s in zip(node.inputs, srcs, strict=True):
+            if s.axis != node.axis:  # its neurons lie along another dim of the result: fixed
+                an.freeze(an.layout.get(i), f"cat '{node.name}' joins it along another dim")
+        return an.unify([lay if s.axis == node.axis else None for lay, s in zip(lays, srcs, strict=True)],
+                        f"cat '{node.name}'")
 
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         return low.fg.call_function(torch.cat, (list(args),), {"dim": node.attrs["dim"]})

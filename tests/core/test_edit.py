@@ -100,3 +100,28 @@ def test_whole_units_are_added_to_attention_heads_and_conv_groups_without_changi
     np.testing.assert_allclose(run_ir(c, y), before, atol=1e-6)
     with pytest.raises(EditError, match="whole units"):
         add_units(c, "c1", 1)
+
+
+def test_a_depthwise_conv_reading_a_group_twice_keeps_its_groups_in_step():
+    """GhostNet: cat([x, cheap(x)]) (cheap: depthwise, so both halves are one group) into a
+    depthwise conv: removing neurons removes both of its entries, and its ``groups`` follows."""
+
+    class Ghost(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pc, self.cheap = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8)
+            self.dw, self.out = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 4, 1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            a = torch.relu(self.pc(x))
+            return self.fc(self.out(self.dw(torch.cat([a, self.cheap(a)], 1))).mean((2, 3)))
+
+    x = torch.rand(3, 3, 6, 6)
+    g = nestir.trace(Ghost().eval(), x)
+    remove_neurons(g, g.groups().of("pc").id, [0, 5])
+    assert g["dw"].params["weight"].shape[0] == 12 and g["dw"].attrs["groups"] == 12
+    g.verify()
+    add_neurons(g, g.groups().of("pc").id, 1)
+    assert g["dw"].params["weight"].shape[0] == 14 and g["dw"].attrs["groups"] == 14
+    g.verify()

@@ -92,3 +92,29 @@ def test_remove_units_removes_whole_groups_on_both_sides_atomically():
         remove_units(g, "c1", [0])
     assert all(torch.equal(t, before[n.name][k]) for n in g for k, t in n.params.items())
     torch.testing.assert_close(g.to_torch()(x), nestir.backends.executor.IRModule(g.copy()).eval()(x))
+
+
+def test_token_mixing_freezes_the_groups_it_reads_across():
+    """MLP-Mixer / ResMLP token mixing: a linear over the token axis of ``h.transpose(1, 2)``,
+    added back to ``h``: its output neurons are tokens, so they (and the channels it reads across)
+    stay fixed instead of being pruned out of step with the residual."""
+
+    class TokMix(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.tok, self.ch = torch.nn.Linear(6, 8), torch.nn.Linear(5, 5), torch.nn.Linear(8, 8)
+            self.fc = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.emb(x)
+            h = h + self.tok(h.transpose(1, 2)).transpose(1, 2)
+            return self.fc((h + self.ch(h)).mean(1))
+
+    x = torch.rand(3, 5, 6)
+    g = nestir.trace(TokMix().eval(), x)
+    info = g.groups()
+    assert not info.of("tok").resizable and not info.of("emb").resizable
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.25", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([0, 1, 2]))])
+    assert p["tok"].params["weight"].shape == (5, 5)
+    p.verify()
