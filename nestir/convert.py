@@ -144,14 +144,14 @@ def attention_parts(m: nn.Module, args: tuple, kwargs: dict, same_input: bool) -
     or None where the call is not plain self-attention (masks, cross-attention, extra terms)."""
     if isinstance(m, nn.MultiheadAttention):
         extra = {k: v for k, v in kwargs.items() if k not in ("need_weights", "average_attn_weights")}
-        if (not same_input or len(args) != 3 or any(v not in (None, False) for v in extra.values())
+        if (not same_input or len(args) != 3 or any(not (v is None or v is False) for v in extra.values())
                 or not m.batch_first or not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn):
             return None
         w, b = m.in_proj_weight, m.in_proj_bias
         e = m.embed_dim
         qkv = [(w[i * e:(i + 1) * e], None if b is None else b[i * e:(i + 1) * e]) for i in range(3)]
         return qkv, (m.out_proj.weight, m.out_proj.bias), m.num_heads, float(m.head_dim ** -0.5)
-    if len(args) != 1 or any(v not in (None, False) for v in kwargs.values()):
+    if len(args) != 1 or any(not (v is None or v is False) for v in kwargs.values()):
         return None
     w, b = m.qkv.weight, m.qkv.bias  # type: ignore[union-attr]
     e = w.shape[0] // 3
