@@ -30,12 +30,6 @@ def _pair(v: Any, nd: int) -> tuple[int, ...]:
     return (int(v),) * nd
 
 
-def axis_for(shape: tuple[int, ...] | None, default: int = 1) -> int | None:
-    if shape is None or len(shape) < 2:
-        return None
-    return default if default >= 0 else len(shape) + default
-
-
 def conv_attrs(stride: Any, padding: Any, dilation: Any, groups: int, kernel: tuple[int, ...]) -> dict | None:
     """Normalized conv hyper-parameters, or None where padding cannot be expressed symmetrically."""
     nd = len(kernel)
@@ -192,10 +186,6 @@ def permute_dims(method: str, nd: int, args: tuple) -> list[int] | None:
     if sorted(dims) != list(range(nd)) or dims[0] != 0:
         return None
     return dims
-
-
-def is_param_ref(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and not isinstance(value, fx.Proxy)
 
 
 def opaque_node(name: str, node: fx.Node, fn: Any, kind: str, args: Any, kwargs: Any, label: str) -> Node:

@@ -49,7 +49,7 @@ class OpDef:
     trainable: ClassVar[tuple[str, ...]] = ()  # params the executor trains
     entries: ClassVar[tuple[str, ...]] = ()  # per-neuron params: one entry per neuron along dim 0
     counted: ClassVar[tuple[str, ...]] = ()  # params counted as model parameters (linear/conv: by stats)
-    per_neuron: ClassVar[bool] = False  # a node of this op may hold one entry per neuron of its input
+    shaped: ClassVar[bool] = True  # its stored shape follows from its inputs (the verifier checks it)
     modules: ClassVar[tuple[type, ...]] = ()  # module types the frontend converts with from_module
     functions: ClassVar[tuple[Any, ...]] = ()  # functions the frontend converts with from_function
 

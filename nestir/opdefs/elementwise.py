@@ -247,7 +247,6 @@ class Scale(OpDef):
     trainable = ("value",)
     entries = ("value",)
     counted = ("value",)
-    per_neuron = True
 
     axis = staticmethod(_same_axis)  # type: ignore[assignment]
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 @register
 class Input(OpDef):
     name = "input"
+    shaped = False
 
     def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
         return 1 if value.dim() >= 2 else None
@@ -31,6 +32,7 @@ class Input(OpDef):
 @register
 class Output(OpDef):
     name = "output"
+    shaped = False
 
     def neurons(self, an: _Analysis, node: Node) -> Layout | None:
         for i in node.inputs:
@@ -43,6 +45,7 @@ class Const(OpDef):
     """A constant tensor ``params["value"]`` (a buffer or an untrained parameter)."""
 
     name = "const"
+    shaped = False
 
     def check(self, graph: Graph, node: Node) -> str | None:
         if "value" not in node.params:
@@ -68,6 +71,7 @@ class Opaque(OpDef):
     ``kwargs`` templates (inputs as ``("__ref__", i)``, the batch size as ``("__batch__", i)``)."""
 
     name = "opaque"
+    shaped = False
 
     def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
         return run_opaque(node, args)

@@ -38,7 +38,6 @@ class _Norm(OpDef):
     trainable = ("weight", "bias")
     entries = ("running_mean", "running_var", "weight", "bias")
     counted = ("weight", "bias")
-    per_neuron = True
 
     def fill(self, node: Node, key: str) -> float | bool:
         return _FILL[key]

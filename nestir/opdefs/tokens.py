@@ -82,7 +82,6 @@ class Prepend(OpDef):
     trainable = ("value",)
     entries = ("value",)
     counted = ("value",)
-    per_neuron = True
 
     def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
         return srcs[0].axis
