@@ -44,13 +44,16 @@ def csr_is_faster(w: torch.Tensor, b: torch.Tensor | None, batch: int = 256, rep
 
 
 def prepare(graph: Graph, compact: bool) -> Graph:
-    """A CPU copy of ``graph``; with ``compact``, dead neurons removed and linear layers narrowed to
-    the input columns they read (e.g. a crop to the live pixels)."""
+    """A CPU copy of ``graph``; with ``compact``, dead neurons removed, layers the frontend cut into
+    pieces fused back, and linear layers narrowed to the input columns they read (e.g. a crop to
+    the live pixels)."""
     g = graph.copy().to("cpu")
     if compact:
-        from nestir.compact import eliminate_dead_neurons, narrow_dead_inputs
+        from nestir.compact import eliminate_dead_neurons, fuse_pieces, narrow_dead_inputs
 
         eliminate_dead_neurons(g)
+        while fuse_pieces(g):  # nested cuts fuse from the inside out
+            pass
         narrow_dead_inputs(g)
     return g
 

@@ -203,3 +203,33 @@ def narrow_dead_inputs(graph: Graph, min_gather: float = 0.9) -> bool:
         changed = True
     graph.drop_unused()
     return changed
+
+
+def fuse_pieces(graph: Graph) -> bool:
+    """Undo the frontend's producer cuts for lowering: a ``cat`` along the neuron axis whose inputs
+    are convs (or linears) that read the same value with the same attributes, and that nothing
+    else reads, becomes one layer with the pieces' rows stacked (same function, one kernel launch
+    instead of several plus a copy). Returns whether anything changed."""
+    users = graph.user_map()
+    changed = False
+    for c in list(graph):
+        if c.op != "cat" or c.name not in graph.nodes:
+            continue
+        ps = [graph[i] for i in c.inputs]
+        first = ps[0]
+        if len(ps) < 2 or first.op not in ("conv", "linear") or c.attrs["dim"] != first.axis:
+            continue
+        if len({p.name for p in ps}) != len(ps) or any(
+                p.op != first.op or p.inputs != first.inputs or p.attrs != first.attrs or p.axis != first.axis
+                or set(p.params) != set(first.params) or "area" in p.params
+                or [u.name for u in users.get(p.name, [])] != [c.name] for p in ps):
+            continue
+        if first.op == "conv" and first.attrs.get("groups", 1) != 1:
+            continue
+        params = {k: torch.cat([p.params[k] for p in ps], 0) for k in first.params}
+        merged = Node(c.name, first.op, list(first.inputs), dict(first.attrs), params, c.shape, c.axis, c.source)
+        nodes = [n for n in graph.nodes.values() if n.name not in {p.name for p in ps}]
+        graph.nodes = {n.name: (merged if n.name == c.name else n) for n in nodes}
+        users = graph.user_map()
+        changed = True
+    return changed

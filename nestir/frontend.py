@@ -21,6 +21,7 @@ from .errors import ShapeError, TraceError
 from .graph import Graph, Node
 from .opdefs import OPS, evaluate, opdef
 from .opdefs.elementwise import ACT_METHODS
+from .permutations import fold_permutations
 
 log = logging.getLogger(__name__)
 _TORCH_DIR = os.path.dirname(torch.__file__)
@@ -721,6 +722,7 @@ class _Builder:
             else:
                 self.call_module(fxn)
         self.graph.drop_unused()
+        fold_permutations(self.graph)
         _cut_producers(self.graph)
         return self.graph
 
@@ -729,7 +731,8 @@ def _cut_producers(graph: Graph) -> None:
     """Where a channel range (a slice, a piece of ``split``) cuts a neuron group with a single
     linear/conv producer, split that producer's rows into pieces joined by a ``cat`` under its
     name: the same function, and each piece becomes a group of its own that resizes alone
-    (CSPNet's and DPN's splits, GhostNet's and ReXNet's slices)."""
+    (CSPNet's and DPN's splits, GhostNet's and ReXNet's slices). The same where an add or mul
+    meets groups split differently on its two sides (:func:`_align_cuts`)."""
     from .groups import analyze
     from .opdefs import index_range
 
@@ -747,15 +750,57 @@ def _cut_producers(graph: Graph) -> None:
                 grp = info.groups[g]
                 w = grp.width * r
                 inner = {c - off for c in cut if off < c < off + w}
-                prod = graph[grp.producers[0]] if len(grp.producers) == 1 else None
-                if inner and r == 1 and prod is not None and prod.name not in grp.consumers and (
-                        prod.op == "linear" or (prod.op == "conv" and prod.attrs["groups"] == 1)):
+                for prod in _cuttable(graph, grp) if inner and r == 1 else []:
                     cuts.setdefault(prod.name, set()).update(inner)
                 off += w
+        for n in graph:
+            if n.op == "binary" and len(n.inputs) == 2:
+                _align_cuts(graph, info, n, cuts)
         if not cuts:
             return
         for name, offsets in cuts.items():
             _cut(graph, name, sorted(offsets))
+
+
+def _cuttable(graph: Graph, grp: Any) -> list[Node]:
+    """The linear/conv producers of a neuron group when every one of them can have its rows cut
+    into pieces at the same offsets (none reads the group itself), else []."""
+    prods = [graph[p] for p in grp.producers]
+    if prods and all(p.name not in grp.consumers and (
+            p.op == "linear" or (p.op == "conv" and p.attrs["groups"] == 1)) for p in prods):
+        return prods
+    return []
+
+
+def _align_cuts(graph: Graph, info: Any, n: Node, cuts: dict[str, set[int]]) -> None:
+    """An add or mul of two values whose neuron groups split the channels differently (MixNet's and
+    GhostNet's cat of pieces times a squeeze-and-excitation gate, or plus a shortcut conv): cut
+    the single producers on either side at the other side's boundaries, so that the groups line
+    up piece by piece instead of freezing."""
+    lays = [info.layouts.get(i) for i in n.inputs]
+    srcs = [graph[i] for i in n.inputs]
+    if any(lay is None or any(r != 1 for _, r in lay) for lay in lays) or any(
+            s.axis is None or s.shape is None or n.shape is None or len(s.shape) != len(n.shape)
+            or s.axis != n.axis or s.shape[s.axis] != n.shape[n.axis] for s in srcs):
+        return
+    bounds: list[set[int]] = []
+    for lay in lays:
+        off, b = 0, set()
+        for g, _ in lay:  # type: ignore[union-attr]
+            off += info.groups[g].width
+            b.add(off)
+        bounds.append(b)
+    if bounds[0] == bounds[1]:
+        return
+    every = bounds[0] | bounds[1]
+    for lay in lays:
+        off = 0
+        for g, _ in lay:  # type: ignore[union-attr]
+            w = info.groups[g].width
+            inner = {c - off for c in every if off < c < off + w}
+            for prod in _cuttable(graph, info.groups[g]) if inner else []:
+                cuts.setdefault(prod.name, set()).update(inner)
+            off += w
 
 
 def _cut(graph: Graph, name: str, offsets: list[int]) -> None:

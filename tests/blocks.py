@@ -111,3 +111,50 @@ class ChannelSplitBlock(torch.nn.Module):
         p, q = y.chunk(2, dim=1)
         z = self.c4(torch.cat([q, p], 1))
         return self.fc(torch.cat([z, y[:, 6:]], 1).mean((2, 3)))
+
+
+class MixedGateBlock(torch.nn.Module):
+    """MixNet / GhostNet idioms: a cat of pieces made by different convs (mixed kernels, a ghost
+    module's cheap half), times a squeeze-and-excitation gate made by one conv over all of them,
+    plus a shortcut made by one conv; a channel slice across two of the pieces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(3, 3, 5, padding=2)
+        self.se1, self.se2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.short = nn.Conv2d(3, 8, 1)
+        self.fc = nn.Linear(8 + 4, 10)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], 1)
+        y = y * torch.sigmoid(self.se2(torch.relu(self.se1(y.mean((2, 3), keepdim=True)))))
+        y = torch.relu(y + self.short(x))
+        return self.fc(torch.cat([y, y[:, 2:6]], 1).mean((2, 3)))
+
+
+def channel_shuffle(x, groups: int):
+    b, c, h, w = x.shape
+    return x.view(b, groups, c // groups, h, w).transpose(1, 2).contiguous().view(b, c, h, w)
+
+
+class ShuffleBlock(torch.nn.Module):
+    """ShuffleNetV2 in small: a stride-2 unit (two branches joined, shuffled), then a stride-1
+    unit (half passes through, half through a branch, joined and shuffled), then a 1x1 conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.b1 = nn.Sequential(nn.Conv2d(6, 6, 3, 2, 1, groups=6), nn.BatchNorm2d(6), nn.Conv2d(6, 4, 1),
+                                nn.ReLU())
+        self.b2 = nn.Sequential(nn.Conv2d(6, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, 2, 1, groups=4),
+                                nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1), nn.ReLU())
+        self.c2 = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3, 1, 1, groups=4),
+                                nn.Conv2d(4, 4, 1), nn.ReLU())
+        self.head = nn.Conv2d(8, 10, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = channel_shuffle(torch.cat([self.b1(x), self.b2(x)], 1), 2)
+        x1, x2 = x.chunk(2, dim=1)
+        x = channel_shuffle(torch.cat([x1, self.c2(x2)], 1), 2)
+        return self.head(x).mean((2, 3))

@@ -211,6 +211,9 @@ class Gather(OpDef):
 
     name = "gather"
 
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        return srcs[0].axis
+
     def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
         return args[0].index_select(node.attrs["dim"], p["index"])
 

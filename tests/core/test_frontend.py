@@ -534,3 +534,62 @@ def test_a_conv_subclass_with_same_padding_becomes_pad_and_conv():
     x = torch.rand(3, 3, 8, 8)
     np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
     np.testing.assert_allclose(g.to_torch()(x).detach().numpy(), m(x).detach().numpy(), atol=1e-6)
+
+
+def test_add_and_mul_of_differently_split_groups_cut_the_single_producer_side():
+    """A cat of pieces from different convs times a gate from one conv, plus a shortcut conv
+    (MixNet, GhostNet): the gate's and the shortcut's convs are cut at the pieces' boundaries, so
+    every group resizes instead of freezing; a neuron prune keeps torch and ONNX exact."""
+    from blocks import MixedGateBlock
+
+    torch.manual_seed(0)
+    m = MixedGateBlock().eval()
+    x = torch.rand(3, 3, 6, 6)
+    g = nestir.trace(m, x)
+    assert g["se2"].op == "cat" and g["short"].op == "cat"
+    pieces = sorted(n.params["weight"].shape[0] for n in g.parametric() if n.name.startswith("se2__"))
+    assert pieces == sorted([2, 3, 1, 2]), pieces  # cut at 5 (a | b) and at 2 and 6 (the slice)
+    info = g.groups()
+    assert all(info.of(n.name).resizable for n in g.parametric() if n.name != "fc")
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-6)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2, 3]))])
+    widths = {n.name: n.params["weight"].shape[0] for n in p.parametric()}
+    assert sum(w for k, w in widths.items() if k.startswith("short__")) < 8
+    y = torch.rand(2, 3, 6, 6)
+    np.testing.assert_allclose(run_onnx(p, y), run_ir(p, y), atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), run_ir(p, y), atol=1e-5)
+    assert sum(isinstance(q, nn.Conv2d) for q in p.to_torch().modules()) == 5  # the pieces fused back
+
+
+def test_channel_shuffle_folds_into_the_layers_that_read_it():
+    """ShuffleNet's channel shuffle (view, transpose, view) is a permutation of channels: it
+    becomes a gather that the convs reading it take into their weight columns, so no gather is
+    left, every group resizes, and a neuron prune keeps torch and ONNX exact."""
+    from blocks import ShuffleBlock
+
+    torch.manual_seed(0)
+    m = ShuffleBlock().eval()
+    for p in m.parameters():  # BN statistics that are not the identity
+        p.data.uniform_(-1, 1)
+    for b in m.modules():
+        if isinstance(b, nn.BatchNorm2d):
+            b.running_mean.uniform_(-1, 1)
+            b.running_var.uniform_(0.5, 2)
+    x = torch.rand(3, 3, 8, 8)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
+    assert not [n.name for n in g if n.op in ("gather", "reshape", "permute")]
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+    info = g.groups()
+    assert all(info.of(n.name).resizable for n in g.parametric() if n.name != "head")
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2, 3]))])
+    assert sum(n.params["weight"].shape[0] for n in p.parametric()) < sum(
+        n.params["weight"].shape[0] for n in g.parametric())
+    y = torch.rand(2, 3, 8, 8)
+    np.testing.assert_allclose(run_onnx(p, y), run_ir(p, y), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), run_ir(p, y), rtol=1e-5, atol=1e-5)
+    # lowering fuses the pieces of each cut conv back into one: as many convs as the model has
+    assert sum(isinstance(q, nn.Conv2d) for q in p.to_torch().modules()) == sum(
+        isinstance(q, nn.Conv2d) for q in m.modules())
