@@ -94,7 +94,7 @@ def synthesized(name: str) -> tuple[nestir.Graph, nestir.Graph]:
     cfg = SynthConfig(**prep.defaults)
     dense = dense_reference(prep, spec, cfg, dense_epochs=40)
     with tempfile.TemporaryDirectory() as out:
-        s = Synthesizer(prep.graph, prep.splits, cfg, out, teacher=dense["teacher"])
+        s = Synthesizer(prep.graph, prep.splits, cfg, out, teacher=dense["teacher"], ensemble=dense["ensemble"])
         s.run()
     dense = nestir.trace(ZOO[name].factory(), torch.rand(2, 1, 28, 28))
     return dense, s.graph.to("cpu")

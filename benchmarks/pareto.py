@@ -70,7 +70,7 @@ def run_seed(model: str, seed: int, methods: list[str], done: dict, save_point) 
             c.tolerance = 0.005
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
-            s = Synthesizer(start, prep.splits, c, out, teacher=dense["teacher"])
+            s = Synthesizer(start, prep.splits, c, out, teacher=dense["teacher"], ensemble=dense["ensemble"])
             st = s.run()
         m = final_metrics(s.graph, prep, s.dev, val_error=s.selection.get("val_error"))
         p = point(m, time.perf_counter() - t0 + dense_wall, dense["final"])

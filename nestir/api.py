@@ -12,6 +12,7 @@ statistics are summed over the ranks, and rank 0 alone writes the run directory.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import shutil
@@ -35,7 +36,7 @@ from .errors import ArgumentError, DataError
 from .frontend import trace
 from .graph import Graph
 from .pipeline import as_batches
-from .recipe import Reporter, stint
+from .recipe import Reporter, train_dense
 from .serialize import check_storable
 from .stats import stats
 from .synthesis import SynthConfig, Synthesizer, score, sparsify_seed
@@ -73,6 +74,19 @@ def _collect(loader: Any, name: str, graph: Graph, loss: Any) -> Dataset:
     # under torch.distributed each rank gives its shard (a DistributedSampler): every rank holds
     # the union, in rank order, and computes its share of each batch (nestir.dist.shard)
     return Dataset(dist.gather_cat(x), dist.gather_cat(y), name)
+
+
+def _fresh(model: nn.Module, example_inputs: Any) -> Graph:
+    """The model traced with a new random initialisation (another dense teacher), every
+    connection live; the caller's module is left as it is."""
+    m = copy.deepcopy(model)
+    for sub in m.modules():
+        if callable(getattr(sub, "reset_parameters", None)):
+            sub.reset_parameters()
+    g = trace(m, example_inputs)
+    for n in g.parametric():
+        set_mask(g, n.name, torch.ones_like(n.params["mask"]))
+    return g
 
 
 def _class_labels(y: torch.Tensor) -> bool:
@@ -171,16 +185,17 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
     cfg.check()
 
     # the dense reference: trained under the run's recipe (labels only), or the model as given
-    gen = torch.Generator().manual_seed(seed)
-    recipe = dataclasses.replace(cfg.recipe(), alpha=0.0)
-    trainer = Trainer(dense.copy(), device=dev, lr=cfg.lr, weight_decay=cfg.weight_decay, loss=loss)
     data = splits.to(dev)
-    if dense_epochs:
-        stint(trainer, data.train, dense_epochs, recipe, gen, anneal=True, label="dense training", reporter=reporter)
-    if dense_epochs and cfg.final_epochs:
-        stint(trainer, data.train, cfg.final_epochs, recipe, gen, anneal=True, label="dense final training",
-              reporter=reporter)
-    teacher = trainer.graph.copy()
+    nets = []
+    for i in range(cfg.teachers if dense_epochs else 1):  # the first is the reference; the others only teach
+        torch.manual_seed(seed + 7919 * i)
+        start_net = dense.copy() if i == 0 else _fresh(model, example_inputs)
+        trainer = Trainer(start_net, device=dev, lr=cfg.lr, weight_decay=cfg.weight_decay, loss=loss)
+        nets.append(train_dense(trainer, data.train, dense_epochs, cfg.final_epochs if dense_epochs else 0,
+                                cfg.recipe(), torch.Generator().manual_seed(seed + 7919 * i),
+                                label="dense" if i == 0 else f"dense teacher {i + 1}/{cfg.teachers}",
+                                reporter=reporter))
+    teacher = nets[0]
 
     metric_name = getattr(metric, "__name__", "custom") if metric is not None else "accuracy"
     if metric is None and loss is not None and not _class_labels(splits.train.y):
@@ -201,7 +216,7 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
 
     def run(directory: str) -> SynthesisResult:
         synth = Synthesizer(start, splits, cfg, directory, device=dev, reporter=reporter, teacher=teacher,
-                            loss=loss, metric=metric, metric_target=metric_target)
+                            ensemble=nets[1:], loss=loss, metric=metric, metric_target=metric_target)
         state = synth.run()
         baseline = _measure(teacher, synth, splits.val, None)
         report = {

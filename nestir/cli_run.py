@@ -141,6 +141,7 @@ def _run(args: argparse.Namespace, method: str) -> int:
             dist.barrier()
             start = dense["teacher"].copy() if method == "prune" else prep.graph
             synth = Synthesizer(start, prep.splits, cfg, out, spec.device, rep, teacher=dense["teacher"],
+                                ensemble=dense["ensemble"],
                                 meta={"spec": dict(spec.__dict__), "baseline": baseline})
         try:
             state = synth.run()
@@ -383,6 +384,9 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                    help="train on the labels only (default: also on the dense reference's soft targets)")
     p.add_argument("--distill", dest="distill", type=float,
                    help="weight of the dense reference's soft targets in the loss (default 0.7)")
+    p.add_argument("--teachers", type=int,
+                   help="dense networks (different seeds) whose averaged soft targets every stint distils from; "
+                        "the first is the reference and the report's baseline (default 1)")
     p.add_argument("--final-epochs", dest="final_epochs", type=int,
                    help="final training epochs of the chosen network, and of the dense reference (default 80)")
     p.add_argument("--epochs", type=int, help="training epochs after each growth step")

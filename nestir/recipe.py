@@ -4,7 +4,9 @@ stint, the same distillation from the dense reference when one exists."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,19 +37,42 @@ class Recipe:
 
 
 class SoftTargets:
-    """A teacher's logits on a data set: computed once, on first use, when nothing is augmented,
-    and for each augmented epoch's images otherwise."""
+    """The teachers' logits on a data set, averaged over the teachers (an ensemble of dense
+    networks teaches better than any one of them): computed once, on first use, when nothing is
+    augmented, and for each augmented epoch's images otherwise."""
 
-    def __init__(self, teacher: Graph, data: Dataset, device: torch.device) -> None:
-        self.teacher, self.data, self.device = teacher, data, device
+    def __init__(self, teachers: Graph | Sequence[Graph], data: Dataset, device: torch.device) -> None:
+        self.teachers = [teachers] if isinstance(teachers, Graph) else list(teachers)
+        if not self.teachers:
+            raise ValueError("soft targets need at least one teacher")
+        self.data, self.device = data, device
         self._fixed: torch.Tensor | None = None
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([logits(t, x, device=self.device) for t in self.teachers]).mean(0)
 
     def on(self, x: torch.Tensor, augmented: bool) -> torch.Tensor:
         if augmented:
-            return logits(self.teacher, x, device=self.device)
+            return self._logits(x)
         if self._fixed is None:
-            self._fixed = logits(self.teacher, self.data.x, device=self.device)
+            self._fixed = self._logits(self.data.x)
         return self._fixed
+
+
+def train_dense(trainer: Trainer, data: Dataset, dense_epochs: int, final_epochs: int, recipe: Recipe,
+                gen: torch.Generator, *, label: str = "dense", reporter: Reporter | None = None) -> Graph:
+    """A dense network under the shared recipe, on labels only: ``dense_epochs`` (cosine-annealed)
+    then the final training every method gets (``final_epochs`` more, from the base learning
+    rate). Returns a copy of the trained graph."""
+    plain = dataclasses.replace(recipe, alpha=0.0)
+    base = trainer.lr
+    if dense_epochs:
+        stint(trainer, data, dense_epochs, plain, gen, anneal=True, label=f"{label} training", reporter=reporter)
+    if final_epochs:
+        trainer.set_lr(base)
+        stint(trainer, data, final_epochs, plain, gen, anneal=True, label=f"{label} final training",
+              reporter=reporter)
+    return trainer.graph.copy()
 
 
 def stint(trainer: Trainer, data: Dataset, epochs: int, recipe: Recipe, gen: torch.Generator, *,

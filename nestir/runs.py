@@ -11,14 +11,14 @@ import torch
 
 from . import data as datasets
 from .backends.device import resolve_device
-from .backends.train import Trainer, evaluate
+from .backends.train import Trainer, evaluate, logits
 from .decide import wilson
 from .edit import set_mask
 from .errors import NestirError
 from .frontend import trace
 from .graph import Graph
 from .loading import load_model, parse_shape
-from .recipe import stint
+from .recipe import train_dense
 from .report import plot_first_layer, plot_history, write_history, write_json, write_models
 from .stats import stats
 from .synthesis import SynthConfig, sparsify_seed
@@ -171,29 +171,44 @@ def dense_reference(prep: Prepared, spec: RunSpec, cfg: SynthConfig, *, dense_ep
     import time
 
     t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    g = dense_graph(prep, spec)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    recipe = cfg.recipe()
-    recipe.alpha = 0.0
-    trainer = Trainer(g, device=prep.device, lr=cfg.lr, weight_decay=cfg.weight_decay)
     data = prep.splits.to(prep.device)
-    stint(trainer, data.train, dense_epochs, recipe, gen, anneal=True, label="dense training", reporter=reporter)
-    if cfg.final_epochs:
-        trainer.set_lr(cfg.lr)
-        stint(trainer, data.train, cfg.final_epochs, recipe, gen, anneal=True, label="dense final training",
-              reporter=reporter)
-    final = trainer.graph.copy()
+    nets = []
+    for i in range(cfg.teachers):  # the first is the reference; the others only teach
+        seed = cfg.seed + 7919 * i
+        torch.manual_seed(seed)
+        g = dense_graph(prep, spec)
+        gen = torch.Generator().manual_seed(seed)
+        trainer = Trainer(g, device=prep.device, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        nets.append(train_dense(trainer, data.train, dense_epochs, cfg.final_epochs, cfg.recipe(), gen,
+                                label="dense" if i == 0 else f"dense teacher {i + 1}/{cfg.teachers}",
+                                reporter=reporter))
+    final = nets[0]
     s = stats(final)
     val = evaluate(final, data.val.x, data.val.y, device=prep.device).error
     row = {"step": 0, "phase": "dense", "params": s["params"], "flops": s["flops"], "val_error": val,
            "accepted": True, "epochs": dense_epochs + cfg.final_epochs, "seconds": round(time.perf_counter() - t0, 2),
-           "note": ""}
+           "note": "" if len(nets) == 1 else f"the first of {len(nets)} dense networks that teach together"}
     if reporter is not None:
         reporter.step(row)
-    return {"final": final_metrics(final, prep, prep.device, val_error=val), "phases": [row], "teacher": final,
+    metrics = final_metrics(final, prep, prep.device, val_error=val)
+    if len(nets) > 1:
+        metrics["teachers"] = ensemble_metrics(nets, prep)
+    return {"final": metrics, "phases": [row], "teacher": final, "ensemble": nets[1:],
             "graph": final, "wall_seconds": round(time.perf_counter() - t0, 2),
-            "epochs": dense_epochs + cfg.final_epochs}
+            "epochs": (dense_epochs + cfg.final_epochs) * len(nets)}
+
+
+def ensemble_metrics(nets: list[Graph], prep: Prepared) -> dict[str, Any]:
+    """Errors of the teachers' averaged logits (what the students learn from), next to each
+    member's: the report shows how much better the ensemble is than the reference alone."""
+    out: dict[str, Any] = {"count": len(nets)}
+    for name, d in (("val", prep.val), ("audit", prep.splits.audit), ("test", prep.test)):
+        if d is None:
+            continue
+        outs = [logits(g, d.x, device=prep.device) for g in nets]
+        out[f"{name}_error"] = float((torch.stack(outs).mean(0).argmax(1).cpu() != d.y.cpu()).float().mean())
+        out[f"{name}_errors"] = [float((o.argmax(1).cpu() != d.y.cpu()).float().mean()) for o in outs]
+    return out
 
 
 def write_outputs(out: str, graph: Graph, report: dict[str, Any], title: str, plots: bool = True) -> None:

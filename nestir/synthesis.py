@@ -32,6 +32,7 @@ from .stats import stats
 
 log = logging.getLogger(__name__)
 
+MAX_TEACHERS = 16
 MAX_EPOCHS = 100_000  # per stint: anything above is a typo, refused before work starts
 
 
@@ -83,6 +84,8 @@ class SynthConfig:
     anneal: bool = True  # cosine learning-rate decay within the shift and pruning stints
     distill: float = 0.7  # weight of the dense reference's soft targets in the loss (0: labels only)
     temperature: float = 4.0  # distillation temperature
+    teachers: int = 1  # dense networks (seeds) whose averaged soft targets every stint distils from;
+    # the first is the reference every decision compares with and the report's baseline
     confidence: float = 1.0  # z of the one-sided bound in the paired acceptance rule
     tolerance: float = 0.0025  # accepted error above the dense reference (fraction), at that bound
     fallback_dense: bool = True  # grown network worse than dense beyond the tolerance: prune the dense reference
@@ -139,6 +142,8 @@ class SynthConfig:
             raise NestirError(f"chain-slack must be in (0, 1], got {self.chain_slack}")
         if not (math.isfinite(self.scan_slack) and 0 < self.scan_slack <= 1):
             raise NestirError(f"scan-slack must be in (0, 1], got {self.scan_slack}")
+        if not 1 <= self.teachers <= MAX_TEACHERS:
+            raise NestirError(f"teachers must be between 1 and {MAX_TEACHERS}, got {self.teachers}")
         if self.max_trials < 1:
             raise NestirError(f"max-trials must be >= 1, got {self.max_trials}")
         if self.prune_scope not in ("layer", "global"):
@@ -191,7 +196,8 @@ class Synthesizer:
 
     def __init__(self, graph: Graph, splits: Splits, cfg: SynthConfig, out: str, device: str | None = None,
                  reporter: Reporter | None = None, teacher: Graph | None = None,
-                 final_teacher: Graph | None = None, resuming: bool = False,
+                 final_teacher: Graph | None = None, ensemble: list[Graph] | None = None,
+                 resuming: bool = False,
                  meta: dict[str, Any] | None = None, loss: Any = None, metric: Any = None,
                  metric_target: float | None = None) -> None:
         cfg.check()
@@ -211,8 +217,10 @@ class Synthesizer:
         self.teacher = teacher.to(self.dev) if teacher is not None else None
         self.final_teacher = ((final_teacher.to(self.dev) if final_teacher is not None else self.teacher)
                               if teacher is not None else None)
+        # the other dense networks the soft targets average over (the teacher is the first)
+        self.ensemble = [g.to(self.dev) for g in ensemble or []] if teacher is not None else []
         classify = loss is None and metric is None  # distillation's KL is defined for class logits only
-        self.soft = (SoftTargets(self.teacher, self.data.train, self.dev)
+        self.soft = (SoftTargets([self.teacher, *self.ensemble], self.data.train, self.dev)
                      if self.teacher is not None and classify and cfg.distill > 0 else None)
         self.reference: torch.Tensor | None = None  # per-image 0/1 errors of the reference on val
         if metric is not None:
@@ -601,6 +609,7 @@ class Synthesizer:
               "graph": graph_state(self.graph), "best": gs(self.best), "candidate": gs(self.candidate),
               "teacher": gs(self.teacher),
               "final_teacher": gs(self.final_teacher) if self.final_teacher is not self.teacher else None,
+              "ensemble": [graph_state(g) for g in self.ensemble],
               "reference": self.reference.cpu() if self.reference is not None else None,
               "optimizer": opt, "lr": self.trainer.lr, "rng": self.gen.get_state(), "meta": self.meta}
         ck["sha256"] = digest_tree({k: v for k, v in ck.items() if k != "sha256"})
@@ -623,12 +632,13 @@ class Synthesizer:
             g.verify()
             teacher = graph_from_state(ck["teacher"]) if ck.get("teacher") is not None else None
             final_teacher = graph_from_state(ck["final_teacher"]) if ck.get("final_teacher") is not None else None
+            ensemble = [graph_from_state(e) for e in ck.get("ensemble") or []]
         except NestirError:
             raise
         except Exception as e:
             raise NestirError(f"checkpoint '{path}' does not hold a valid run ({type(e).__name__}: {e})") from None
         self = cls(g, splits, cfg, out, device, reporter, teacher=teacher, final_teacher=final_teacher,
-                   resuming=True, meta=ck.get("meta") or {})
+                   ensemble=ensemble, resuming=True, meta=ck.get("meta") or {})
         known = {f.name for f in dataclasses.fields(RunState)}
         state = {k: v for k, v in ck["state"].items() if k in known}
         if state.get("phase") == "select" and "cursor" not in ck["state"]:  # an older run's binary search

@@ -5,6 +5,7 @@ import torch
 
 from nestir.data import Dataset
 from nestir.errors import NestirError
+from nestir.frontend import trace
 from nestir.runs import RunSpec, prepare
 from nestir.serialize import load_graph
 from nestir.synthesis import SynthConfig, Synthesizer, sparsify_seed
@@ -349,3 +350,20 @@ def test_growth_short_of_dense_prunes_the_dense_reference(tmp_path, fallback):
     else:
         assert start["phase"] == "prune" and start["params"] < st.history[shift]["params"]
         assert "becomes the reference" in st.history[shift]["note"]
+
+
+def test_soft_targets_average_the_teachers_logits():
+    """``--teachers K``: the students learn from the mean of the K dense networks' logits."""
+    from nestir.backends.train import logits
+    from nestir.recipe import SoftTargets
+
+    torch.manual_seed(0)
+    a = trace(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)), torch.zeros(2, 1, 4, 4))
+    b = trace(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)), torch.zeros(2, 1, 4, 4))
+    x = torch.rand(5, 1, 4, 4)
+    data = Dataset(x, torch.zeros(5, dtype=torch.long), "t")
+    got = SoftTargets([a, b], data, torch.device("cpu")).on(x, augmented=False)
+    want = (logits(a, x) + logits(b, x)) / 2
+    torch.testing.assert_close(got, want)
+    with pytest.raises(NestirError, match="teachers"):
+        SynthConfig(teachers=0).check()
