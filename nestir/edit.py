@@ -185,7 +185,7 @@ def remove_units(graph: Graph, conv: str, units: Sequence[int], *, info: GroupIn
     the group it reads and their output channels from the group it writes (one edit; see
     :class:`nestir.groups.Tie`). Refuses to remove every unit."""
     info = info or analyze(graph)
-    tie = next((t for t in info.ties() if t.conv == conv), None)
+    tie = next((t for t in info.ties() if conv in t.convs), None)
     if tie is None:
         grp = info.of(conv)
         why = grp.reason if grp is not None and grp.frozen else "it does not tie two resizable groups"
@@ -205,7 +205,8 @@ def remove_units(graph: Graph, conv: str, units: Sequence[int], *, info: GroupIn
     sides = [(dst, tie.dst_unit)] if tie.src == tie.dst else [(src, tie.src_unit), (dst, tie.dst_unit)]
     for grp, unit in sides:
         _stage_remove(graph, info, grp, [u * unit + j for u in drop for j in range(unit)], st)
-    st.attrs.setdefault(conv, {})[opdef(graph[conv].op).unit_attr] = tie.groups - len(drop)
+    for c in tie.convs:
+        st.attrs.setdefault(c, {})[opdef(graph[c].op).unit_attr] = tie.groups - len(drop)
     st.commit(graph)
 
 
@@ -226,14 +227,15 @@ def add_units(
     if count <= 0:
         raise EditError(f"add_units needs a positive count, got {count}")
     info = info or analyze(graph)
-    tie = next((t for t in info.ties() if t.conv == node), None)
+    tie = next((t for t in info.ties() if node in t.convs), None)
     if tie is None:
         raise EditError(f"'{node}' cannot gain whole units: it does not tie two prunable groups")
     st = _Staged()
     sides = [(tie.dst, tie.dst_unit)] if tie.src == tie.dst else [(tie.src, tie.src_unit), (tie.dst, tie.dst_unit)]
     for gid, unit in sides:
         _stage_add(graph, info, info.groups[gid], count * unit, rows or {}, cols or {}, st)
-    st.attrs.setdefault(node, {})[opdef(graph[node].op).unit_attr] = tie.groups + count
+    for c in tie.convs:
+        st.attrs.setdefault(c, {})[opdef(graph[c].op).unit_attr] = tie.groups + count
     st.commit(graph)
 
 

@@ -39,7 +39,7 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return (qualname in self.leaf_names or isinstance(m, self.leaves) or cv.is_attention_module(m)
-                or super().is_leaf_module(m, qualname))
+                or any(d.structural and d.matches(m) for d in OPS.values()) or super().is_leaf_module(m, qualname))
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         self.stack.append(self.path_of_module(m))
@@ -671,14 +671,30 @@ class _Builder:
         if x is not None and isinstance(mod, (nn.Conv1d, nn.Conv2d)) and type(mod) not in (nn.Conv1d, nn.Conv2d) \
                 and self.conv_subclass(fxn, mod, x):
             return None
-        d = next((d for d in OPS.values() if isinstance(mod, d.modules)), None)
+        d = next((d for d in OPS.values() if d.matches(mod)), None)
         node = d.from_module(fxn.name, mod) if d is not None and x is not None and str(fxn.target) not in auto else None
+        if node is not None and d.structural and not self.reproduces(node, fxn):  # type: ignore[union-attr]
+            node = None
         if node is not None:
             return self.add(node, fxn, [x])  # type: ignore[list-item]
         self.opaque(fxn, mod, "module")
         if str(fxn.target) in auto:
             n = self.graph[fxn.name]
             n.attrs["label"] = f"{n.attrs['label']} (not traceable, kept whole: {auto[str(fxn.target)]})"
+
+    def reproduces(self, node: Node, fxn: fx.Node) -> bool:
+        """Whether ``node`` computes what the module call ``fxn`` recorded (a module recognised by
+        its structure, not its class, must prove it)."""
+        x, ref = self.values.get(fxn.args[0]), self.values.get(fxn)
+        if not isinstance(x, torch.Tensor) or not isinstance(ref, torch.Tensor):
+            return False
+        try:
+            with torch.no_grad():
+                y = opdef(node.op).evaluate(node, [x], node.params, False)
+        except Exception:
+            return False
+        return tuple(y.shape) == tuple(ref.shape) and torch.allclose(
+            y, ref, atol=1e-5 * max(1.0, float(ref.abs().max())), rtol=1e-4)
 
     def folds(self, fxn: fx.Node, v: Any) -> bool:
         """A call whose every input is a constant (``gamma.view(1, -1, 1, 1)``, ``pos.flatten()``)

@@ -48,7 +48,8 @@ class Tie:
     """A grouped conv ``conv`` with ``groups`` groups reads group ``src`` in units of ``src_unit``
     channels and writes group ``dst`` in units of ``dst_unit``: unit k of one exists only with
     unit k of the other, so both lose whole units together (``src == dst`` for a conv inside
-    a residual loop with equal units)."""
+    a residual loop with equal units). ``also``: other grouped convs with exactly the same tie
+    (parallel branches of one block, as in MobileOne/FastViT): they lose the same units."""
 
     conv: str
     groups: int
@@ -56,6 +57,11 @@ class Tie:
     src_unit: int
     dst: int
     dst_unit: int
+    also: tuple[str, ...] = ()
+
+    @property
+    def convs(self) -> tuple[str, ...]:
+        return (self.conv, *self.also)
 
 
 @dataclass
@@ -172,14 +178,18 @@ class _Analysis:
     def resolve_ties(self) -> dict[int, Tie]:
         """Each group in at most one tie, with the same unit on both sides of a self-tie, else
         every group involved is frozen."""
-        ties = [(conv, g, self.find(s), su, self.find(d), du) for conv, g, s, su, d, du in self.ties]
+        merged: dict[tuple[int, int, int, int, int], list[str]] = {}
+        for conv, g, s, su, d, du in self.ties:  # parallel grouped convs with the same tie: one tie
+            merged.setdefault((g, self.find(s), su, self.find(d), du), []).append(conv)
+        ties = [(convs, g, s, su, d, du) for (g, s, su, d, du), convs in merged.items()]
         count: dict[int, int] = {}
         for _, _, s, _, d, _ in ties:
             for x in {s, d}:
                 count[x] = count.get(x, 0) + 1
         frozen = {self.find(x) for x in self.frozen}
         out: dict[int, Tie] = {}
-        for conv, g, s, su, d, du in ties:
+        for convs, g, s, su, d, du in ties:
+            conv = convs[0]
             why = ""
             if count[s] > 1 or count[d] > 1:
                 why = f"grouped conv '{conv}' shares its groups with another grouped conv"
@@ -191,7 +201,7 @@ class _Analysis:
                 for x in (s, d):
                     self.frozen.setdefault(x, why)
                 continue
-            out[s] = out[d] = Tie(conv, g, s, su, d, du)
+            out[s] = out[d] = Tie(conv, g, s, su, d, du, tuple(convs[1:]))
         return out
 
     def run(self) -> GroupInfo:

@@ -168,7 +168,7 @@ class MagnitudePrune(Pass):
         # groups a LayerNorm normalizes prune too (the normalization then spans fewer neurons: a
         # lossy step like any pruning, which retraining recovers; growth leaves them alone)
         groups = [g for g in info.resizable() if set(g.producers) <= allowed and g.width > 1]
-        ties = [t for t in info.ties() if t.groups > 1 and (t.conv in allowed or graph[t.conv].op == "attention")
+        ties = [t for t in info.ties() if t.groups > 1 and (set(t.convs) <= allowed or graph[t.conv].op == "attention")
                 and set(info.groups[t.src].producers + info.groups[t.dst].producers) <= allowed]
         if not groups and not ties:
             return 0
@@ -200,7 +200,7 @@ class MagnitudePrune(Pass):
             removed += k
         for conv, tap in [(t.conv, taps[t.dst]) for t in ties]:  # whole conv groups: weakest mean |output|
             info = graph.groups()
-            tie = next(t for t in info.ties() if t.conv == conv)
+            tie = next(t for t in info.ties() if conv in t.convs)
             k = min(math.floor(self.neuron_fraction * tie.groups + 0.5), tie.groups - 1)  # whole units: nearest count
             if k <= 0:
                 continue

@@ -158,3 +158,37 @@ class ShuffleBlock(torch.nn.Module):
         x1, x2 = x.chunk(2, dim=1)
         x = channel_shuffle(torch.cat([x1, self.c2(x2)], 1), 2)
         return self.head(x).mean((2, 3))
+
+
+class GlobalResponseNorm(torch.nn.Module):
+    """timm's GlobalResponseNorm as written there (ConvNeXt-V2), with non-zero weight and bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, channels_last: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.spatial_dim, self.channel_dim = ((1, 2), -1) if channels_last else ((2, 3), 1)
+        self.wb_shape = (1, 1, 1, -1) if channels_last else (1, -1, 1, 1)
+        self.weight = nn.Parameter(torch.randn(dim))
+        self.bias = nn.Parameter(torch.randn(dim))
+
+    def forward(self, x):
+        x_g = x.norm(p=2, dim=self.spatial_dim, keepdim=True)
+        x_n = x_g / (x_g.mean(dim=self.channel_dim, keepdim=True) + self.eps)
+        return x + torch.addcmul(self.bias.view(self.wb_shape), self.weight.view(self.wb_shape), x * x_n)
+
+
+class GRNBlock(torch.nn.Module):
+    """A ConvNeXt-V2 MLP: 1x1 conv, GELU, GRN, 1x1 conv (channels first), and the same with
+    linears on channels-last tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.g1, self.c2 = nn.Conv2d(3, 12, 1), GlobalResponseNorm(12, channels_last=False), nn.Conv2d(12, 6, 1)
+        self.l1, self.g2, self.l2 = nn.Linear(6, 10), GlobalResponseNorm(10), nn.Linear(10, 6)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = self.c2(self.g1(torch.nn.functional.gelu(self.c1(x))))
+        y = x.permute(0, 2, 3, 1)
+        y = self.l2(self.g2(torch.nn.functional.gelu(self.l1(y))))
+        return self.fc(y.mean((1, 2)))

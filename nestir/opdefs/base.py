@@ -58,6 +58,15 @@ class OpDef:
         """Whether a call of function ``target`` may be this op (then :meth:`from_function`)."""
         return any(target is f for f in self.functions)
 
+    structural: ClassVar[bool] = False  # recognised by what a module holds, not by its class (see matches)
+
+    def matches(self, mod: torch.nn.Module) -> bool:
+        """Whether a call of ``mod`` may be this op (then :meth:`from_module`). Ops with
+        ``structural`` set recognise a library's module they cannot import by its name and
+        attributes; the frontend traces such a module as a leaf and keeps the node only where it
+        reproduces the module's recorded output."""
+        return isinstance(mod, self.modules)
+
     def from_module(self, name: str, mod: torch.nn.Module) -> Node | None:
         """A node for a call of a module of one of ``modules`` (one tensor in), or None (opaque)."""
         return None

@@ -1,7 +1,8 @@
-"""Normalizations: ``batchnorm``, ``layernorm`` (over the last axis), ``groupnorm``."""
+"""Normalizations: ``batchnorm``, ``layernorm`` (over the last axis), ``groupnorm``, ``grn``."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -251,3 +252,85 @@ class GroupNorm(_Norm):
         bshape = (c, *([1] * (len(shape) - 2)))
         y = e.op("Mul", [y, e.const(nm + "_scale", p["weight"].reshape(bshape))], nm + "_w")
         return e.op("Add", [y, e.const(nm + "_shift", p["bias"].reshape(bshape))], nm)
+
+
+@register
+class GlobalResponseNorm(OpDef):
+    """ConvNeXt-V2's global response normalization (timm's ``GlobalResponseNorm``, recognised by
+    its name and attributes): ``x + bias + weight * x * n`` with ``n`` each channel's L2 norm over
+    the spatial dims divided by the mean of those norms over the channels. The mean spans the
+    neurons, so its group is 'mixing' (like a LayerNorm); ``weight`` and ``bias`` are per neuron
+    (a new neuron with both zero passes its input through)."""
+
+    name = "grn"
+    trainable = ("weight", "bias")
+    entries = ("weight", "bias")
+    counted = ("weight", "bias")
+    structural = True
+
+    def matches(self, mod: nn.Module) -> bool:
+        return (type(mod).__name__ == "GlobalResponseNorm" and getattr(mod, "channel_dim", None) in (-1, 1)
+                and all(k in mod._parameters for k in ("weight", "bias"))  # (while tracing, getattr gives proxies)
+                and isinstance(getattr(mod, "eps", None), float))
+
+    def from_module(self, name: str, mod: nn.Module) -> Node | None:
+        last = mod.channel_dim == -1
+        params = {"weight": mod.weight.detach().clone().float(), "bias": mod.bias.detach().clone().float()}  # type: ignore[union-attr,operator]
+        return Node(name, "grn", attrs={"eps": float(mod.eps), "channels_last": last}, params=params)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _dims(node: Node, nd: int) -> tuple[tuple[int, ...], int]:
+        """(spatial dims, channel dim) of an ``nd``-dim input."""
+        if node.attrs["channels_last"]:
+            return tuple(range(1, nd - 1)), nd - 1
+        return tuple(range(2, nd)), 1
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        return self._dims(node, value.dim())[1]
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        x = args[0]
+        sd, cd = self._dims(node, x.dim())
+        shape = [1] * x.dim()
+        shape[cd] = -1
+        g = x.norm(p=2, dim=sd, keepdim=True)
+        n = g / (g.mean(dim=cd, keepdim=True) + node.attrs["eps"])
+        return x + torch.addcmul(p["bias"].view(shape), p["weight"].view(shape), x * n)
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        nd = len(node.shape or ())
+        lay = an.input_layout(node, self._dims(node, nd)[1])
+        if lay is not None:
+            an.per_neuron[node.name] = lay
+            an.mixing.update(g for g, _ in lay)
+        return lay
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        nd = len(node.shape or ())
+        sd, cd = self._dims(node, nd)
+        shape = [1] * nd
+        shape[cd] = -1
+        for k in ("weight", "bias"):
+            low.root.register_parameter(f"{node.name}_{k}", nn.Parameter(node.params[k].view(shape).detach().clone()))
+        fg, x = low.fg, args[0]
+        g = fg.call_method("norm", (x,), {"p": 2, "dim": sd, "keepdim": True})
+        m = fg.call_method("mean", (g,), {"dim": cd, "keepdim": True})
+        n = fg.call_function(operator.truediv, (g, fg.call_function(operator.add, (m, node.attrs["eps"]))))
+        y = fg.call_function(torch.addcmul, (fg.get_attr(f"{node.name}_bias"), fg.get_attr(f"{node.name}_weight"),
+                                             fg.call_function(operator.mul, (x, n))))
+        return fg.call_function(operator.add, (x, y))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        nd, nm = len(node.shape or ()), node.name
+        sd, cd = self._dims(node, nd)
+        shape = [1] * nd
+        shape[cd] = -1
+        x = xs[0]
+        gn = e.op("ReduceL2", [x, e.const(nm + "_sd", np.array(sd), np.int64)], nm + "_g", keepdims=1)
+        m = e.op("ReduceMean", [gn, e.const(nm + "_cd", np.array([cd]), np.int64)], nm + "_m", keepdims=1)
+        m = e.op("Add", [m, e.const(nm + "_eps", np.array(node.attrs["eps"], np.float32))], nm + "_me")
+        n = e.op("Div", [gn, m], nm + "_n")
+        y = e.op("Mul", [e.op("Mul", [x, n], nm + "_xn"), e.const(nm + "_w", node.params["weight"].view(shape))],
+                 nm + "_y")
+        y = e.op("Add", [y, e.const(nm + "_b", node.params["bias"].view(shape))], nm + "_yb")
+        return e.op("Add", [x, y], nm)

@@ -593,3 +593,42 @@ def test_channel_shuffle_folds_into_the_layers_that_read_it():
     # lowering fuses the pieces of each cut conv back into one: as many convs as the model has
     assert sum(isinstance(q, nn.Conv2d) for q in p.to_torch().modules()) == sum(
         isinstance(q, nn.Conv2d) for q in m.modules())
+
+
+def test_global_response_norm_is_understood():
+    """ConvNeXt-V2's GlobalResponseNorm (recognised by name and attributes, checked against its
+    recorded output) becomes a `grn` node: nothing opaque, its groups prune (it mixes the
+    neurons like a LayerNorm), and torch and ONNX stay exact."""
+    from blocks import GRNBlock
+
+    torch.manual_seed(0)
+    m = GRNBlock().eval()
+    x = torch.rand(3, 3, 5, 5)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
+    assert [n.name for n in g if n.op == "grn"] == ["g1", "g2"]
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2, 3]))])
+    assert p["g1"].params["weight"].shape[0] < 12 and p["g2"].params["weight"].shape[0] < 10
+    y = torch.rand(2, 3, 5, 5)
+    np.testing.assert_allclose(run_onnx(p, y), run_ir(p, y), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), run_ir(p, y), rtol=1e-5, atol=1e-5)
+
+
+def test_a_look_alike_module_that_computes_something_else_stays_opaque():
+    """Recognised by structure, a module must reproduce its recorded output, else it stays one
+    opaque node instead of silently changing the model."""
+    from blocks import GlobalResponseNorm
+
+    class Other(GlobalResponseNorm):
+        def forward(self, x):
+            return super().forward(x) * 2.0
+
+    Other.__name__ = "GlobalResponseNorm"
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 1), Other(4, channels_last=False)).eval()
+    x = torch.rand(2, 3, 4, 4)
+    g = nestir.trace(m, x)
+    assert not [n for n in g if n.op == "grn"] and nestir.opaque_nodes(g)
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), rtol=1e-5, atol=1e-6)

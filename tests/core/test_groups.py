@@ -118,3 +118,36 @@ def test_token_mixing_freezes_the_groups_it_reads_across():
                      data=[(x, torch.tensor([0, 1, 2]))])
     assert p["tok"].params["weight"].shape == (5, 5)
     p.verify()
+
+
+def test_parallel_grouped_convs_with_the_same_tie_lose_the_same_units():
+    """Two grouped convs side by side on one value, summed (MobileOne's / FastViT's kxk and 1x1
+    branches): one tie for both, so whole units go from both at once and the sum stays exact."""
+    import torch.nn as nn
+
+    from nestir.edit import remove_units
+
+    class Parallel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 8, 1)
+            self.k = nn.Conv2d(8, 16, 3, padding=1, groups=4)
+            self.s = nn.Conv2d(8, 16, 1, groups=4)
+            self.c3 = nn.Conv2d(16, 5, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.c1(x))
+            return self.c3(torch.relu(self.k(y) + self.s(y)))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    g = nestir.trace(Parallel().eval(), x)
+    (tie,) = g.groups().ties()
+    assert set(tie.convs) == {"k", "s"} and (tie.groups, tie.src_unit, tie.dst_unit) == (4, 2, 4)
+    remove_units(g, "s", [2])
+    g.verify()
+    assert g["k"].attrs["groups"] == g["s"].attrs["groups"] == 3
+    assert g["k"].params["weight"].shape[0] == g["s"].params["weight"].shape[0] == 12
+    torch.testing.assert_close(g.to_torch()(x), nestir.backends.executor.IRModule(g.copy()).eval()(x))
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"], data=[(x, torch.tensor([0, 1]))])
+    assert p["k"].attrs["groups"] == p["s"].attrs["groups"] < 3
