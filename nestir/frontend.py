@@ -505,6 +505,8 @@ class _Builder:
         if len(out) == 2 and len(src) >= 2 and out[0] == src[0] and out[1] == math.prod(src[1:]):
             op = "identity" if len(src) == 2 else "flatten"
             self.add(Node(fxn.name, op, attrs={"p": 0.0} if op == "identity" else {}), fxn, [x])
+        elif self.split_axis(fxn, x, src, out):
+            return
         elif len(src) >= 1 and len(out) >= 1 and out[0] == src[0]:
             attrs: dict[str, Any] = {"rest": out[1:]}
             keep = _kept_axis(src, out, self.graph[x].axis)
@@ -517,6 +519,28 @@ class _Builder:
         else:
             self.opaque(fxn, fxn.target, "method" if fxn.op == "call_method" else "function")
 
+    def split_axis(self, fxn: fx.Node, x: str, src: tuple[int, ...], out: tuple[int, ...]) -> bool:
+        """A reshape that splits the neuron axis into (R, C), the rest unchanged (SKNet's attention
+        ``view(B, paths, C, 1, 1)``): R channel ranges stacked along a new dim, so the R pieces
+        become the same C neurons (the producer is cut into R pieces)."""
+        a = self.graph[x].axis
+        if a is None or a == 0 or len(out) != len(src) + 1 or out[:a] != src[:a] or out[a + 2:] != src[a + 1:]:
+            return False
+        r, c = out[a], out[a + 1]
+        if r < 2 or r * c != src[a]:
+            return False
+        pieces = []
+        for k in range(r):
+            items: list[Any] = [None] * len(src)
+            items[a] = (k * c, (k + 1) * c, 1)
+            shape = list(src)
+            shape[a] = c
+            name = self.graph.fresh_name(f"{fxn.name}__{k}")
+            self.graph.add(Node(name, "index", [x], {"items": items}, {}, tuple(shape), a, _source(fxn)))
+            pieces.append(name)
+        self.add(Node(fxn.name, "stack", attrs={"dim": a}), fxn, pieces)
+        return True
+
     def flatten_module(self, fxn: fx.Node, mod: nn.Flatten, x: str) -> None:
         """``nn.Flatten``: from dim 1 to the last, the flatten op (one channel becomes its H*W
         features); another range that keeps the batch dim, a reshape (freezes the groups it
@@ -528,15 +552,24 @@ class _Builder:
         self.opaque(fxn, mod, "module", f"Flatten(start_dim={mod.start_dim}, end_dim={mod.end_dim}): flattens "
                     "the batch dimension (only start_dim >= 1 is understood; nn.Flatten() is)")
 
-    def mean(self, fxn: fx.Node, x: str, dims: Any, keepdim: bool) -> None:
+    def mean(self, fxn: fx.Node, x: str, dims: Any, keepdim: bool, kind: str = "mean") -> None:
         nd = len(self.in_shape(x))
-        if dims is None:
+        if dims is None or not isinstance(keepdim, bool):
             return self.opaque(fxn, fxn.target, "method" if fxn.op == "call_method" else "function")
         dims = [dims] if isinstance(dims, int) else list(dims)
         dims = sorted(d % nd for d in dims)
         if 0 in dims:
             return self.opaque(fxn, fxn.target, "method" if fxn.op == "call_method" else "function")
-        self.add(Node(fxn.name, "mean", attrs={"dims": dims, "keepdim": bool(keepdim)}), fxn, [x])
+        attrs: dict[str, Any] = {"dims": dims, "keepdim": bool(keepdim)}
+        if kind != "mean":
+            attrs["kind"] = kind
+        self.add(Node(fxn.name, "mean", attrs=attrs), fxn, [x])
+
+    def softmax(self, fxn: fx.Node, x: str, dim: int) -> None:
+        nd = len(self.in_shape(x))
+        if dim % nd == 0:
+            return self.opaque(fxn, fxn.target, "method" if fxn.op == "call_method" else "function")
+        self.add(Node(fxn.name, "softmax", attrs={"dim": dim % nd}), fxn, [x])
 
     def const_tensor(self, a: Any) -> torch.Tensor | None:
         """The value of a constant tensor argument (a parameter, buffer or folded constant)."""
@@ -621,6 +654,20 @@ class _Builder:
                     return
                 self.add(Node(fxn.name, "cat", attrs={"dim": int(kw.get("dim", 0)) % nd}), fxn, refs)  # type: ignore[arg-type]
                 return
+        if t is torch.stack and kw is not None:
+            refs = [self.ref(a) for a in kw["tensors"]]
+            if refs and all(r is not None for r in refs):
+                nd = len(self.in_shape(refs[0])) + 1  # type: ignore[arg-type]
+                d = int(kw.get("dim", 0)) % nd
+                if d >= 1:
+                    self.add(Node(fxn.name, "stack", attrs={"dim": d}), fxn, refs)  # type: ignore[arg-type]
+                    return
+        if t in (torch.softmax, F.softmax) and first is not None and kw is not None and isinstance(kw.get("dim"), int) \
+                and kw.get("dtype") is None:
+            return self.softmax(fxn, first, kw["dim"])
+        if t is torch.sum and first is not None and kw is not None and kw.get("dim") is not None \
+                and kw.get("dtype") is None:
+            return self.mean(fxn, first, kw.get("dim"), kw.get("keepdim", False), kind="sum")
         if t in cv.RESHAPE_FUNCS and first is not None:
             return self.reshape(fxn, first)
         if t in cv.PERMUTE_FUNCS and first is not None and self.permute(fxn, first, fxn.args[1:]):
@@ -655,9 +702,14 @@ class _Builder:
             return None
         if x is not None and m in cv.PERMUTE_METHODS and not fxn.kwargs and self.permute(fxn, x, fxn.args[1:], m):
             return None
-        if x is not None and m == "mean":
+        if x is not None and m in ("mean", "sum") and "dtype" not in fxn.kwargs:
             dims = fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs.get("dim")
-            return self.mean(fxn, x, dims, fxn.kwargs.get("keepdim", False))
+            keepdim = fxn.args[2] if len(fxn.args) > 2 else fxn.kwargs.get("keepdim", False)
+            return self.mean(fxn, x, dims, keepdim, kind=m)
+        if x is not None and m == "softmax" and "dtype" not in fxn.kwargs:
+            dim = fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs.get("dim")
+            if isinstance(dim, int):
+                return self.softmax(fxn, x, dim)
         self.opaque(fxn, m, "method")
 
     def call_module(self, fxn: fx.Node) -> None:

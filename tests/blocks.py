@@ -183,7 +183,8 @@ class GRNBlock(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.c1, self.g1, self.c2 = nn.Conv2d(3, 12, 1), GlobalResponseNorm(12, channels_last=False), nn.Conv2d(12, 6, 1)
+        self.c1, self.c2 = nn.Conv2d(3, 12, 1), nn.Conv2d(12, 6, 1)
+        self.g1 = GlobalResponseNorm(12, channels_last=False)
         self.l1, self.g2, self.l2 = nn.Linear(6, 10), GlobalResponseNorm(10), nn.Linear(10, 6)
         self.fc = nn.Linear(6, 4)
 
@@ -192,3 +193,27 @@ class GRNBlock(torch.nn.Module):
         y = x.permute(0, 2, 3, 1)
         y = self.l2(self.g2(torch.nn.functional.gelu(self.l1(y))))
         return self.fc(y.mean((1, 2)))
+
+
+class SelectiveKernelBlock(torch.nn.Module):
+    """SKNet's selective kernel (timm's SelectiveKernel, in small): two conv paths stacked, an
+    attention over the paths (sum, pool, reduce, select, view into paths, softmax over them),
+    the paths weighted and summed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 1)
+        self.p1 = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1, groups=2), nn.BatchNorm2d(8), nn.ReLU())
+        self.p2 = nn.Sequential(nn.Conv2d(6, 8, 3, padding=2, dilation=2, groups=2), nn.BatchNorm2d(8), nn.ReLU())
+        self.reduce, self.select = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 16, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.stack([self.p1(x), self.p2(x)], dim=1)
+        a = x.sum(1).mean((2, 3), keepdim=True)
+        a = self.select(torch.relu(self.reduce(a)))
+        b, c, h, w = a.shape
+        a = torch.softmax(a.view(b, 2, c // 2, h, w), dim=1)
+        x = torch.sum(x * a, dim=1)
+        return self.fc(x.mean((2, 3)))

@@ -138,6 +138,34 @@ def _is_stochastic_depth(target: Any) -> bool:
 
 
 @register
+class Softmax(OpDef):
+    """``softmax`` along ``dim``, another dim than the neuron axis (SKNet's attention over its
+    paths): each neuron's values are normalised among themselves. Along the neuron axis it would
+    mix the neurons: that freezes them."""
+
+    name = "softmax"
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        return srcs[0].axis
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return torch.softmax(args[0], node.attrs["dim"])
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        lay = an.layout.get(node.inputs[0])
+        if node.axis is not None and node.attrs["dim"] == node.axis:
+            an.freeze(lay, f"softmax '{node.name}' normalises across the neurons")
+            return None
+        return lay
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        return low.fg.call_function(torch.softmax, (args[0], node.attrs["dim"]))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        return e.op("Softmax", xs, node.name, axis=int(node.attrs["dim"]))
+
+
+@register
 class Identity(OpDef):
     """The value itself; dropout with ``p`` > 0 in training (``nn.Dropout``, ``F.dropout``),
     ``nn.Identity``, channel dropout and torchvision's stochastic depth in eval form."""

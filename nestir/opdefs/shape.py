@@ -1,5 +1,5 @@
 """Ops that move, select, join or reduce values without weights: ``flatten``, ``reshape``,
-``permute``, ``index``, ``slice``, ``gather``, ``cat``, ``mean``, ``pad``."""
+``permute``, ``index``, ``slice``, ``gather``, ``cat``, ``stack``, ``mean``, ``pad``."""
 
 from __future__ import annotations
 
@@ -262,8 +262,43 @@ class Cat(OpDef):
 
 
 @register
+class Stack(OpDef):
+    """``torch.stack`` along a new dim ``dim`` (not the batch dim): every input holds the same
+    neurons (SKNet's paths, the pieces of a split neuron axis), and the neuron axis moves past the
+    new dim when it comes after it."""
+
+    name = "stack"
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        a = srcs[0].axis
+        if a is None or any(s.axis != a for s in srcs):
+            return None
+        return a + 1 if node.attrs["dim"] <= a else a
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return torch.stack(list(args), dim=node.attrs["dim"])
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        lays = [an.layout.get(i) for i in node.inputs]
+        if node.axis is None:
+            for lay in lays:
+                an.freeze(lay, f"stack '{node.name}' joins values with their neurons on different dims")
+            return None
+        return an.unify(lays, f"stack '{node.name}'")
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        return low.fg.call_function(torch.stack, (list(args),), {"dim": node.attrs["dim"]})
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        d, nm = node.attrs["dim"], node.name
+        axes = e.const(nm + "_axes", np.array([d]), np.int64)
+        ups = [e.op("Unsqueeze", [x, axes], f"{nm}_u{k}") for k, x in enumerate(xs)]
+        return e.op("Concat", ups, nm, axis=int(d))
+
+
+@register
 class Mean(OpDef):
-    """``x.mean(dims, keepdim)``; reducing the neuron axis freezes it."""
+    """``x.mean(dims, keepdim)`` (``x.sum`` with ``kind`` "sum"); reducing the neuron axis freezes it."""
 
     name = "mean"
 
@@ -277,7 +312,8 @@ class Mean(OpDef):
         return first.axis if node.attrs["keepdim"] else first.axis - sum(d < first.axis for d in dims)
 
     def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
-        return args[0].mean(dim=node.attrs["dims"], keepdim=node.attrs["keepdim"])
+        kind = node.attrs.get("kind", "mean")
+        return getattr(args[0], kind)(dim=node.attrs["dims"], keepdim=node.attrs["keepdim"])
 
     def neurons(self, an: _Analysis, node: Node) -> Layout | None:
         lay = an.layout.get(node.inputs[0])
@@ -288,11 +324,12 @@ class Mean(OpDef):
 
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         a = node.attrs
-        return low.fg.call_method("mean", (args[0], tuple(a["dims"])), {"keepdim": a["keepdim"]})
+        return low.fg.call_method(a.get("kind", "mean"), (args[0], tuple(a["dims"])), {"keepdim": a["keepdim"]})
 
     def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
         axes = e.const(node.name + "_axes", np.array(node.attrs["dims"]), np.int64)
-        return e.op("ReduceMean", [xs[0], axes], node.name, keepdims=int(node.attrs["keepdim"]))
+        op = "ReduceSum" if node.attrs.get("kind") == "sum" else "ReduceMean"
+        return e.op(op, [xs[0], axes], node.name, keepdims=int(node.attrs["keepdim"]))
 
 
 @register

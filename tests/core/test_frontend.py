@@ -121,11 +121,11 @@ def test_unsupported_op_stays_opaque_and_runs():
             self.fc = nn.Linear(4, 6)
 
         def forward(self, x):
-            return torch.softmax(self.fc(x), dim=-1)
+            return torch.cumsum(self.fc(x), dim=-1)
 
     g = nestir.trace(M().eval(), torch.randn(2, 4))
     (line,) = nestir.opaque_nodes(g)
-    assert "softmax" in line and "test_frontend.py" in line
+    assert "cumsum" in line and "test_frontend.py" in line
 
 
 def test_wrong_shape_and_not_a_module():
@@ -632,3 +632,30 @@ def test_a_look_alike_module_that_computes_something_else_stays_opaque():
     g = nestir.trace(m, x)
     assert not [n for n in g if n.op == "grn"] and nestir.opaque_nodes(g)
     np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_selective_kernel_attention_is_understood():
+    """SKNet: stack of paths, sum over them, a view that splits the neuron axis into (paths, C)
+    and a softmax over the paths: nothing opaque, every group resizes (the select conv is cut
+    into one piece per path), and a prune keeps torch and ONNX exact."""
+    from blocks import SelectiveKernelBlock
+
+    torch.manual_seed(0)
+    m = SelectiveKernelBlock().eval()
+    for b in m.modules():
+        if isinstance(b, nn.BatchNorm2d):
+            b.running_mean.uniform_(-1, 1)
+            b.running_var.uniform_(0.5, 2)
+    x = torch.rand(3, 3, 6, 6)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+    info = g.groups()
+    frozen = [n.name for n in g.parametric() if n.name != "fc" and not info.of(n.name).prunable]
+    assert not frozen, frozen
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2, 3]))])
+    assert p["p1_0"].params["weight"].shape[0] < 8
+    y = torch.rand(2, 3, 6, 6)
+    np.testing.assert_allclose(run_onnx(p, y), run_ir(p, y), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), run_ir(p, y), rtol=1e-5, atol=1e-5)

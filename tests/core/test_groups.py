@@ -149,5 +149,6 @@ def test_parallel_grouped_convs_with_the_same_tie_lose_the_same_units():
     assert g["k"].attrs["groups"] == g["s"].attrs["groups"] == 3
     assert g["k"].params["weight"].shape[0] == g["s"].params["weight"].shape[0] == 12
     torch.testing.assert_close(g.to_torch()(x), nestir.backends.executor.IRModule(g.copy()).eval()(x))
-    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"], data=[(x, torch.tensor([0, 1]))])
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([0, 1]))])
     assert p["k"].attrs["groups"] == p["s"].attrs["groups"] < 3
