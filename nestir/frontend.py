@@ -529,6 +529,9 @@ class _Builder:
         r, c = out[a], out[a + 1]
         if r < 2 or r * c != src[a]:
             return False
+        if any((u.op == "call_method" and u.target in cv.PERMUTE_METHODS) or
+               (u.op == "call_function" and u.target in cv.PERMUTE_FUNCS) for u in fxn.users):
+            return False  # a channel shuffle (view, transpose, view): nestir.permutations folds it
         pieces = []
         for k in range(r):
             items: list[Any] = [None] * len(src)
