@@ -42,6 +42,7 @@ class _Staged:
         for name, at in self.attrs.items():
             graph[name].attrs.update(at)
         graph.journal.extend(self.journal)
+        graph.touch()
 
 
 def _insert(t: torch.Tensor, dim: int, pos: int, new: torch.Tensor) -> torch.Tensor:

@@ -100,8 +100,14 @@ class Graph:
         self.name = name
         # (node, param, edit) for every committed neuron edit, so that optimizer state can follow
         self.journal: list[tuple[str, str, tuple]] = []
+        self.version = 0  # bumped by every committed edit (nestir.edit): attributes may have changed
+        self._groups: tuple[Any, GroupInfo] | None = None
         for n in nodes or []:
             self.add(n)
+
+    def touch(self) -> None:
+        """Record that nodes changed in place (the edit API calls it): cached analyses are stale."""
+        self.version += 1
 
     # -- container -----------------------------------------------------------------------
     def add(self, node: Node) -> Node:
@@ -152,7 +158,11 @@ class Graph:
 
     def copy(self) -> Graph:
         """A deep copy: tensors are cloned, opaque callables are deep-copied."""
-        return copy.deepcopy(self)
+        cached, self._groups = self._groups, None
+        try:
+            return copy.deepcopy(self)
+        finally:
+            self._groups = cached
 
     def fresh_name(self, base: str) -> str:
         if base not in self.nodes:
@@ -195,8 +205,13 @@ class Graph:
 
     # -- analyses and lowering: provided by the layers above (see provide()) -----------------
     def groups(self) -> GroupInfo:
-        """Neuron groups: coupled neurons across layers (:func:`nestir.groups.analyze`)."""
-        return _provider("groups")(self)
+        """Neuron groups: coupled neurons across layers (:func:`nestir.groups.analyze`). Cached:
+        computed again only after an edit (:attr:`version`) or when a node's name, op, inputs,
+        shape or axis changed; treat the result as read-only."""
+        key = (self.version, tuple((n.name, n.op, tuple(n.inputs), n.shape, n.axis) for n in self.nodes.values()))
+        if self._groups is None or self._groups[0] != key:
+            self._groups = (key, _provider("groups")(self))
+        return self._groups[1]
 
     def verify(self) -> None:
         """Raise :class:`~nestir.errors.VerifyError` when an invariant is broken (:func:`nestir.verify`)."""

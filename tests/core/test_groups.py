@@ -152,3 +152,21 @@ def test_parallel_grouped_convs_with_the_same_tie_lose_the_same_units():
     p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
                      data=[(x, torch.tensor([0, 1]))])
     assert p["k"].attrs["groups"] == p["s"].attrs["groups"] < 3
+
+
+def test_group_analysis_is_cached_until_an_edit_or_a_structural_change():
+    from nestir.edit import remove_neurons
+
+    g = nestir.trace(LeNet5().eval(), torch.zeros(2, 1, 28, 28))
+    a = g.groups()
+    assert g.groups() is a  # nothing changed: the same analysis
+    grp = a.of("conv1")
+    remove_neurons(g, grp.id, [0, 1], info=a)
+    b = g.groups()
+    assert b is not a and b.of("conv1").width == grp.width - 2  # an edit invalidates it
+    assert g.copy().groups() is not b  # a copy analyses itself
+    name = next(n.name for n in g if n.op == "act")
+    g[name].inputs = list(g[name].inputs)  # same structure: still cached
+    assert g.groups() is b
+    g.nodes[name].shape = (1, *g.nodes[name].shape[1:])  # a changed shape: analysed again
+    assert g.groups() is not b
