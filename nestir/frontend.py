@@ -821,7 +821,7 @@ def _cut_producers(graph: Graph) -> None:
                 grp = info.groups[g]
                 w = grp.width * r
                 inner = {c - off for c in cut if off < c < off + w}
-                for prod in _cuttable(graph, grp) if inner and r == 1 else []:
+                for prod in _cuttable(graph, grp, inner) if r == 1 else []:
                     cuts.setdefault(prod.name, set()).update(inner)
                 off += w
         for n in graph:
@@ -833,14 +833,20 @@ def _cut_producers(graph: Graph) -> None:
             _cut(graph, name, sorted(offsets))
 
 
-def _cuttable(graph: Graph, grp: Any) -> list[Node]:
+def _cuttable(graph: Graph, grp: Any, offsets: set[int]) -> list[Node]:
     """The linear/conv producers of a neuron group when every one of them can have its rows cut
-    into pieces at the same offsets (none reads the group itself), else []."""
+    into pieces at ``offsets`` (none reads the group itself; a grouped conv only between its
+    conv groups, each piece then reading its own range of the input), else []."""
     prods = [graph[p] for p in grp.producers]
-    if prods and all(p.name not in grp.consumers and (
-            p.op == "linear" or (p.op == "conv" and p.attrs["groups"] == 1)) for p in prods):
-        return prods
-    return []
+
+    def ok(p: Node) -> bool:
+        if p.name in grp.consumers or p.op not in ("linear", "conv"):
+            return False
+        g = p.attrs.get("groups", 1) if p.op == "conv" else 1
+        per = p.params["weight"].shape[0] // g
+        return g == 1 or ("area" not in p.params and all(o % per == 0 for o in offsets))
+
+    return prods if prods and offsets and all(ok(p) for p in prods) else []
 
 
 def _align_cuts(graph: Graph, info: Any, n: Node, cuts: dict[str, set[int]]) -> None:
@@ -869,7 +875,7 @@ def _align_cuts(graph: Graph, info: Any, n: Node, cuts: dict[str, set[int]]) -> 
         for g, _ in lay:  # type: ignore[union-attr]
             w = info.groups[g].width
             inner = {c - off for c in every if off < c < off + w}
-            for prod in _cuttable(graph, info.groups[g]) if inner else []:
+            for prod in _cuttable(graph, info.groups[g], inner):
                 cuts.setdefault(prod.name, set()).update(inner)
             off += w
 
@@ -877,17 +883,37 @@ def _align_cuts(graph: Graph, info: Any, n: Node, cuts: dict[str, set[int]]) -> 
 def _cut(graph: Graph, name: str, offsets: list[int]) -> None:
     p = graph[name]
     bounds = [0, *offsets, p.params["weight"].shape[0]]
+    groups = p.attrs.get("groups", 1) if p.op == "conv" else 1
+    per, width = p.params["weight"].shape[0] // groups, p.params["weight"].shape[1]  # a conv group's rows, columns
     pieces: list[Node] = []
+    taken: set[str] = set()
+
+    def fresh(base: str) -> str:
+        name_, i = base, 1
+        while name_ in graph.nodes or name_ in taken:
+            name_, i = f"{base}_{i}", i + 1
+        taken.add(name_)
+        return name_
+
     for k, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
-        base, i = f"{name}__{k}", 1
-        piece = base
-        while piece in graph.nodes or piece in {q.name for q in pieces}:
-            piece, i = f"{base}_{i}", i + 1
+        piece = fresh(f"{name}__{k}")
         params = {key: (t[:, a:b] if key == "area" else t[a:b]).clone() for key, t in p.params.items()}
         shape = list(p.shape or ())
         shape[p.axis] = b - a  # type: ignore[index]
-        pieces.append(Node(piece, p.op, list(p.inputs), dict(p.attrs), params, tuple(shape), p.axis, p.source))
-    joined = Node(name, "cat", [q.name for q in pieces], {"dim": p.axis}, {}, p.shape, p.axis, p.source)
+        inputs, attrs = list(p.inputs), dict(p.attrs)
+        if groups > 1:  # conv groups a/per .. b/per read input channels a/per*width .. b/per*width
+            src = graph[p.inputs[0]]
+            items: list[Any] = [None] * len(src.shape or ())
+            items[1] = (a // per * width, b // per * width, 1)
+            in_shape = list(src.shape or ())
+            in_shape[1] = (b - a) // per * width
+            sl = Node(fresh(f"{piece}_in"), "index", [src.name], {"items": items}, {}, tuple(in_shape), src.axis,
+                      p.source)
+            pieces.append(sl)
+            inputs, attrs["groups"] = [sl.name], (b - a) // per
+        pieces.append(Node(piece, p.op, inputs, attrs, params, tuple(shape), p.axis, p.source))
+    joined = Node(name, "cat", [q.name for q in pieces if q.op != "index"], {"dim": p.axis}, {}, p.shape, p.axis,
+                  p.source)
     nodes = list(graph.nodes.values())
     graph.nodes = {}
     for n in nodes:

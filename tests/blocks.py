@@ -217,3 +217,39 @@ class SelectiveKernelBlock(torch.nn.Module):
         a = torch.softmax(a.view(b, 2, c // 2, h, w), dim=1)
         x = torch.sum(x * a, dim=1)
         return self.fc(x.mean((2, 3)))
+
+
+class RadixSoftmax(torch.nn.Module):
+    """timm's RadixSoftmax as written there."""
+
+    def __init__(self, radix: int, cardinality: int) -> None:
+        super().__init__()
+        self.radix, self.cardinality = radix, cardinality
+
+    def forward(self, x):
+        batch = x.size(0)
+        x = x.view(batch, self.cardinality, self.radix, -1).transpose(1, 2)
+        return torch.nn.functional.softmax(x, dim=1).reshape(batch, -1)
+
+
+class SplitAttnBlock(torch.nn.Module):
+    """ResNeSt's split attention (timm's SplitAttn, radix 2, one cardinal group): a grouped conv
+    makes the radix pieces, a view stacks them, the attention is a radix softmax."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.conv, self.bn0 = nn.Conv2d(8, 12, 3, padding=1, groups=2), nn.BatchNorm2d(12)
+        self.fc1, self.fc2 = nn.Conv2d(6, 4, 1), nn.Conv2d(4, 12, 1)
+        self.rsoftmax = RadixSoftmax(2, 1)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.bn0(self.conv(x)))
+        b, rc, h, w = x.shape
+        x = x.reshape((b, 2, rc // 2, h, w))
+        gap = x.sum(dim=1).mean((2, 3), keepdim=True)
+        attn = self.rsoftmax(self.fc2(torch.relu(self.fc1(gap)))).view(b, -1, 1, 1)
+        out = (x * attn.reshape((b, 2, rc // 2, 1, 1))).sum(dim=1)
+        return self.fc(out.mean((2, 3)))

@@ -166,6 +166,69 @@ class Softmax(OpDef):
 
 
 @register
+class RadixSoftmax(OpDef):
+    """ResNeSt's radix softmax (timm's ``RadixSoftmax`` with one cardinal group, recognised by name
+    and attributes): the channels are ``radix`` pieces of C, and channel c of every piece is
+    normalised against channel c of the others; the output is (B, radix * C). The pieces hold
+    the same neurons: the analysis unifies them (they must be separate groups, as the frontend's
+    cut of the producing conv at the view into pieces makes them), so a neuron goes from every
+    piece at once."""
+
+    name = "radix_softmax"
+    structural = True
+
+    def matches(self, mod: nn.Module) -> bool:
+        return (type(mod).__name__ == "RadixSoftmax" and isinstance(getattr(mod, "radix", None), int)
+                and mod.radix > 1 and getattr(mod, "cardinality", None) == 1)
+
+    def from_module(self, name: str, mod: nn.Module) -> Node | None:
+        return Node(name, "radix_softmax", attrs={"radix": int(mod.radix)})  # type: ignore[arg-type]
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        return 1 if srcs[0].axis == 1 else None
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        x, r = args[0], node.attrs["radix"]
+        return x.reshape(x.shape[0], r, -1).softmax(1).reshape(x.shape[0], -1)
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        lay = an.input_layout(node, 1)
+        if lay is None:
+            return None
+        r = node.attrs["radix"]
+        total = sum(an.width[an.find(g)] * k for g, k in lay)
+        parts: list[list[tuple[int, int]]] = [[]]
+        off = 0
+        for g, k in lay:
+            w = an.width[an.find(g)] * k
+            if off + w > len(parts) * total // r:  # a segment across two pieces: frozen, but the layout
+                # goes on, so that the view into pieces downstream gets its producer cut
+                an.freeze(lay, f"radix softmax '{node.name}' reads channels not cut into its {r} pieces")
+                return lay
+            parts[-1].append((g, k))
+            off += w
+            if off == len(parts) * total // r and len(parts) < r:
+                parts.append([])
+        for part in parts[1:]:
+            if an.unify([parts[0], part], f"radix softmax '{node.name}'") is None:
+                return None
+        return lay
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        fg, r = low.fg, node.attrs["radix"]
+        width = (node.shape or (0, 0))[1]
+        y = fg.call_method("reshape", (args[0], -1, r, width // r))
+        return fg.call_method("reshape", (fg.call_method("softmax", (y, 1)), -1, width))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        nm, r = node.name, node.attrs["radix"]
+        width = (node.shape or (0, 0))[1]
+        y = e.op("Reshape", [xs[0], e.const(nm + "_pieces", np.array([-1, r, width // r]), np.int64)], nm + "_r")
+        y = e.op("Softmax", [y], nm + "_s", axis=1)
+        return e.op("Reshape", [y, e.const(nm + "_flat", np.array([-1, width]), np.int64)], nm)
+
+
+@register
 class Identity(OpDef):
     """The value itself; dropout with ``p`` > 0 in training (``nn.Dropout``, ``F.dropout``),
     ``nn.Identity``, channel dropout and torchvision's stochastic depth in eval form."""

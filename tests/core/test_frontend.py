@@ -659,3 +659,28 @@ def test_selective_kernel_attention_is_understood():
     y = torch.rand(2, 3, 6, 6)
     np.testing.assert_allclose(run_onnx(p, y), run_ir(p, y), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), run_ir(p, y), rtol=1e-5, atol=1e-5)
+
+
+def test_resnest_split_attention_is_understood():
+    """ResNeSt: the grouped conv is cut between its conv groups into one conv per radix piece
+    (each reading its own input range), the radix softmax ties the pieces' neurons, and a prune
+    keeps torch and ONNX exact."""
+    from blocks import SplitAttnBlock
+
+    torch.manual_seed(0)
+    m = SplitAttnBlock().eval()
+    m.bn0.running_mean.uniform_(-1, 1)
+    m.bn0.running_var.uniform_(0.5, 2)
+    x = torch.rand(3, 3, 6, 6)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g) and [n.op for n in g if n.name == "rsoftmax"] == ["radix_softmax"]
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+    info = g.groups()
+    frozen = [n.name for n in g.parametric() if n.name != "fc" and not info.of(n.name).prunable]
+    assert not frozen, frozen
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2, 3]))])
+    assert p["fc"].params["weight"].shape[1] < 6
+    y = torch.rand(2, 3, 6, 6)
+    np.testing.assert_allclose(run_onnx(p, y), run_ir(p, y), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), run_ir(p, y), rtol=1e-5, atol=1e-5)
