@@ -11,7 +11,7 @@ from torch.func import functional_call, vmap
 
 from nestir import dist
 from nestir.backends.executor import IRModule, param_key
-from nestir.edit import add_neurons, add_units
+from nestir.edit import add_neurons, add_units, remove_neurons
 from nestir.errors import PassError
 from nestir.graph import Graph
 from nestir.groups import Group, GroupInfo
@@ -25,8 +25,12 @@ def eligible(graph: Graph, info: GroupInfo) -> list[Group]:
 
 
 def _std(t: torch.Tensor) -> float:
-    nz = t[t != 0]
-    return float(nz.std()) if nz.numel() > 1 else 0.1
+    """The standard deviation of the non-zero entries of ``t`` (from sums: no copy of them)."""
+    n = int(torch.count_nonzero(t))
+    if n < 2:
+        return 0.1
+    s1, s2 = float(t.sum(dtype=torch.float64)), float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
+    return max(0.0, (s2 - s1 * s1 / n) / (n - 1)) ** 0.5
 
 
 @register
@@ -59,11 +63,13 @@ class AddFeatureMap(Pass):
             wanted = set(name_list(self.layers))
             groups = [g for g in groups if wanted & set(g.producers)]
         keys = [g.producers[0] for g in groups]
-        gains = []
+        gains: list[float] = []
+        base: float | None = None  # the loss of the graph as it is: after each channel, the best candidate's
         for key in keys * self.count:
             info = graph.groups()
             grp = info.of(key)
-            gains.append(self._grow_one(graph, grp, info, data, ctx))
+            gain, base = self._grow_one(graph, grp, info, data, ctx, base)
+            gains.append(gain)
         info = graph.groups()
         heads = [t.conv for t in info.ties() if graph[t.conv].op == "attention"]
         if self.layers:
@@ -73,9 +79,15 @@ class AddFeatureMap(Pass):
         added = len(gains)
         return PassResult(graph, added > 0, {"added": added, "loss_gain": sum(gains)})
 
-    def _grow_one(self, graph: Graph, grp: Group, info: GroupInfo, data, ctx: PassContext) -> float:  # type: ignore[no-untyped-def]
+    def _grow_one(self, graph: Graph, grp: Group, info: GroupInfo, data, ctx: PassContext,  # type: ignore[no-untyped-def]
+                  base_loss: float | None) -> tuple[float, float]:
         """Add one channel to ``grp``: the candidate with the lowest mean loss over ``data`` (over
-        every rank's data under torch.distributed); returns the loss it gains."""
+        every rank's data under torch.distributed); returns the loss it gains and the loss after.
+        ``base_loss``: the graph's loss on ``data`` when known (measured here when None).
+
+        The candidates are scored on the graph itself with a zero channel added (the same
+        function), which is then removed and added again with the best kernels: no copy of the
+        graph."""
         gen = ctx.generator(f"fmap:{grp.producers[0]}:{grp.width}")
         k = self.candidates
         rows, cols = {}, {}
@@ -86,11 +98,10 @@ class AddFeatureMap(Pass):
             w = graph[c].params["weight"]
             r = sum(rr for _, rr, _ in info.columns(c, grp.id))
             cols[c] = torch.randn((k, w.shape[0], r, *w.shape[2:]), generator=gen) * _std(w) * self.scale
-        trial = graph.copy()
-        add_neurons(trial, grp.id, 1, info=None)
-        tinfo = trial.groups()
+        add_neurons(graph, grp.id, 1, info=info)
+        tinfo = graph.groups()
         tgrp = tinfo.of(grp.producers[0])
-        mod = IRModule(trial).eval()
+        mod = IRModule(graph).eval()
         base = {n: t.detach() for n, t in mod.params.items()}
         stacked = {}
         own = set(grp.producers) & set(grp.consumers)  # a layer in x + f(layer(x)) reads its own channels
@@ -128,16 +139,20 @@ class AddFeatureMap(Pass):
                 except Exception:  # an op without a batching rule: evaluate one by one
                     losses = torch.stack([loss_of({n: t[i] for n, t in stacked.items()}, x, y) for i in range(k)])
                 sums[:k] += losses.detach().double().cpu()
-                sums[k] += float(loss_fn(mod(x), y))
+                if base_loss is None:
+                    sums[k] += float(loss_fn(mod(x), y))
                 sums[k + 1] += 1
         dist.all_sum([sums])
         losses = sums[:k] / sums[k + 1]
-        base_loss = float(sums[k] / sums[k + 1])
+        if base_loss is None:
+            base_loss = float(sums[k] / sums[k + 1])
         best = int(torch.argmin(losses))
-        add_neurons(graph, grp.id, 1,
+        remove_neurons(graph, tgrp.id, [tgrp.width - 1], info=tinfo)  # the zero channel scored on
+        again = graph.groups()
+        add_neurons(graph, again.of(grp.producers[0]).id, 1,
                     rows={p: {"weight": rows[p][best].to(graph.device)} for p in grp.producers},
-                    cols={c: {"weight": cols[c][best].to(graph.device)} for c in grp.consumers}, info=info)
-        return base_loss - float(losses[best])
+                    cols={c: {"weight": cols[c][best].to(graph.device)} for c in grp.consumers}, info=again)
+        return base_loss - float(losses[best]), float(losses[best])
 
     def _grow_head(self, graph: Graph, node: str, data, ctx: PassContext) -> float:  # type: ignore[no-untyped-def]
         """Add one head to attention ``node``: the best of ``candidates`` random heads by mean loss."""
