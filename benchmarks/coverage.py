@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -115,6 +116,32 @@ def widths(graph) -> dict:  # type: ignore[no-untyped-def]
     return {n.name: int(n.params["weight"].shape[0]) for n in graph.parametric()}
 
 
+def module_of(name: str) -> str:
+    """The model's layer a parametric node comes from: the frontend names the pieces of a layer it
+    cuts ``<layer>__<k>`` (``__<k>__<j>`` when cut twice), and lowering fuses them back."""
+    return re.sub(r"(__\d+(_\d+)?)+$", "", name)
+
+
+def by_module(w: dict) -> dict:
+    out: dict = {}
+    for k, v in w.items():
+        out[module_of(k)] = out.get(module_of(k), 0) + v
+    return out
+
+
+def counts(g, p, row: dict) -> None:  # type: ignore[no-untyped-def]
+    """Layers that lose neurons, per IR node and per model layer (pieces of a cut layer summed)."""
+    info = g.groups()
+    layers = list(g.parametric())
+    row["layers"] = len(layers)
+    row["layers_resizable"] = sum((grp := info.of(n.name)) is not None and grp.prunable for n in layers)
+    before, after = widths(g), widths(p)
+    row["layers_lost_neurons"] = sum(after.get(k, 0) < v for k, v in before.items())
+    mb, ma = by_module(before), by_module(after)
+    row["modules"] = len(mb)
+    row["modules_lost_neurons"] = sum(ma.get(k, 0) < v for k, v in mb.items())
+
+
 def lower_and_check(graph, x, ref, row: dict, tag: str, tmp: str) -> None:  # type: ignore[no-untyped-def]
     import torch
 
@@ -157,11 +184,6 @@ def one(key: str, growth: bool = True) -> dict:
     ops = nestir.opaque_nodes(g)
     row["opaque"] = len(ops)
     row["opaque_calls"] = sorted({o.split(" = ", 1)[1].split(" (")[0] for o in ops})
-    info = g.groups()
-    layers = list(g.parametric())
-    can = [n.name for n in layers if (grp := info.of(n.name)) is not None and grp.prunable]
-    row["layers"] = len(layers)
-    row["layers_resizable"] = len(can)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         lower_and_check(g, x, ref, row, "traced", tmp)
@@ -169,12 +191,10 @@ def one(key: str, growth: bool = True) -> dict:
         row["params"] = nestir.stats(g, compact=False)["params"]
         y = torch.randint(0, 10, (2,))
         data = [(torch.rand(2, *x.shape[1:]), y)]
-        before = widths(g)
         t = time.perf_counter()
         p = nestir.apply(g, PRUNE, data=data)
         row["prune_s"] = round(time.perf_counter() - t, 3)
-        after = widths(p)
-        row["layers_lost_neurons"] = sum(after.get(k, 0) < v for k, v in before.items())
+        counts(g, p, row)
         row["params_pruned"] = nestir.stats(p, compact=False)["params"]
         with torch.no_grad():
             pref = IRModule(p.copy()).eval()(x)
@@ -202,9 +222,24 @@ def one(key: str, growth: bool = True) -> dict:
     return row
 
 
-def child(key: str, growth: bool) -> None:
+def recount(key: str) -> dict:
+    """Only the layer counts of ``one``: trace, the same prune, widths before and after."""
+    import torch
+
+    import nestir
+
+    model, x = build(key)
+    g = nestir.trace(model, x)
+    y = torch.randint(0, 10, (2,))
+    p = nestir.apply(g, PRUNE, data=[(torch.rand(2, *x.shape[1:]), y)])
+    row: dict = {"model": key}
+    counts(g, p, row)
+    return row
+
+
+def child(key: str, growth: bool, mode: str = "") -> None:
     try:
-        row = one(key, growth)
+        row = recount(key) if mode == "count" else one(key, growth)
     except Exception as e:
         row = {"model": key, "ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:400]}",
                "where": traceback.format_exc().splitlines()[-3:]}
@@ -215,12 +250,15 @@ def markdown(rows: list[dict]) -> str:
     lines = [f"Random weights, batch 1, {THREADS} CPU thread(s). 'resizable': parametric layers whose width can change "
              "(by neurons, or by whole groups of a grouped conv); "
              "'lose neurons': layers narrower after `magnitude-prune:fraction=0.3,neuron_fraction=0.25` + "
-             "`eliminate-dead-neurons`; growth: passes that ran and kept parity (torch 1e-5, ONNX 1e-4 relative).",
-             "", "| model | trace+verify+lower s | opaque | resizable | lose neurons | params → pruned | growth ok | "
-             "ORT ms before → after | status |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "`eliminate-dead-neurons`; 'model layers': the same counted per layer of the model (the pieces "
+             "of a layer the frontend cut at a channel range are summed; lowering fuses them back); growth: passes "
+             "that ran and kept parity (torch 1e-5, ONNX 1e-4 relative).",
+             "", "| model | trace+verify+lower s | opaque | resizable | lose neurons | model layers losing | "
+             "params → pruned | growth ok | ORT ms before → after | status |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | - | - | - | - | - | - | - | fails: {r['error'][:120]} |")
+            lines.append(f"| {r['model']} | - | - | - | - | - | - | - | - | fails: {r['error'][:120]} |")
             continue
         g = r["growth"]
         bad = [f"{k}: {v.get('error', 'parity')[:80]}" for k, v in g.items() if not v["ok"]]
@@ -229,6 +267,7 @@ def markdown(rows: list[dict]) -> str:
         grown = f"{sum(v['ok'] for v in g.values())}/{len(g)}" if g else "-"
         lines.append(f"| {r['model']} | {r['trace_verify_lower_torch_s']:.2f} | {r['opaque']} | "
                      f"{r['layers_resizable']}/{r['layers']} | {r['layers_lost_neurons']}/{r['layers']} | "
+                     f"{r.get('modules_lost_neurons', '-')}/{r.get('modules', '-')} | "
                      f"{r['params']:,} → {r['params_pruned']:,} | "
                      f"{grown} | "
                      f"{r['traced_ort_ms']} → {r['pruned_ort_ms']} | {status} |")
@@ -239,13 +278,15 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        return child(sys.argv[2], sys.argv[3] == "growth")
+        return child(sys.argv[2], sys.argv[3] == "growth", sys.argv[3])
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join([f"tv:{m}" for m in TORCHVISION] + [f"timm:{m}" for m in TIMM]),
                     help="comma-separated models, or \"extra\" for the second sample (results/coverage_extra.*)")
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--redo", default="", help="comma-separated models to run again, their rows replaced in place")
+    ap.add_argument("--recount", action="store_true",
+                    help="only recompute each stored row's layer counts (trace + the same prune), in place")
     ap.add_argument("--no-growth", action="store_true",
                     help="skip the growth passes (the slow part): results/coverage_nogrowth.json/.md")
     args = ap.parse_args()
@@ -258,6 +299,24 @@ def main() -> None:
     if os.path.isfile(path) and not args.fresh:
         with open(path) as f:
             res = json.load(f)
+    if args.recount:
+        for r in res["rows"]:
+            if "error" in r:
+                continue
+            p = subprocess.run([sys.executable, __file__, "--child", r["model"], "count"], capture_output=True,
+                               text=True, timeout=args.timeout)
+            line = [ln for ln in p.stdout.splitlines() if ln.startswith("@@ROW ")]
+            new = json.loads(line[-1][6:]) if line else {"error": p.stderr[-300:]}
+            if "error" in new:
+                print(f"{r['model']}: recount failed: {new['error'][:200]}", flush=True)
+                continue
+            r.update(new)
+            print(f"{r['model']}: {new['layers_lost_neurons']}/{new['layers']} layers, "
+                  f"{new['modules_lost_neurons']}/{new['modules']} model layers", flush=True)
+            save(path, res)
+            with open(os.path.join(RESULTS, stem + ".md"), "w") as f:
+                f.write(markdown(res["rows"]) + "\n")
+        return None
     redo = set(filter(None, args.redo.split(",")))
     done = {r["model"] for r in res["rows"]} - redo
     for key in [*args.models.split(","), *sorted(redo - set(args.models.split(",")))]:
