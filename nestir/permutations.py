@@ -7,11 +7,12 @@ its input columns in another order. So the frontend:
 
 1. replaces a chain of reshapes and permutes that only moves channels (checked on probe tensors,
    never assumed from the pattern) by a ``gather`` of the channels, and
-2. pushes each ``gather`` towards the layers that read it: through channel ranges (a narrower
-   gather), through ``cat`` (the gather moves after the join), through per-channel layers
-   (batch norm, activations, depthwise convs: their per-channel params move instead), and into
-   convs and linears, which take it into their weight columns (a column for a channel they do not
-   read is masked off: the IR is sparse anyway).
+2. pushes each ``gather`` towards the layers that read it: a channel range of a gather is a
+   narrower gather; a gather of only some channels becomes channel ranges joined by a ``cat``
+   (ranges are what neuron groups understand: they cut producers where needed) followed by a
+   gather that only reorders; a reordering gather moves past ``cat`` (after the join), past
+   per-channel layers (batch norm, activations, depthwise convs: their per-channel params are
+   reordered instead) and into convs and linears, which take the order into their weight columns.
 
 What cannot be pushed stays a ``gather`` and freezes what it reads, as before.
 """
