@@ -27,16 +27,15 @@ import torch.nn as nn
 
 from . import dist
 from .backends.device import resolve_device
-from .backends.train import Trainer
 from .batches import Stream
 from .checks import check_batches, check_loss, check_seed
 from .data import Dataset, Splits
-from .edit import set_mask
+from .edit import connect_all
 from .errors import ArgumentError, DataError
 from .frontend import trace
 from .graph import Graph
 from .pipeline import as_batches
-from .recipe import Reporter, train_dense
+from .recipe import Reporter, train_teachers
 from .serialize import check_storable
 from .stats import stats
 from .synthesis import SynthConfig, Synthesizer, score, sparsify_seed
@@ -84,8 +83,7 @@ def _fresh(model: nn.Module, example_inputs: Any) -> Graph:
         if callable(getattr(sub, "reset_parameters", None)):
             sub.reset_parameters()
     g = trace(m, example_inputs)
-    for n in g.parametric():
-        set_mask(g, n.name, torch.ones_like(n.params["mask"]))
+    connect_all(g)
     return g
 
 
@@ -171,8 +169,7 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
     dense = trace(model, example_inputs)
     check_storable(dense, "synthesize cannot train this model (its checkpoints cannot store code)",
                    "Fix: write those ops with layers nestir knows, or make the block a leaf module.")
-    for n in dense.parametric():
-        set_mask(dense, n.name, torch.ones_like(n.params["mask"]))
+    connect_all(dense)
     splits = Splits(_collect(train, "train", dense, loss), _collect(val, "val", dense, loss))
     size = stats(dense)["params"]
     cfg_kw: dict[str, Any] = {"max_params": max_params if max_params is not None else 2 * size, **options}
@@ -186,15 +183,10 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
 
     # the dense reference: trained under the run's recipe (labels only), or the model as given
     data = splits.to(dev)
-    nets = []
-    for i in range(cfg.teachers if dense_epochs else 1):  # the first is the reference; the others only teach
-        torch.manual_seed(seed + 7919 * i)
-        start_net = dense.copy() if i == 0 else _fresh(model, example_inputs)
-        trainer = Trainer(start_net, device=dev, lr=cfg.lr, weight_decay=cfg.weight_decay, loss=loss)
-        nets.append(train_dense(trainer, data.train, dense_epochs, cfg.final_epochs if dense_epochs else 0,
-                                cfg.recipe(), torch.Generator().manual_seed(seed + 7919 * i),
-                                label="dense" if i == 0 else f"dense teacher {i + 1}/{cfg.teachers}",
-                                reporter=reporter))
+    nets = train_teachers(cfg.teachers if dense_epochs else 1,  # dense_epochs 0: the model as given
+                          lambda i: dense.copy() if i == 0 else _fresh(model, example_inputs), data.train,
+                          dense_epochs, cfg.final_epochs if dense_epochs else 0, cfg.recipe(), seed,
+                          reporter=reporter, device=dev, lr=cfg.lr, weight_decay=cfg.weight_decay, loss=loss)
     teacher = nets[0]
 
     metric_name = getattr(metric, "__name__", "custom") if metric is not None else "accuracy"

@@ -323,6 +323,12 @@ def _check(node: str, key: str, new: torch.Tensor, ref: torch.Tensor, dim: int, 
         raise EditError(f"node '{node}': new {key} entries have shape {tuple(new.shape)}, expected {tuple(want)}")
 
 
+def connect_all(graph: Graph) -> None:
+    """Every connection of every parametric layer live (a dense network)."""
+    for n in graph.parametric():
+        set_mask(graph, n.name, torch.ones_like(n.params["mask"]))
+
+
 def set_mask(graph: Graph, node: str, mask: torch.Tensor, key: str = "mask") -> None:
     """Replace the connectivity mask (or partial-area mask ``key='area'``) of a parametric node;
     weights of connections the new mask makes dormant are zeroed (a dormant weight is zero)."""

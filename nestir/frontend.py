@@ -889,10 +889,7 @@ def _cut(graph: Graph, name: str, offsets: list[int]) -> None:
     taken: set[str] = set()
 
     def fresh(base: str) -> str:
-        name_, i = base, 1
-        while name_ in graph.nodes or name_ in taken:
-            name_, i = f"{base}_{i}", i + 1
-        taken.add(name_)
+        taken.add(name_ := graph.fresh_name(base, taken))
         return name_
 
     for k, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -164,11 +164,13 @@ class Graph:
         finally:
             self._groups = cached
 
-    def fresh_name(self, base: str) -> str:
-        if base not in self.nodes:
+    def fresh_name(self, base: str, taken: Collection[str] = ()) -> str:
+        """``base``, or ``base_<i>``: a name neither in the graph nor in ``taken`` (names about to
+        be added)."""
+        if base not in self.nodes and base not in taken:
             return base
         i = 1
-        while f"{base}_{i}" in self.nodes:
+        while f"{base}_{i}" in self.nodes or f"{base}_{i}" in taken:
             i += 1
         return f"{base}_{i}"
 

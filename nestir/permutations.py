@@ -136,6 +136,12 @@ def _push_one(graph: Graph) -> bool:
     return False
 
 
+def _inverse(perm: torch.Tensor) -> torch.Tensor:
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel())
+    return inv
+
+
 def _is_permutation(idx: torch.Tensor, width: int) -> bool:
     return idx.numel() == width and sorted(idx.tolist()) == list(range(width))
 
@@ -195,8 +201,7 @@ def _push_into(graph: Graph, g: Node, u: Node) -> bool:
             u.op in _PER_CHANNEL or (u.op == "conv" and u.attrs["groups"] == width == u.shape[dim])):  # type: ignore[index]
         if "area" in u.params:
             return False
-        inv = torch.empty_like(idx)
-        inv[idx] = torch.arange(width)
+        inv = _inverse(idx)
         params = {k: (t.index_select(0, inv) if t.dim() >= 1 and t.shape[0] == width else t.clone())
                   for k, t in u.params.items()}
         moved = Node(u.name, u.op, [src.name], dict(u.attrs), params, u.shape, u.axis, u.source)
@@ -207,8 +212,7 @@ def _push_into(graph: Graph, g: Node, u: Node) -> bool:
     reads = (u.op == "conv" and dim == 1 and u.attrs["groups"] == 1) or (
         u.op == "linear" and dim == len(src.shape) - 1)
     if reads and u.inputs == [g.name] and "area" not in u.params:  # the columns take the order
-        inv = torch.empty_like(idx)
-        inv[idx] = torch.arange(width)
+        inv = _inverse(idx)
         params = {k: (t.index_select(1, inv) if k in ("weight", "mask") else t.clone()) for k, t in u.params.items()}
         _replace(graph, u, Node(u.name, u.op, [src.name], dict(u.attrs), params, u.shape, u.axis, u.source))
         return True
@@ -232,10 +236,7 @@ def _as_ranges(graph: Graph, g: Node, src: Node) -> None:
     taken: set[str] = set()
 
     def fresh(base: str) -> str:
-        name, k = graph.fresh_name(base), 1
-        while name in taken:
-            name, k = graph.fresh_name(f"{base}_{k}"), k + 1
-        taken.add(name)
+        taken.add(name := graph.fresh_name(base, taken))
         return name
 
     for a, b in runs:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -95,3 +95,22 @@ def stint(trainer: Trainer, data: Dataset, epochs: int, recipe: Recipe, gen: tor
             reporter.epoch(e + 1, epochs, loss)
     trainer.set_lr(base)
     return loss
+
+
+TEACHER_SEED_STRIDE = 7919  # dense network i of a run starts from seed + i * this
+
+
+def train_teachers(count: int, make: Callable[[int], Graph], data: Dataset, dense_epochs: int, final_epochs: int,
+                   recipe: Recipe, seed: int, *, reporter: Reporter | None = None,
+                   **trainer: Any) -> list[Graph]:
+    """``count`` dense networks under the shared recipe (:func:`train_dense`), network i built by
+    ``make(i)`` and trained from seed ``seed + i * TEACHER_SEED_STRIDE``; the first is the
+    reference, the others only teach. ``trainer``: the :class:`Trainer`'s keyword arguments."""
+    nets = []
+    for i in range(count):
+        s = seed + TEACHER_SEED_STRIDE * i
+        torch.manual_seed(s)
+        nets.append(train_dense(Trainer(make(i), **trainer), data, dense_epochs, final_epochs, recipe,
+                                torch.Generator().manual_seed(s),
+                                label="dense" if i == 0 else f"dense teacher {i + 1}/{count}", reporter=reporter))
+    return nets

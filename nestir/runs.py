@@ -11,14 +11,14 @@ import torch
 
 from . import data as datasets
 from .backends.device import resolve_device
-from .backends.train import Trainer, evaluate, logits
+from .backends.train import evaluate, logits
 from .decide import wilson
-from .edit import set_mask
+from .edit import connect_all
 from .errors import NestirError
 from .frontend import trace
 from .graph import Graph
 from .loading import load_model, parse_shape
-from .recipe import train_dense
+from .recipe import train_teachers
 from .report import plot_first_layer, plot_history, write_history, write_json, write_models
 from .stats import stats
 from .synthesis import SynthConfig, sparsify_seed
@@ -133,8 +133,7 @@ def dense_graph(prep: Prepared, spec: RunSpec) -> Graph:
     else:
         module, _ = load_model(spec.model)
         g = trace(module, torch.zeros(2, *prep.shape), name=spec.model)
-    for n in g.parametric():
-        set_mask(g, n.name, torch.ones_like(n.params["mask"]))
+    connect_all(g)
     return g
 
 
@@ -172,16 +171,9 @@ def dense_reference(prep: Prepared, spec: RunSpec, cfg: SynthConfig, *, dense_ep
 
     t0 = time.perf_counter()
     data = prep.splits.to(prep.device)
-    nets = []
-    for i in range(cfg.teachers):  # the first is the reference; the others only teach
-        seed = cfg.seed + 7919 * i
-        torch.manual_seed(seed)
-        g = dense_graph(prep, spec)
-        gen = torch.Generator().manual_seed(seed)
-        trainer = Trainer(g, device=prep.device, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        nets.append(train_dense(trainer, data.train, dense_epochs, cfg.final_epochs, cfg.recipe(), gen,
-                                label="dense" if i == 0 else f"dense teacher {i + 1}/{cfg.teachers}",
-                                reporter=reporter))
+    nets = train_teachers(cfg.teachers, lambda i: dense_graph(prep, spec), data.train, dense_epochs,
+                          cfg.final_epochs, cfg.recipe(), cfg.seed, reporter=reporter, device=prep.device,
+                          lr=cfg.lr, weight_decay=cfg.weight_decay)
     final = nets[0]
     s = stats(final)
     val = evaluate(final, data.val.x, data.val.y, device=prep.device).error
