@@ -46,7 +46,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"neuron groups: {len(info.groups)} ({len(info.resizable())} resizable)")
     for grp in info.groups.values():
         state = ("resizable" if grp.resizable else
-                 f"prunable in units of {grp.tie.src_unit if grp.id == grp.tie.src else grp.tie.dst_unit} "
+                 f"prunable in units of {dict(grp.tie.sides)[grp.id]} "
                  f"({'heads of attention' if g[grp.tie.conv].op == 'attention' else 'grouped conv'} "
                  f"'{grp.tie.conv}')" if grp.prunable and grp.tie is not None else
                  f"frozen: {grp.reason or 'no producer'}")

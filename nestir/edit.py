@@ -10,7 +10,7 @@ import torch
 
 from .errors import EditError
 from .graph import Graph
-from .groups import Group, GroupInfo, analyze
+from .groups import Group, GroupInfo, Tie, analyze
 from .opdefs import opdef
 
 # For each node kind, which params carry a neuron on which dim, as a producer and as an index
@@ -198,17 +198,30 @@ def remove_units(graph: Graph, conv: str, units: Sequence[int], *, info: GroupIn
         raise EditError(f"unit index out of range for '{conv}' with {tie.groups} groups: {drop}")
     if len(drop) >= tie.groups:
         raise EditError(f"refusing to remove all {tie.groups} groups of '{conv}': the network would be disconnected")
-    src, dst = info.groups[tie.src], info.groups[tie.dst]
-    if tie.src != tie.dst and (set(src.values) & set(dst.values) or
-                               set(src.consumers + src.per_neuron) & set(dst.consumers + dst.per_neuron)):
-        raise EditError(f"grouped conv '{conv}': a node reads both of its groups; remove their neurons separately")
+    _disjoint(info, tie, conv)
     st = _Staged()
-    sides = [(dst, tie.dst_unit)] if tie.src == tie.dst else [(src, tie.src_unit), (dst, tie.dst_unit)]
-    for grp, unit in sides:
-        _stage_remove(graph, info, grp, [u * unit + j for u in drop for j in range(unit)], st)
-    for c in tie.convs:
-        st.attrs.setdefault(c, {})[opdef(graph[c].op).unit_attr] = tie.groups - len(drop)
+    for gid, unit in tie.sides:
+        _stage_remove(graph, info, info.groups[gid], [u * unit + j for u in drop for j in range(unit)], st)
+    _unit_attrs(graph, tie, -len(drop), st)
     st.commit(graph)
+
+
+def _disjoint(info: GroupInfo, tie: Tie, conv: str) -> None:
+    """No node holds or reads two of the groups a tie connects (their edits would collide)."""
+    for members in (lambda g: g.values, lambda g: g.consumers + g.per_neuron):
+        seen: dict[str, int] = {}
+        for gid, _ in tie.sides:
+            for name in set(members(info.groups[gid])):
+                if seen.setdefault(name, gid) != gid:
+                    raise EditError(f"grouped conv '{conv}': node '{name}' holds or reads two of the groups it "
+                                    "ties; remove their neurons separately")
+
+
+def _unit_attrs(graph: Graph, tie: Tie, delta: int, st: _Staged) -> None:
+    """Each conv of a tie (attention node) counts its conv groups (heads) in its unit attribute."""
+    for c, m in zip(tie.convs, tie.multiples(), strict=True):
+        attr = opdef(graph[c].op).unit_attr
+        st.attrs.setdefault(c, {})[attr] = graph[c].attrs[attr] + delta * m
 
 
 def add_units(
@@ -232,11 +245,9 @@ def add_units(
     if tie is None:
         raise EditError(f"'{node}' cannot gain whole units: it does not tie two prunable groups")
     st = _Staged()
-    sides = [(tie.dst, tie.dst_unit)] if tie.src == tie.dst else [(tie.src, tie.src_unit), (tie.dst, tie.dst_unit)]
-    for gid, unit in sides:
+    for gid, unit in tie.sides:
         _stage_add(graph, info, info.groups[gid], count * unit, rows or {}, cols or {}, st)
-    for c in tie.convs:
-        st.attrs.setdefault(c, {})[opdef(graph[c].op).unit_attr] = tie.groups + count
+    _unit_attrs(graph, tie, count, st)
     st.commit(graph)
 
 

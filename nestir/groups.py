@@ -3,6 +3,7 @@ neurons live in every producer, per-neuron node and consumer."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .graph import Graph, Node
@@ -48,8 +49,11 @@ class Tie:
     """A grouped conv ``conv`` with ``groups`` groups reads group ``src`` in units of ``src_unit``
     channels and writes group ``dst`` in units of ``dst_unit``: unit k of one exists only with
     unit k of the other, so both lose whole units together (``src == dst`` for a conv inside
-    a residual loop with equal units). ``also``: other grouped convs with exactly the same tie
-    (parallel branches of one block, as in MobileOne/FastViT): they lose the same units."""
+    a residual loop with equal units). ``also``: other grouped convs (or attention nodes) of the
+    same tie (parallel branches of one block, as in MobileOne/FastViT). Ties that share a group
+    are one tie (FastViT chains grouped convs from stage to stage): ``more`` holds its further
+    groups (id, channels per unit), ``per_unit`` the conv groups (heads) per unit of each of
+    :attr:`convs` (empty: one each); ``groups`` counts the units, the gcd of the convs' groups."""
 
     conv: str
     groups: int
@@ -58,10 +62,22 @@ class Tie:
     dst: int
     dst_unit: int
     also: tuple[str, ...] = ()
+    more: tuple[tuple[int, int], ...] = ()
+    per_unit: tuple[int, ...] = ()
 
     @property
     def convs(self) -> tuple[str, ...]:
         return (self.conv, *self.also)
+
+    @property
+    def sides(self) -> list[tuple[int, int]]:
+        """Every group of the tie with its channels per unit."""
+        first = [(self.src, self.src_unit)] + ([(self.dst, self.dst_unit)] if self.dst != self.src else [])
+        return first + list(self.more)
+
+    def multiples(self) -> tuple[int, ...]:
+        """Conv groups (heads) per unit of each of :attr:`convs`."""
+        return self.per_unit or (1,) * len(self.convs)
 
 
 @dataclass
@@ -176,32 +192,49 @@ class _Analysis:
         return opdef(n.op).neurons(self, n)
 
     def resolve_ties(self) -> dict[int, Tie]:
-        """Each group in at most one tie, with the same unit on both sides of a self-tie, else
-        every group involved is frozen."""
+        """The ties of grouped convs and attention nodes, one per set of groups they connect:
+        ties sharing a group join (parallel convs with the same tie; FastViT's grouped convs
+        chained from stage to stage), with ``units`` the gcd of their group counts, so that unit
+        k is the k-th of ``units`` equal contiguous ranges of every group and each conv loses
+        whole conv groups. Ties touching a frozen group freeze every group they connect."""
         merged: dict[tuple[int, int, int, int, int], list[str]] = {}
         for conv, g, s, su, d, du in self.ties:  # parallel grouped convs with the same tie: one tie
             merged.setdefault((g, self.find(s), su, self.find(d), du), []).append(conv)
-        ties = [(convs, g, s, su, d, du) for (g, s, su, d, du), convs in merged.items()]
-        count: dict[int, int] = {}
-        for _, _, s, _, d, _ in ties:
-            for x in {s, d}:
-                count[x] = count.get(x, 0) + 1
+        comp: dict[int, int] = {}
+
+        def root(x: int) -> int:
+            while comp.setdefault(x, x) != x:
+                x = comp[x]
+            return x
+
+        for _, s, _, d, _ in merged:
+            comp[root(s)] = root(d)
+        parts: dict[int, list[tuple[int, int, int, int, int]]] = {}
+        for key in merged:
+            parts.setdefault(root(key[1]), []).append(key)
         frozen = {self.find(x) for x in self.frozen}
         out: dict[int, Tie] = {}
-        for convs, g, s, su, d, du in ties:
-            conv = convs[0]
+        for keys in parts.values():
+            convs = [c for k in keys for c in merged[k]]
+            gids = list(dict.fromkeys(x for _, s, _, d, _ in keys for x in (s, d)))
+            units = math.gcd(*(k[0] for k in keys))
             why = ""
-            if count[s] > 1 or count[d] > 1:
-                why = f"grouped conv '{conv}' shares its groups with another grouped conv"
-            elif s == d and su != du:
-                why = f"grouped conv '{conv}' feeds its own input with other units"
-            elif s in frozen or d in frozen:
-                why = f"grouped conv '{conv}' is tied to a frozen group"
+            if any(s == d and su != du for _, s, su, d, du in keys):
+                why = f"grouped conv '{convs[0]}' feeds its own input with other units"
+            elif any(x in frozen for x in gids):
+                why = f"grouped conv '{convs[0]}' is tied to a frozen group"
+            elif units < 2 and len(keys) > 1:
+                why = f"grouped convs '{convs[0]}' and others split their groups in units with no common count"
             if why:
-                for x in (s, d):
+                for x in gids:
                     self.frozen.setdefault(x, why)
                 continue
-            out[s] = out[d] = Tie(conv, g, s, su, d, du, tuple(convs[1:]))
+            _, s, _, d, _ = keys[0]
+            tie = Tie(convs[0], units, s, self.width[s] // units, d, self.width[d] // units, tuple(convs[1:]),
+                      tuple((x, self.width[x] // units) for x in gids if x not in (s, d)),
+                      tuple(k[0] // units for k in keys for _ in merged[k]) if len(keys) > 1 else ())
+            for x in gids:
+                out[x] = tie
         return out
 
     def run(self) -> GroupInfo:

@@ -169,7 +169,7 @@ class MagnitudePrune(Pass):
         # lossy step like any pruning, which retraining recovers; growth leaves them alone)
         groups = [g for g in info.resizable() if set(g.producers) <= allowed and g.width > 1]
         ties = [t for t in info.ties() if t.groups > 1 and (set(t.convs) <= allowed or graph[t.conv].op == "attention")
-                and set(info.groups[t.src].producers + info.groups[t.dst].producers) <= allowed]
+                and {p for gid, _ in t.sides for p in info.groups[gid].producers} <= allowed]
         if not groups and not ties:
             return 0
         data = ctx.require_data(self.name)
@@ -206,7 +206,7 @@ class MagnitudePrune(Pass):
                 continue
             unit_score = sums[tap].cpu().view(tie.groups, tie.dst_unit).mean(1)
             remove_units(graph, conv, torch.topk(unit_score, k, largest=False).indices.tolist(), info=info)
-            removed += k * (tie.dst_unit + (tie.src_unit if tie.src != tie.dst else 0))
+            removed += k * sum(unit for _, unit in tie.sides)
         return removed
 
 

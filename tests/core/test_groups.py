@@ -154,6 +154,54 @@ def test_parallel_grouped_convs_with_the_same_tie_lose_the_same_units():
     assert p["k"].attrs["groups"] == p["s"].attrs["groups"] < 3
 
 
+def test_grouped_convs_chained_through_their_groups_form_one_tie():
+    """FastViT: each stage's patch embedding is a grouped conv (one group per input channel, two
+    outputs each) that reads the previous stage's channels, so the stages' groups are tied in a
+    chain (48 -> 96 -> 192 ... channels). One tie spans them all, with as many units as the gcd of
+    the convs' group counts: unit k is the k-th equal range of every group, and each conv loses
+    whole conv groups."""
+    import torch.nn as nn
+
+    from nestir.edit import add_units, remove_units
+
+    class Chain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, padding=1)
+            self.d1 = nn.Conv2d(4, 8, 3, padding=1, groups=4)  # unit: 1 in, 2 out
+            self.d1s = nn.Conv2d(4, 8, 1, groups=4)  # its parallel branch
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)  # depthwise: per channel
+            self.d2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=8)  # unit: 1 in, 2 out
+            self.fc = nn.Linear(16, 5)
+
+        def forward(self, x):
+            y = torch.relu(self.stem(x))
+            z = torch.relu(self.d1(y) + self.d1s(y))
+            z = z + self.dw(z)
+            return self.fc(torch.relu(self.d2(z)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    g = nestir.trace(Chain().eval(), x)
+    (tie,) = g.groups().ties()
+    assert set(tie.convs) == {"d1", "d1s", "d2"} and tie.groups == 4
+    assert sorted(unit for _, unit in tie.sides) == [1, 2, 4]
+    w2 = g["d2"].params["weight"].clone()
+    remove_units(g, "d2", [1, 2])
+    g.verify()
+    assert (g["d1"].attrs["groups"], g["d1s"].attrs["groups"], g["d2"].attrs["groups"]) == (2, 2, 4)
+    assert (g["stem"].params["weight"].shape[0], g["dw"].params["weight"].shape[0], g["fc"].params["weight"].shape[1]) \
+        == (2, 4, 8)
+    assert torch.equal(g["d2"].params["weight"], torch.cat([w2[0:4], w2[12:16]]))
+    torch.testing.assert_close(g.to_torch()(x), nestir.backends.executor.IRModule(g.copy()).eval()(x))
+    add_units(g, "d1", 1)
+    g.verify()
+    assert (g["d1"].attrs["groups"], g["d2"].attrs["groups"], g["fc"].params["weight"].shape[1]) == (3, 6, 12)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([0, 1]))])
+    assert p["d1"].attrs["groups"] < 3 and p["stem"].params["weight"].shape[0] == p["d1"].attrs["groups"]
+
+
 def test_group_analysis_is_cached_until_an_edit_or_a_structural_change():
     from nestir.edit import remove_neurons
 
