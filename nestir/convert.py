@@ -117,25 +117,69 @@ def index_items(index: Any, shape: tuple[int, ...], axis: int | None) -> list[An
     return items
 
 
+_FUSED = ("qkv", "to_qkv", "qkv_proj", "in_proj", "Wqkv")  # one linear computing q, k and v
+_SEPARATE = (("q", "k", "v"), ("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("to_q", "to_k", "to_v"),
+             ("wq", "wk", "wv"))
+_OUT = ("proj", "out_proj", "to_out", "o_proj", "out", "wo", "c_proj")
+_HEADS = ("num_heads", "heads", "n_heads", "num_attention_heads", "n_head", "nhead")
+_EXTRAS = ("q_norm", "k_norm")  # anything there but an identity changes the computation
+
+
+def _linear(m: nn.Module, name: str) -> nn.Linear | None:
+    """``m.name`` as a linear layer: a ``Linear``, or a ``Sequential`` of one ``Linear`` and
+    dropout / identity layers (an output projection written ``nn.Sequential(nn.Linear, nn.Dropout)``)."""
+    sub = getattr(m, name, None)
+    if isinstance(sub, nn.Sequential):
+        lins = [c for c in sub if isinstance(c, nn.Linear)]
+        rest = [c for c in sub if not isinstance(c, (nn.Linear, nn.Dropout, nn.Identity))]
+        return lins[0] if len(lins) == 1 and not rest else None
+    return sub if isinstance(sub, nn.Linear) else None
+
+
+AttentionLayout = tuple[list[nn.Linear], nn.Linear, int, "nn.LayerNorm | None"]
+
+
+def _attention_layout(m: nn.Module) -> AttentionLayout | None:
+    """([qkv] or [q, k, v] linears, output linear, heads, pre-norm) of a module that looks like
+    self-attention by its attributes (timm's ``Attention``, lucidrains-style ``norm`` /
+    ``to_qkv`` / ``to_out``, separate ``query`` / ``key`` / ``value`` or ``q_proj`` / ...
+    projections)."""
+    heads = next((getattr(m, a) for a in _HEADS if isinstance(getattr(m, a, None), int)), None)
+    out = next((lin for a in _OUT if (lin := _linear(m, a)) is not None), None)
+    norm = getattr(m, "norm", None)
+    if isinstance(norm, nn.Identity):
+        norm = None
+    if heads is None or heads < 1 or out is None or getattr(m, "gate", None) is not None or \
+            any(not isinstance(getattr(m, a, nn.Identity()), nn.Identity) for a in _EXTRAS) or \
+            not (norm is None or isinstance(norm, nn.LayerNorm)):
+        return None
+    fused = next((lin for a in _FUSED if (lin := _linear(m, a)) is not None), None)
+    if fused is not None:
+        return [fused], out, heads, norm
+    for names in _SEPARATE:
+        lins = [_linear(m, a) for a in names]
+        if all(lin is not None for lin in lins):
+            return lins, out, heads, norm  # type: ignore[return-value]
+    return None
+
+
 def is_attention_module(m: nn.Module) -> bool:
     """Self-attention modules nestir rebuilds as q/k/v projections, an ``attention`` node and an
-    output projection (traced as leaves): ``nn.MultiheadAttention`` and timm-style ``Attention``
-    (``qkv`` and ``proj`` linears, ``num_heads``). The frontend checks the rebuilt computation
-    against the module's recorded output and keeps the module opaque where they differ."""
-    if isinstance(m, nn.MultiheadAttention):
-        return True
-    return (isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "proj", None), nn.Linear)
-            and isinstance(getattr(m, "num_heads", None), int) and getattr(m, "gate", None) is None
-            and all(isinstance(getattr(m, a, nn.Identity()), nn.Identity) for a in ("q_norm", "k_norm", "norm")))
+    output projection (traced as leaves): ``nn.MultiheadAttention`` and modules that look like
+    self-attention by their attributes (:func:`_attention_layout`). The frontend checks the
+    rebuilt computation against the module's recorded output; one that differs is traced
+    through instead."""
+    return isinstance(m, nn.MultiheadAttention) or _attention_layout(m) is not None
 
 
 AttentionParts = tuple[list[tuple[torch.Tensor, torch.Tensor | None]], tuple[torch.Tensor, torch.Tensor | None], int,
-                       float]
+                       float, "nn.LayerNorm | None"]
 
 
 def attention_parts(m: nn.Module, args: tuple, kwargs: dict, same_input: bool) -> AttentionParts | None:
-    """((q, k, v) weights and biases, output projection, heads, scale) of a self-attention call,
-    or None where the call is not plain self-attention (masks, cross-attention, extra terms)."""
+    """((q, k, v) weights and biases, output projection, heads, scale, pre-norm) of a
+    self-attention call, or None where the call is not plain self-attention (masks,
+    cross-attention, extra terms)."""
     if isinstance(m, nn.MultiheadAttention):
         extra = {k: v for k, v in kwargs.items() if k not in ("need_weights", "average_attn_weights")}
         if (not same_input or len(args) != 3 or any(not (v is None or v is False) for v in extra.values())
@@ -144,15 +188,21 @@ def attention_parts(m: nn.Module, args: tuple, kwargs: dict, same_input: bool) -
         w, b = m.in_proj_weight, m.in_proj_bias
         e = m.embed_dim
         qkv = [(w[i * e:(i + 1) * e], None if b is None else b[i * e:(i + 1) * e]) for i in range(3)]
-        return qkv, (m.out_proj.weight, m.out_proj.bias), m.num_heads, float(m.head_dim ** -0.5)
-    if len(args) != 1 or any(not (v is None or v is False) for v in kwargs.values()):
+        return qkv, (m.out_proj.weight, m.out_proj.bias), m.num_heads, float(m.head_dim ** -0.5), None
+    layout = _attention_layout(m)
+    if layout is None or len(args) != 1 or any(not (v is None or v is False) for v in kwargs.values()):
         return None
-    w, b = m.qkv.weight, m.qkv.bias  # type: ignore[union-attr]
-    e = w.shape[0] // 3
-    qkv = [(w[i * e:(i + 1) * e], None if b is None else b[i * e:(i + 1) * e]) for i in range(3)]
-    heads = m.num_heads
-    scale = float(getattr(m, "scale", (e // heads) ** -0.5))  # type: ignore[operator]
-    return qkv, (m.proj.weight, m.proj.bias), heads, scale  # type: ignore[union-attr,return-value]
+    lins, out, heads, norm = layout
+    if len(lins) == 1:
+        w, b = lins[0].weight, lins[0].bias
+        e = w.shape[0] // 3
+        qkv = [(w[i * e:(i + 1) * e], None if b is None else b[i * e:(i + 1) * e]) for i in range(3)]
+    else:
+        qkv = [(lin.weight, lin.bias) for lin in lins]
+    e = qkv[0][0].shape[0]
+    scale = getattr(m, "scale", None)
+    scale = float(scale) if isinstance(scale, (int, float)) else (e // heads) ** -0.5
+    return qkv, (out.weight, out.bias), heads, scale, norm
 
 
 SPLIT_METHODS = {"chunk", "split", "tensor_split", "unbind"}

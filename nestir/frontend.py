@@ -29,17 +29,23 @@ _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaves: tuple[type, ...], leaf_names: frozenset[str] = frozenset()) -> None:
+    def __init__(self, leaves: tuple[type, ...], leaf_names: frozenset[str] = frozenset(),
+                 through: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.record_stack_traces = True
         self.leaves = leaves
         self.leaf_names = leaf_names
+        self.through = through  # look-alike submodules that did not reproduce: traced through
         self.stack: list[str] = []  # qualified names of the submodules being traced, innermost last
         self.failed_in: list[str] | None = None  # the stack when tracing first failed
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (qualname in self.leaf_names or isinstance(m, self.leaves) or cv.is_attention_module(m)
-                or any(d.structural and d.matches(m) for d in OPS.values()) or super().is_leaf_module(m, qualname))
+        if qualname in self.leaf_names or isinstance(m, self.leaves):
+            return True
+        if qualname in self.through:
+            return super().is_leaf_module(m, qualname)
+        return (cv.is_attention_module(m) or any(d.structural and d.matches(m) for d in OPS.values())
+                or super().is_leaf_module(m, qualname))
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         self.stack.append(self.path_of_module(m))
@@ -127,13 +133,15 @@ class _KeepFunctions:
 MAX_AUTO_LEAVES = 64
 
 
-def _symbolic(module: nn.Module, leaves: tuple[type, ...], concrete_args: dict | None) -> fx.GraphModule:
+def _symbolic(module: nn.Module, leaves: tuple[type, ...], concrete_args: dict | None,
+              through: frozenset[str] = frozenset()) -> fx.GraphModule:
     """torch.fx's trace of ``module``. A submodule whose own code cannot be traced becomes a leaf
     (one opaque node, logged and labelled) and tracing starts again; only code of the top-level
-    module that cannot be traced fails the whole trace."""
+    module that cannot be traced fails the whole trace. Submodules nestir recognises by their
+    structure are leaves, except those in ``through``."""
     auto: dict[str, str] = {}
     while True:
-        tracer = _Tracer(leaves, frozenset(auto))
+        tracer = _Tracer(leaves, frozenset(auto), through)
         try:
             with _KeepFunctions():
                 graph = tracer.trace(module, concrete_args=concrete_args)
@@ -184,13 +192,23 @@ def trace(
     module.eval()
     try:
         with torch.no_grad():
-            gm = _symbolic(module, tuple(leaf_modules), concrete_args)
-            rec = _Recorder(gm)
-            try:  # one recorded run gives every value's shape (no separate eager run)
-                rec.run(*inputs)
-            except Exception as e:
-                _rejects(module, inputs, e)
-            graph = _Builder(gm, rec.values).build(name or type(module).__name__)
+            through: frozenset[str] = frozenset()
+            while True:
+                gm = _symbolic(module, tuple(leaf_modules), concrete_args, through)
+                rec = _Recorder(gm)
+                try:  # one recorded run gives every value's shape (no separate eager run)
+                    rec.run(*inputs)
+                except Exception as e:
+                    _rejects(module, inputs, e)
+                builder = _Builder(gm, rec.values)
+                graph = builder.build(name or type(module).__name__)
+                if through or not builder.unmatched:
+                    break
+                # a submodule that looked like attention (or another op nestir knows by structure)
+                # but did not reproduce: trace through it instead of keeping it whole, once
+                log.info("tracing through %d look-alike submodule(s): %s", len(builder.unmatched),
+                         ", ".join(builder.unmatched))
+                through = frozenset(builder.unmatched)
     finally:
         module.train(was_training)
     ops = opaque_nodes(graph)
@@ -238,12 +256,13 @@ def opaque_nodes(graph: Graph) -> list[str]:
 
 
 def _source(node: fx.Node) -> str:
-    st = node.stack_trace or ""
-    for line in st.splitlines():
-        line = line.strip()
-        if line.startswith("File "):
-            return line[5:].replace('"', "")
-    return ""
+    """Where the call was written: the innermost frame of its recorded stack outside torch and
+    nestir."""
+    frames = [line.strip()[5:].replace('"', "") for line in (node.stack_trace or "").splitlines()
+              if line.strip().startswith("File ")]
+    own = [f for f in frames if not os.path.abspath(f.split(",")[0]).startswith(
+        (_TORCH_DIR, _OWN_DIR + os.sep + "nestir"))]
+    return (own or frames or [""])[-1]
 
 
 class _Builder:
@@ -252,6 +271,7 @@ class _Builder:
         self.values = values
         self.env: dict[fx.Node, tuple[str, Any]] = {}
         self.graph = Graph()
+        self.unmatched: list[str] = []  # submodules kept whole as look-alikes that did not reproduce
 
     # -- helpers -----------------------------------------------------------------------------
     def ref(self, a: Any) -> str | None:
@@ -362,18 +382,23 @@ class _Builder:
         if parts is None or (tuple_out and any(u.target is operator.getitem and u.args[1] != 0 and u.users
                                                 for u in fxn.users)):
             return False  # masks or cross-attention; or the attention weights are used
-        qkv, (wo, bo), heads, scale = parts
+        qkv, (wo, bo), heads, scale, pre = parts
         if any(w.shape[0] % heads for w, _ in qkv) or qkv[0][0].shape[0] != qkv[1][0].shape[0]:
             return False
         src = self.values[fxn.args[0]]
-        b, t = self.in_shape(x)[:2]
+        norm = None
+        if pre is not None:  # a LayerNorm the module applies first (lucidrains-style attention)
+            norm = OPS["layernorm"].from_module(self.graph.fresh_name(f"{fxn.name}__norm"), pre)
+            if norm is None:
+                return False
         names = [self.graph.fresh_name(f"{fxn.name}__{s}") for s in ("q", "k", "v")]
         nodes = [cv.linear_node(nm, w, bias) for nm, (w, bias) in zip(names, qkv, strict=True)]
         att = Node(self.graph.fresh_name(fxn.name), "attention", inputs=names, attrs={"heads": heads, "scale": scale})
         proj = cv.linear_node(self.graph.fresh_name(f"{fxn.name}__proj"), wo, bo)
         try:
             with torch.no_grad():  # the rebuilt computation must reproduce the module's
-                vals = [evaluate(n, [src], n.params) for n in nodes]
+                normed = evaluate(norm, [src], norm.params) if norm is not None else src
+                vals = [evaluate(n, [normed], n.params) for n in nodes]
                 a = evaluate(att, vals, {})
                 y = evaluate(proj, [a], proj.params)
         except Exception:  # another layout of q, k, v (EfficientFormer's): kept whole
@@ -382,6 +407,9 @@ class _Builder:
         if not isinstance(ref, torch.Tensor) or ref.shape != y.shape or \
                 not torch.allclose(y, ref, atol=1e-5 * max(1.0, float(ref.abs().max())), rtol=1e-4):
             return False
+        if norm is not None:
+            self.put(norm, [x], normed)
+            x = norm.name
         for n, v in zip(nodes, vals, strict=True):
             self.put(n, [x], v)
         self.put(att, names, a)
@@ -732,6 +760,9 @@ class _Builder:
             node = None
         if node is not None:
             return self.add(node, fxn, [x])  # type: ignore[list-item]
+        if str(fxn.target) not in auto and not type(mod).__module__.startswith("torch.") and \
+                (cv.is_attention_module(mod) or (d is not None and d.structural)):
+            self.unmatched.append(str(fxn.target))
         self.opaque(fxn, mod, "module")
         if str(fxn.target) in auto:
             n = self.graph[fxn.name]

@@ -421,9 +421,10 @@ def test_vit_parts_are_understood_and_attention_prunes_in_whole_heads():
     np.testing.assert_allclose(p.to_torch()(x).detach().numpy(), run_ir(p, x), atol=1e-5)
 
 
-def test_attention_that_is_not_plain_self_attention_stays_opaque():
-    """Cross-attention (key from another value) and a module whose rebuilt computation would
-    differ from its recorded output are kept whole."""
+def test_attention_that_is_not_plain_self_attention_is_not_rebuilt():
+    """Cross-attention (key from another value) stays one opaque node; a module that looks like
+    attention but whose rebuilt computation would differ from its recorded output is traced
+    through."""
 
     class Cross(nn.Module):
         def __init__(self) -> None:
@@ -449,8 +450,96 @@ def test_attention_that_is_not_plain_self_attention_stays_opaque():
     g = nestir.trace(Cross().eval(), x)
     assert [n.name for n in g if n.op == "opaque"] == ["mha", "getitem"]
     m = nn.Sequential(nn.Linear(4, 8), Odd()).eval()
+    g = nestir.trace(m, x)  # not rebuilt as attention: traced through, its projections plain layers
+    assert not [n for n in g if n.op == "attention"] and {"_1_qkv", "_1_proj"} <= {n.name for n in g.parametric()}
+    assert any("test_frontend.py" in op for op in nestir.opaque_nodes(g))  # the line that wrote the call
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-6)
+
+
+class _LucidAttention(nn.Module):
+    """Attention as user code often writes it: a LayerNorm first, a fused ``to_qkv`` without
+    bias, ``to_out = Sequential(Linear, Dropout)``, ``heads`` and ``scale``."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, dim_head: int = 4) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, dim_head ** -0.5
+        self.norm = nn.LayerNorm(dim)
+        self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(0.1))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.to_qkv(self.norm(x)).chunk(3, -1)
+        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        attn = (q @ k.transpose(-2, -1) * self.scale).softmax(-1)
+        return self.to_out((attn @ v).transpose(1, 2).reshape(b, n, -1))
+
+
+class _SeparateAttention(nn.Module):
+    """Separate ``query`` / ``key`` / ``value`` projections, ``out_proj`` and
+    ``num_attention_heads`` (the Hugging Face naming), through ``scaled_dot_product_attention``."""
+
+    def __init__(self, dim: int = 8, heads: int = 4) -> None:
+        super().__init__()
+        self.num_attention_heads = heads
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = (f(x).reshape(b, n, self.num_attention_heads, -1).transpose(1, 2)
+                   for f in (self.query, self.key, self.value))
+        return self.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_attention_modules_written_other_ways_are_understood():
+    """Recognised by their attributes and proven on their recorded output: a lucidrains-style
+    block (its LayerNorm becomes a node before the projections) and separate q/k/v projections;
+    heads prune whole and the lowerings agree."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.a, self.b, self.head = nn.Linear(4, 8), _LucidAttention(), _SeparateAttention(), \
+                nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.embed(x)
+            h = h + self.a(h)
+            h = h + self.b(h)
+            return self.head(h.mean(1))
+
+    torch.manual_seed(0)
+    m = Net().eval()
+    x = torch.rand(2, 5, 4)
     g = nestir.trace(m, x)
-    assert [n.op for n in g if n.op in ("opaque", "attention")] == ["opaque"]
+    assert not nestir.opaque_nodes(g)
+    assert {n.name: n.attrs["heads"] for n in g if n.op == "attention"} == {"a": 2, "b": 4}
+    assert g["a__norm"].op == "layernorm" and g["a__q"].inputs == ["a__norm"]
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2]))])
+    assert (p["a"].attrs["heads"], p["b"].attrs["heads"]) == (1, 2)
+    np.testing.assert_allclose(run_onnx(p, x), run_ir(p, x), atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(x).detach().numpy(), run_ir(p, x), atol=1e-5)
+
+
+def test_a_look_alike_attention_that_computes_something_else_is_traced_through():
+    """A module with attention's attributes whose rebuilt computation differs from its recorded
+    output is not kept whole: tracing goes through it, so its projections are ordinary layers
+    and the residual stream around it stays resizable."""
+
+    class Odd(_LucidAttention):
+        def forward(self, x):
+            return super().forward(x).relu()
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), Odd()).eval()
+    x = torch.rand(2, 5, 4)
+    g = nestir.trace(m, x)
+    assert not [n for n in g if n.op == "attention"]
+    names = {n.name for n in g.parametric()}
+    assert "_1_to_out_0" in names and any(n.startswith("_1_to_qkv") for n in names)  # (cut by its chunk)
     np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-6)
 
 
@@ -612,9 +701,9 @@ def test_global_response_norm_is_understood():
     assert p["g1"].params["weight"].shape[0] < 12 and p["g2"].params["weight"].shape[0] < 10
 
 
-def test_a_look_alike_module_that_computes_something_else_stays_opaque():
-    """Recognised by structure, a module must reproduce its recorded output, else it stays one
-    opaque node instead of silently changing the model."""
+def test_a_look_alike_module_that_computes_something_else_is_not_replaced():
+    """Recognised by structure, a module must reproduce its recorded output, else it is traced
+    through like any module instead of silently changing the model."""
     from blocks import GlobalResponseNorm
 
     class Other(GlobalResponseNorm):
@@ -626,7 +715,7 @@ def test_a_look_alike_module_that_computes_something_else_stays_opaque():
     m = nn.Sequential(nn.Conv2d(3, 4, 1), Other(4, channels_last=False)).eval()
     x = torch.rand(2, 3, 4, 4)
     g = nestir.trace(m, x)
-    assert not [n for n in g if n.op == "grn"] and nestir.opaque_nodes(g)
+    assert not [n for n in g if n.op == "grn"]
     np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
