@@ -172,6 +172,31 @@ def is_attention_module(m: nn.Module) -> bool:
     return isinstance(m, nn.MultiheadAttention) or _attention_layout(m) is not None
 
 
+_BIAS_METHODS = ("_get_rel_pos_bias", "get_rel_pos_bias", "get_relative_position_bias", "_get_relative_position_bias",
+                 "get_attention_biases")
+
+
+def attention_biases(m: nn.Module, heads: int, tokens: int) -> list[torch.Tensor]:
+    """Candidate per-head logit biases of an attention module: what its relative-position-bias
+    method returns (timm's ``_get_rel_pos_bias()``, ``get_attention_biases(device)``), as
+    (heads, tokens, tokens). The frontend keeps one only where it reproduces the module."""
+    out = []
+    for name in _BIAS_METHODS:
+        fn = getattr(m, name, None)
+        if not callable(fn):
+            continue
+        for args in ((), (torch.device("cpu"),)):
+            try:
+                with torch.no_grad():
+                    b = fn(*args)
+            except Exception:
+                continue
+            if isinstance(b, torch.Tensor) and b.numel() == heads * tokens * tokens:
+                out.append(b.detach().reshape(heads, tokens, tokens).float().clone())
+            break
+    return out
+
+
 AttentionParts = tuple[list[tuple[torch.Tensor, torch.Tensor | None]], tuple[torch.Tensor, torch.Tensor | None], int,
                        float, "nn.LayerNorm | None"]
 
@@ -197,6 +222,9 @@ def attention_parts(m: nn.Module, args: tuple, kwargs: dict, same_input: bool) -
         w, b = lins[0].weight, lins[0].bias
         e = w.shape[0] // 3
         qkv = [(w[i * e:(i + 1) * e], None if b is None else b[i * e:(i + 1) * e]) for i in range(3)]
+        if b is None and isinstance(getattr(m, "q_bias", None), torch.Tensor) and \
+                isinstance(getattr(m, "v_bias", None), torch.Tensor):  # BEiT: q and v biases, none for k
+            qkv = [(qkv[0][0], m.q_bias), (qkv[1][0], None), (qkv[2][0], m.v_bias)]  # type: ignore[list-item]
     else:
         qkv = [(lin.weight, lin.bias) for lin in lins]
     e = qkv[0][0].shape[0]

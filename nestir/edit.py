@@ -203,6 +203,7 @@ def remove_units(graph: Graph, conv: str, units: Sequence[int], *, info: GroupIn
     for gid, unit in tie.sides:
         _stage_remove(graph, info, info.groups[gid], [u * unit + j for u in drop for j in range(unit)], st)
     _unit_attrs(graph, tie, -len(drop), st)
+    _unit_entries(graph, tie, st, drop=drop)
     st.commit(graph)
 
 
@@ -215,6 +216,24 @@ def _disjoint(info: GroupInfo, tie: Tie, conv: str) -> None:
                 if seen.setdefault(name, gid) != gid:
                     raise EditError(f"grouped conv '{conv}': node '{name}' holds or reads two of the groups it "
                                     "ties; remove their neurons separately")
+
+
+def _unit_entries(graph: Graph, tie: Tie, st: _Staged, *, drop: Sequence[int] = (), count: int = 0) -> None:
+    """The params of a tie's nodes that hold one entry per unit (an attention head's logit
+    bias): the entries of ``drop`` removed, or ``count`` units of new entries appended."""
+    for c, m in zip(tie.convs, tie.multiples(), strict=True):
+        d = opdef(graph[c].op)
+        for key in d.unit_entries:
+            if key not in graph[c].params:
+                continue
+            t = st.get(graph, c, key)
+            if drop:
+                gone = {u * m + j for u in drop for j in range(m)}
+                keep = torch.tensor([i for i in range(t.shape[0]) if i not in gone], dtype=torch.long)
+                st.put(c, key, t.index_select(0, keep.to(t.device)), ("select", 0, keep))
+            elif count:
+                st.put(c, key, _insert(t, 0, t.shape[0], _filler(t, 0, count * m, d.fill(graph[c], key))),
+                       ("insert", 0, t.shape[0], count * m))
 
 
 def _unit_attrs(graph: Graph, tie: Tie, delta: int, st: _Staged) -> None:
@@ -248,6 +267,7 @@ def add_units(
     for gid, unit in tie.sides:
         _stage_add(graph, info, info.groups[gid], count * unit, rows or {}, cols or {}, st)
     _unit_attrs(graph, tie, count, st)
+    _unit_entries(graph, tie, st, count=count)
     st.commit(graph)
 
 

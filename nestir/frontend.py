@@ -395,17 +395,23 @@ class _Builder:
         nodes = [cv.linear_node(nm, w, bias) for nm, (w, bias) in zip(names, qkv, strict=True)]
         att = Node(self.graph.fresh_name(fxn.name), "attention", inputs=names, attrs={"heads": heads, "scale": scale})
         proj = cv.linear_node(self.graph.fresh_name(f"{fxn.name}__proj"), wo, bo)
-        try:
-            with torch.no_grad():  # the rebuilt computation must reproduce the module's
-                normed = evaluate(norm, [src], norm.params) if norm is not None else src
-                vals = [evaluate(n, [normed], n.params) for n in nodes]
-                a = evaluate(att, vals, {})
-                y = evaluate(proj, [a], proj.params)
-        except Exception:  # another layout of q, k, v (EfficientFormer's): kept whole
-            return False
         ref = out[0] if tuple_out else out
-        if not isinstance(ref, torch.Tensor) or ref.shape != y.shape or \
-                not torch.allclose(y, ref, atol=1e-5 * max(1.0, float(ref.abs().max())), rtol=1e-4):
+        if not isinstance(ref, torch.Tensor):
+            return False
+        tokens = self.in_shape(x)[-2]
+        for bias in [None, *cv.attention_biases(mod, heads, tokens)]:  # plain, then with a position bias
+            att.params = {} if bias is None else {"bias": bias}
+            try:
+                with torch.no_grad():  # the rebuilt computation must reproduce the module's
+                    normed = evaluate(norm, [src], norm.params) if norm is not None else src
+                    vals = [evaluate(n, [normed], n.params) for n in nodes]
+                    a = evaluate(att, vals, att.params)
+                    y = evaluate(proj, [a], proj.params)
+            except Exception:  # another layout of q, k, v (EfficientFormer's)
+                continue
+            if ref.shape == y.shape and torch.allclose(y, ref, atol=1e-5 * max(1.0, float(ref.abs().max())), rtol=1e-4):
+                break
+        else:
             return False
         if norm is not None:
             self.put(norm, [x], normed)

@@ -127,14 +127,16 @@ def run_opaque(node: Node, args: Sequence[Any]) -> Any:
     return fn(*call_args, **call_kwargs)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, scale: float,
+              bias: torch.Tensor | None = None) -> torch.Tensor:
     """Multi-head scaled dot-product attention over the token axis (-2); the last axis of q, k
-    and v holds ``heads`` heads of equal size, head-major."""
+    and v holds ``heads`` heads of equal size, head-major. ``bias`` (heads, T, T), if given, is
+    added to each head's logits (a relative position bias)."""
 
     def split(t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (heads, -1)).transpose(-3, -2)
 
-    o = F.scaled_dot_product_attention(split(q), split(k), split(v), scale=scale)
+    o = F.scaled_dot_product_attention(split(q), split(k), split(v), attn_mask=bias, scale=scale)
     return o.transpose(-3, -2).flatten(-2)
 
 

@@ -97,6 +97,7 @@ class OpDef:
         return 0.0
 
     unit_attr: ClassVar[str] = ""  # the attribute counting the whole units a tie removes (conv groups, heads)
+    unit_entries: ClassVar[tuple[str, ...]] = ()  # params with one entry per unit along dim 0 (a head's bias)
 
     def follow(self, node: Node, graph: Graph, info: GroupInfo, gid: int, delta: int,
                shape: tuple[int, ...] | None) -> dict[str, Any] | None:

@@ -28,12 +28,25 @@ class Attention(OpDef):
 
     name = "attention"
     unit_attr = "heads"
+    trainable = ("bias",)
+    counted = ("bias",)
+    unit_entries = ("bias",)  # optional: (heads, T, T) added to each head's logits
 
     def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
         return value.dim() - 1
 
     def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
-        return attention(args[0], args[1], args[2], node.attrs["heads"], node.attrs["scale"])
+        return attention(args[0], args[1], args[2], node.attrs["heads"], node.attrs["scale"], p.get("bias"))
+
+    def check(self, graph: Graph, node: Node) -> str | None:
+        b = node.params.get("bias")
+        t = (graph[node.inputs[0]].shape or (0, 0))[-2] if node.inputs else 0
+        if b is not None and tuple(b.shape) != (node.attrs["heads"], t, t):
+            return f"attention bias has shape {tuple(b.shape)}, expected ({node.attrs['heads']}, {t}, {t})"
+        return None
+
+    def fill(self, node: Node, key: str) -> float | bool:
+        return 0.0
 
     def neurons(self, an: _Analysis, node: Node) -> Layout | None:
         lays = []
@@ -55,7 +68,11 @@ class Attention(OpDef):
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         fg, h = low.fg, node.attrs["heads"]
         heads = [fg.call_method("transpose", (fg.call_method("unflatten", (t, -1, (h, -1))), -3, -2)) for t in args]
-        o = fg.call_function(F.scaled_dot_product_attention, tuple(heads), {"scale": node.attrs["scale"]})
+        kw: dict[str, Any] = {"scale": node.attrs["scale"]}
+        if "bias" in node.params:
+            low.root.register_parameter(node.name + "_bias", nn.Parameter(node.params["bias"].detach().clone()))
+            kw["attn_mask"] = fg.get_attr(node.name + "_bias")
+        o = fg.call_function(F.scaled_dot_product_attention, tuple(heads), kw)
         return fg.call_method("flatten", (fg.call_method("transpose", (o, -3, -2)), -2))
 
     def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
@@ -67,6 +84,8 @@ class Attention(OpDef):
         k = e.op("Transpose", [k], nm + "_kt", perm=[0, 2, 3, 1])
         v = e.op("Transpose", [v], nm + "_vh", perm=[0, 2, 1, 3])
         s = e.op("Mul", [e.op("MatMul", [q, k], nm + "_qk"), e.const(nm + "_scale", np.array(scale))], nm + "_s")
+        if "bias" in node.params:
+            s = e.op("Add", [s, e.const(nm + "_bias", node.params["bias"])], nm + "_sb")
         o = e.op("MatMul", [e.op("Softmax", [s], nm + "_p", axis=-1), v], nm + "_o")
         o = e.op("Transpose", [o], nm + "_ot", perm=[0, 2, 1, 3])
         return e.op("Reshape", [o, e.const(nm + "_merge", np.array([0, 0, -1]), np.int64)], nm)

@@ -524,6 +524,63 @@ def test_attention_modules_written_other_ways_are_understood():
     np.testing.assert_allclose(p.to_torch()(x).detach().numpy(), run_ir(p, x), atol=1e-5)
 
 
+class _RelPosAttention(nn.Module):
+    """BEiT-style attention: a bias-free fused ``qkv`` with separate ``q_bias`` / ``v_bias`` and a
+    learned relative position bias per head (``_get_rel_pos_bias()``) added to the logits."""
+
+    def __init__(self, dim: int = 8, heads: int = 2, tokens: int = 5) -> None:
+        super().__init__()
+        self.num_heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(dim)), nn.Parameter(torch.randn(dim))
+        self.relative_position_bias_table = nn.Parameter(torch.randn(2 * tokens - 1, heads))
+        idx = torch.arange(tokens)
+        self.register_buffer("relative_position_index", idx[:, None] - idx[None, :] + tokens - 1)
+        self.proj = nn.Linear(dim, dim)
+
+    def _get_rel_pos_bias(self):
+        n = self.relative_position_index.shape[0]
+        return self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1) \
+            .permute(2, 0, 1).unsqueeze(0)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+        q, k, v = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4) \
+            .unbind(0)
+        attn = (q * self.scale @ k.transpose(-2, -1) + self._get_rel_pos_bias()).softmax(-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_attention_with_a_relative_position_bias_prunes_and_grows_whole_heads():
+    """The bias the module's method returns becomes the attention node's per-head ``bias``
+    parameter (kept only because it reproduces the module): pruning a head drops its bias,
+    adding one appends a zero bias, and the lowerings stay exact."""
+    from nestir.edit import add_units
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), _RelPosAttention(), nn.Linear(8, 3)).eval()
+    x = torch.rand(3, 5, 4)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
+    (att,) = [n for n in g if n.op == "attention"]
+    b = m[1]._get_rel_pos_bias()[0].detach()
+    assert torch.equal(att.params["bias"], b) and "bias" not in g[att.name + "__k"].params
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2, 0]))])
+    (pa,) = [n for n in p if n.op == "attention"]
+    assert pa.attrs["heads"] == 1 and any(torch.equal(pa.params["bias"][0], b[h]) for h in range(2))
+    np.testing.assert_allclose(run_onnx(p, x), run_ir(p, x), atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(x).detach().numpy(), run_ir(p, x), atol=1e-5)
+    before = run_ir(p, x)
+    add_units(p, pa.name, 1)
+    p.verify()
+    assert p[pa.name].params["bias"].shape == (2, 5, 5) and not p[pa.name].params["bias"][1].any()
+    np.testing.assert_allclose(run_ir(p, x), before, atol=1e-6)  # a new head with zero v changes nothing
+    np.testing.assert_allclose(run_onnx(p, x), before, atol=1e-5)
+
+
 def test_a_look_alike_attention_that_computes_something_else_is_traced_through():
     """A module with attention's attributes whose rebuilt computation differs from its recorded
     output is not kept whole: tracing goes through it, so its projections are ordinary layers
