@@ -164,6 +164,30 @@ class WithFunction(nn.Module):
         return ZeroGradClamp.apply(self.fc(x))
 
 
+def test_an_opaque_view_runs_whatever_the_strides_of_its_input():
+    """An opaque ``view`` (here: one that folds the batch into another dim) runs as ``reshape``:
+    nestir's ops may lay out a value with other strides than the model's did, and a view of a
+    non-contiguous tensor would fail where the model's did not."""
+    from nestir.ops import run_opaque
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x):
+            return self.fc(x).cumsum(1).view(x.shape[0] * 2, 2, 6).sum(1)
+
+    m = M().eval()
+    x = torch.rand(2, 4, 6)
+    g = nestir.trace(m, x)
+    view = g["view"]
+    assert view.op == "opaque" and view.attrs["fn"] == "reshape" and "Tensor.view" in view.attrs["label"]
+    strided = torch.rand(2, 6, 4).transpose(1, 2)  # same shape, not contiguous
+    torch.testing.assert_close(run_opaque(view, [strided]), strided.reshape(4, 2, 6))
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-6)
+
+
 def test_custom_autograd_function_stays_whole_with_its_backward():
     from nestir.backends.executor import IRModule
 
