@@ -5,11 +5,14 @@ Graphs with opaque nodes go through ``torch.onnx.export`` of the torch lowering 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import onnx
 import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from nestir.errors import LoweringError
@@ -84,9 +87,16 @@ def _export_via_torch(g: Graph, path: str, opset: int) -> None:
     names = ["input"] if len(xs) == 1 else [n.name for n in g.inputs]
     batch = torch.export.Dim("batch", min=1)
     dyn = {name: {0: batch} for name in (["input"] if len(xs) == 1 else names)}
-    try:
-        prog = torch.onnx.export(module, xs, dynamo=True, input_names=names, dynamic_shapes=dyn,
+    def export() -> Any:
+        return torch.onnx.export(module, xs, dynamo=True, input_names=names, dynamic_shapes=dyn,
                                  opset_version=opset, verbose=False)
+
+    try:
+        try:
+            prog = export()
+        except Exception:  # torch's ONNX translation of attention takes 4-D q, k, v only (NesT has 5-D):
+            with _math_attention():  # export the opaque calls' attention as its math instead
+                prog = export()
     except Exception as e:
         ops = ", ".join(n.name for n in g if n.op == "opaque")
         raise LoweringError(f"ONNX export through torch failed for the graph with opaque node(s) {ops}: "
@@ -94,6 +104,33 @@ def _export_via_torch(g: Graph, path: str, opset: int) -> None:
     model = prog.model_proto  # type: ignore[union-attr]
     model.ir_version = min(model.ir_version, 10)
     _save(model, path)
+
+
+@contextlib.contextmanager
+def _math_attention() -> Iterator[None]:
+    """``F.scaled_dot_product_attention`` as softmax(q k^T * scale + mask) v while exporting, so
+    that attention of any rank inside an opaque call exports as MatMul / Softmax."""
+    original = F.scaled_dot_product_attention
+
+    def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+             dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+             enable_gqa: bool = False) -> torch.Tensor:
+        if enable_gqa and k.shape[-3] != q.shape[-3]:
+            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
+            v = v.repeat_interleave(q.shape[-3] // v.shape[-3], -3)
+        a = (q @ k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+        if is_causal:
+            keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+            a = a.masked_fill(~keep, float("-inf"))
+        if attn_mask is not None:
+            a = a.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else a + attn_mask
+        return a.softmax(-1) @ v
+
+    F.scaled_dot_product_attention = sdpa  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
 
 
 def _save(model: onnx.ModelProto, path: str) -> None:

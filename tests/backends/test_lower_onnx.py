@@ -81,3 +81,31 @@ def test_uneven_adaptive_pooling_lowers_exactly(mode, shape, out):
     g = nestir.trace(m, x)
     y = torch.randn(5, *shape[1:])  # another batch size than traced with
     np.testing.assert_allclose(run_onnx(g, y), m(y).detach().numpy(), atol=1e-5)
+
+
+def test_opaque_attention_of_any_rank_exports():
+    """An opaque block computing attention over 5-D q, k, v (NesT's blocks of tokens): torch's
+    ONNX translation of scaled_dot_product_attention takes 4-D only, so the export falls back to
+    the attention's math (MatMul, Softmax) and agrees with the model."""
+
+    class Blocks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(8, 24)
+
+        def forward(self, x):  # (B, T, N, C): attention within each of T blocks of N tokens
+            b, t, n, c = x.shape
+            if n > 2:  # a branch on a shape: fx cannot trace it, the module stays one opaque node
+                x = x * 1.0
+            q, k, v = self.qkv(x).reshape(b, t, n, 3, 2, c // 2).permute(3, 0, 4, 1, 2, 5).unbind(0)
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            return o.permute(0, 2, 3, 1, 4).reshape(b, t, n, c)
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 8), Blocks(), nn.Linear(8, 3)).eval()
+    x = torch.rand(2, 4, 5, 8)
+    g = nestir.trace(m, x)
+    assert any("Blocks" in op for op in nestir.opaque_nodes(g))
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+    y = torch.rand(3, 4, 5, 8)  # and the batch stays dynamic
+    np.testing.assert_allclose(run_onnx(g, y), m(y).detach().numpy(), atol=1e-5)
