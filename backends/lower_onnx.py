@@ -95,7 +95,7 @@ def _export_via_torch(g: Graph, path: str, opset: int) -> None:
         try:
             prog = export()
         except Exception:  # torch's ONNX translation of attention takes 4-D q, k, v only (NesT has 5-D):
-            with _math_attention():  # export the opaque calls' attention as its math instead
+            with _math_attention(module):  # export the opaque calls' attention as its math instead
                 prog = export()
     except Exception as e:
         ops = ", ".join(n.name for n in g if n.op == "opaque")
@@ -106,31 +106,40 @@ def _export_via_torch(g: Graph, path: str, opset: int) -> None:
     _save(model, path)
 
 
+def _sdpa_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+               dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+               enable_gqa: bool = False) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` (inference) as softmax(q k^T * scale + mask) v."""
+    if enable_gqa and k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], -3)
+    a = (q @ k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    if is_causal:
+        keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+        a = a.masked_fill(~keep, float("-inf"))
+    if attn_mask is not None:
+        a = a.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else a + attn_mask
+    return a.softmax(-1) @ v
+
+
 @contextlib.contextmanager
-def _math_attention() -> Iterator[None]:
-    """``F.scaled_dot_product_attention`` as softmax(q k^T * scale + mask) v while exporting, so
-    that attention of any rank inside an opaque call exports as MatMul / Softmax."""
+def _math_attention(module: torch.fx.GraphModule) -> Iterator[None]:
+    """Attention written as MatMul / Softmax while exporting: the module's own attention calls
+    (opaque function calls) and those inside opaque modules (``F.scaled_dot_product_attention``
+    looked up when they run), so that attention of any rank exports."""
     original = F.scaled_dot_product_attention
-
-    def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
-             dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
-             enable_gqa: bool = False) -> torch.Tensor:
-        if enable_gqa and k.shape[-3] != q.shape[-3]:
-            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
-            v = v.repeat_interleave(q.shape[-3] // v.shape[-3], -3)
-        a = (q @ k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
-        if is_causal:
-            keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-            a = a.masked_fill(~keep, float("-inf"))
-        if attn_mask is not None:
-            a = a.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else a + attn_mask
-        return a.softmax(-1) @ v
-
-    F.scaled_dot_product_attention = sdpa  # type: ignore[assignment]
+    calls = [n for n in module.graph.nodes if n.op == "call_function" and n.target is original]
+    for n in calls:
+        n.target = _sdpa_math
+    module.recompile()
+    F.scaled_dot_product_attention = _sdpa_math  # type: ignore[assignment]
     try:
         yield
     finally:
         F.scaled_dot_product_attention = original
+        for n in calls:
+            n.target = original
+        module.recompile()
 
 
 def _save(model: onnx.ModelProto, path: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import logging
 import math
@@ -21,6 +23,7 @@ from .errors import ShapeError, TraceError
 from .graph import Graph, Node
 from .opdefs import OPS, evaluate, opdef
 from .opdefs.elementwise import ACT_METHODS
+from .ops import BATCH_ARITH
 from .permutations import fold_permutations
 
 log = logging.getLogger(__name__)
@@ -28,16 +31,88 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+_SHAPE_READS = {"size", "dim", "numel", "ndimension", "nelement"}
+
+
+class _ShapeProxy(fx.Proxy):
+    """A proxy Python may read as a number where its value follows from the example inputs'
+    shapes alone (``if H != window``, ``int(math.sqrt(T))``, ``range(n)``): the trace is
+    specialised to those shapes, as the IR is (see :meth:`_Tracer.concrete`)."""
+
+    def __int__(self) -> int:
+        return int(self.tracer.concrete(self))  # type: ignore[attr-defined]
+
+    def __float__(self) -> float:
+        return float(self.tracer.concrete(self))  # type: ignore[attr-defined]
+
+    def __index__(self) -> int:
+        return operator.index(self.tracer.concrete(self))  # type: ignore[attr-defined]
+
+
 class _Tracer(fx.Tracer):
     def __init__(self, leaves: tuple[type, ...], leaf_names: frozenset[str] = frozenset(),
-                 through: frozenset[str] = frozenset()) -> None:
+                 through: frozenset[str] = frozenset(), inputs: tuple[torch.Tensor, ...] = ()) -> None:
         super().__init__()
         self.record_stack_traces = True
         self.leaves = leaves
         self.leaf_names = leaf_names
         self.through = through  # look-alike submodules that did not reproduce: traced through
+        self.inputs = inputs  # the example inputs (their shapes answer branches on shapes)
+        self.concrete_values: dict[fx.Node, Any] = {}
+        self._meta_root: nn.Module | None = None
         self.stack: list[str] = []  # qualified names of the submodules being traced, innermost last
         self.failed_in: list[str] | None = None  # the stack when tracing first failed
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ShapeProxy(node, self)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        return bool(self.concrete(obj))
+
+    def concrete(self, p: fx.Proxy) -> Any:
+        """The value of ``p`` where it is computed from the inputs' shapes alone and is the same
+        at the example's batch size, at 1 and at a larger one: the code's branch on it is taken
+        as traced (shapes are computed on meta tensors, nothing runs). Anything else (a tensor's
+        values, the batch size) stays an error: the trace cannot follow it."""
+        node = p.node
+        if node in self.concrete_values:
+            return self.concrete_values[node]
+        if not self.inputs or not _shape_only(node):
+            raise fx.proxy.TraceError("symbolically traced variables cannot be used as inputs to control flow")
+        b = self.inputs[0].shape[0] if self.inputs[0].dim() else 1
+        try:
+            vals = [self._evaluate(node, n) for n in dict.fromkeys((b, 1, b + 5))]
+        except Exception:
+            raise fx.proxy.TraceError("symbolically traced variables cannot be used as inputs to control flow") \
+                from None
+        if any(isinstance(v, (torch.Tensor, fx.Proxy)) or type(v) is not type(vals[0]) or v != vals[0]
+               for v in vals):
+            raise fx.proxy.TraceError("a value read from the batch size cannot be used as inputs to control flow")
+        self.concrete_values[node] = vals[0]
+        return vals[0]
+
+    def _evaluate(self, node: fx.Node, batch: int) -> Any:
+        """``node``'s value with meta inputs of the examples' shapes at ``batch``."""
+        unpatched = getattr(fx._symbolic_trace, "_maybe_revert_all_patches", contextlib.nullcontext)
+        with unpatched(), torch.no_grad():  # for real, not through the tracer's patched calls
+            if self._meta_root is None:
+                self._meta_root = copy.deepcopy(self.root).to("meta")
+            g = fx.Graph()
+            env: dict[fx.Node, fx.Node] = {}
+            for n in self.graph.nodes:
+                if n.op == "output":
+                    continue
+                env[n] = g.node_copy(n, lambda a: env[a])
+                if n is node:
+                    break
+            g.output(env[node])
+            gm = fx.GraphModule(self._meta_root, g)
+            gm.graph.eliminate_dead_code()
+            gm.recompile()
+            xs = [torch.empty((batch, *t.shape[1:]) if t.dim() else (), dtype=t.dtype, device="meta")
+                  for t in self.inputs]
+            v = gm(*xs)
+        return tuple(v) if isinstance(v, torch.Size) else v
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaf_names or isinstance(m, self.leaves):
@@ -45,6 +120,7 @@ class _Tracer(fx.Tracer):
         if qualname in self.through:
             return super().is_leaf_module(m, qualname)
         return (cv.is_attention_module(m) or any(d.structural and d.matches(m) for d in OPS.values())
+                or isinstance(m, (nn.Conv1d, nn.Conv2d))  # a subclass (timm's Conv2dSame): see conv_subclass
                 or super().is_leaf_module(m, qualname))
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
@@ -133,22 +209,43 @@ class _KeepFunctions:
 MAX_AUTO_LEAVES = 64
 
 
+def _shape_only(node: fx.Node) -> bool:
+    """Whether ``node`` reads the model's inputs only through their shapes (``x.shape``,
+    ``x.size()``, ``x.dim()``), not through any tensor's values."""
+    seen: set[fx.Node] = set()
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if (n.op == "call_function" and n.target is getattr and len(n.args) > 1 and n.args[1] in ("shape", "ndim")) \
+                or (n.op == "call_method" and n.target in _SHAPE_READS):
+            continue
+        if n.op in ("placeholder", "call_module"):
+            return False
+        todo.extend(n.all_input_nodes)
+    return True
+
+
 def _symbolic(module: nn.Module, leaves: tuple[type, ...], concrete_args: dict | None,
-              through: frozenset[str] = frozenset()) -> fx.GraphModule:
+              through: frozenset[str] = frozenset(), inputs: tuple[torch.Tensor, ...] = ()) -> fx.GraphModule:
     """torch.fx's trace of ``module``. A submodule whose own code cannot be traced becomes a leaf
     (one opaque node, logged and labelled) and tracing starts again; only code of the top-level
     module that cannot be traced fails the whole trace. Submodules nestir recognises by their
     structure are leaves, except those in ``through``."""
     auto: dict[str, str] = {}
     while True:
-        tracer = _Tracer(leaves, frozenset(auto), through)
+        tracer = _Tracer(leaves, frozenset(auto), through, inputs)
         try:
             with _KeepFunctions():
                 graph = tracer.trace(module, concrete_args=concrete_args)
             break
         except Exception as e:  # fx raises many kinds; all mean "not traceable as written"
             where = _user_frame(e)
-            if isinstance(e, fx.proxy.TraceError) or "control flow" in str(e):
+            if "batch size" in str(e):
+                what = "branches on the batch size (nestir specialises a trace to the input's shape, not its batch)"
+            elif isinstance(e, fx.proxy.TraceError) or "control flow" in str(e):
                 what = "uses a tensor's value in Python control flow (if/while/bool/len/iteration)"
             else:
                 what = f"cannot be traced symbolically ({type(e).__name__}: {str(e).splitlines()[0]})"
@@ -194,7 +291,7 @@ def trace(
         with torch.no_grad():
             through: frozenset[str] = frozenset()
             while True:
-                gm = _symbolic(module, tuple(leaf_modules), concrete_args, through)
+                gm = _symbolic(module, tuple(leaf_modules), concrete_args, through, inputs)
                 rec = _Recorder(gm)
                 try:  # one recorded run gives every value's shape (no separate eager run)
                     rec.run(*inputs)
@@ -288,6 +385,8 @@ class _Builder:
                 return n.params["value"] if n.op == "const" else None
             if kind in ("shape", "batch"):
                 return v[1]
+            if kind == "batchexpr":
+                return v[-1]
             if kind == "tuple":
                 return None
             return v
@@ -315,6 +414,14 @@ class _Builder:
                 and isinstance(args[0], fx.Node) and self.env.get(args[0], ("", None))[0] == "shape":
             self.env[fxn] = ("batch", (self.env[args[0]][1][0], v))
             return True
+        op = next((k for k, f in BATCH_ARITH.items() if f is t), None)
+        if fxn.op == "call_function" and op is not None and len(args) == 2 and not fxn.kwargs and \
+                any(isinstance(a, fx.Node) and self.env.get(a, ("", None))[0] in ("batch", "batchexpr") for a in args) \
+                and all(isinstance(a, int) or (isinstance(a, fx.Node) and (
+                    self.env.get(a, ("", None))[0] in ("batch", "batchexpr")
+                    or isinstance(self.const(a), int))) for a in args):
+            self.env[fxn] = ("batchexpr", (op, args[0], args[1], v))  # B * C: follows the batch size too
+            return True
         return False
 
     def template(self, args: Any, kwargs: Any) -> tuple[list[str], Any, Any]:
@@ -332,6 +439,9 @@ class _Builder:
                         inputs.append(name)
                     refs.append(None if name is None else ("__ref__", len(inputs) - 1))
                 return tuple(refs)
+            if isinstance(a, fx.Node) and self.env[a][0] == "batchexpr":
+                op, x, y, _ = self.env[a][1]
+                return ("__expr__", op, sub(x), sub(y))
             if isinstance(a, fx.Node) and self.env[a][0] == "batch":
                 # read it from a model input (frozen anyway) rather than freeze the value it came from
                 src, size = self.env[a][1]
@@ -757,9 +867,11 @@ class _Builder:
             return self.flatten_module(fxn, mod, x)
         if cv.is_attention_module(mod) and str(fxn.target) not in auto and self.attention(fxn, mod):
             return None
-        if x is not None and isinstance(mod, (nn.Conv1d, nn.Conv2d)) and type(mod) not in (nn.Conv1d, nn.Conv2d) \
-                and self.conv_subclass(fxn, mod, x):
-            return None
+        if x is not None and isinstance(mod, (nn.Conv1d, nn.Conv2d)) and type(mod) not in (nn.Conv1d, nn.Conv2d):
+            if str(fxn.target) not in auto and self.conv_subclass(fxn, mod, x):
+                return None
+            if str(fxn.target) not in auto:  # not a plain conv (weight standardisation): trace it through
+                self.unmatched.append(str(fxn.target))
         d = next((d for d in OPS.values() if d.matches(mod)), None)
         node = d.from_module(fxn.name, mod) if d is not None and x is not None and str(fxn.target) not in auto else None
         if node is not None and d.structural and not self.reproduces(node, fxn):  # type: ignore[union-attr]

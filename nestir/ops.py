@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -102,18 +103,33 @@ def _batch(v: Any) -> Any:
     return v.shape[0]
 
 
-def fill_template(template: Any, values: Sequence[Any], batch: Callable[[Any], Any] = _batch) -> Any:
-    """Replace ``("__ref__", i)`` markers in an args/kwargs template by ``values[i]`` and
+# integer arithmetic an opaque call's arguments may apply to the batch size (``B * C``, ``B // 2``)
+BATCH_ARITH: dict[str, Callable[[Any, Any], Any]] = {
+    "mul": operator.mul, "add": operator.add, "sub": operator.sub, "floordiv": operator.floordiv,
+    "mod": operator.mod}
+
+
+def _arith(op: str, a: Any, b: Any) -> Any:
+    return BATCH_ARITH[op](a, b)
+
+
+def fill_template(template: Any, values: Sequence[Any], batch: Callable[[Any], Any] = _batch,
+                  arith: Callable[[str, Any, Any], Any] = _arith) -> Any:
+    """Replace ``("__ref__", i)`` markers in an args/kwargs template by ``values[i]``,
     ``("__batch__", i)`` markers (an int the model read from a tensor's batch dim, such as
-    ``x.shape[0]``) by ``batch(values[i])``, so the call follows the batch size it is run with."""
+    ``x.shape[0]``) by ``batch(values[i])`` and ``("__expr__", op, a, b)`` (integer arithmetic on
+    them, ``B * C``) by ``arith(op, a, b)``, so the call follows the batch size it is run with."""
     if isinstance(template, tuple) and len(template) == 2 and template[0] == "__ref__":
         return values[template[1]]
     if isinstance(template, tuple) and len(template) == 2 and template[0] == "__batch__":
         return batch(values[template[1]])
+    if isinstance(template, tuple) and len(template) == 4 and template[0] == "__expr__":
+        return arith(template[1], fill_template(template[2], values, batch, arith),
+                     fill_template(template[3], values, batch, arith))
     if isinstance(template, (list, tuple)):
-        return type(template)(fill_template(t, values, batch) for t in template)
+        return type(template)(fill_template(t, values, batch, arith) for t in template)
     if isinstance(template, dict):
-        return {k: fill_template(v, values, batch) for k, v in template.items()}
+        return {k: fill_template(v, values, batch, arith) for k, v in template.items()}
     return template
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..ops import fill_template, run_opaque
+from ..ops import BATCH_ARITH, fill_template, run_opaque
 from .base import OpDef, register
 
 if TYPE_CHECKING:
@@ -78,8 +78,12 @@ class Opaque(OpDef):
 
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         a, size = node.attrs, low.batch()
-        call_args = tuple(fill_template(a["args"], args, size))
-        call_kwargs = fill_template(a["kwargs"], args, size)
+
+        def arith(op: str, x: Any, y: Any) -> Any:  # on the batch size read at run time: an fx node
+            return low.fg.call_function(BATCH_ARITH[op], (x, y))
+
+        call_args = tuple(fill_template(a["args"], args, size, arith))
+        call_kwargs = fill_template(a["kwargs"], args, size, arith)
         if a["kind"] == "module":
             return low.module(node, a["fn"], call_args, call_kwargs)
         if a["kind"] == "method":

@@ -95,8 +95,6 @@ def test_opaque_attention_of_any_rank_exports():
 
         def forward(self, x):  # (B, T, N, C): attention within each of T blocks of N tokens
             b, t, n, c = x.shape
-            if n > 2:  # a branch on a shape: fx cannot trace it, the module stays one opaque node
-                x = x * 1.0
             q, k, v = self.qkv(x).reshape(b, t, n, 3, 2, c // 2).permute(3, 0, 4, 1, 2, 5).unbind(0)
             o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
             return o.permute(0, 2, 3, 1, 4).reshape(b, t, n, c)
@@ -104,8 +102,34 @@ def test_opaque_attention_of_any_rank_exports():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 8), Blocks(), nn.Linear(8, 3)).eval()
     x = torch.rand(2, 4, 5, 8)
-    g = nestir.trace(m, x)
+    g = nestir.trace(m, x, leaf_modules=[Blocks])  # kept whole: one opaque call
     assert any("Blocks" in op for op in nestir.opaque_nodes(g))
     np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
     y = torch.rand(3, 4, 5, 8)  # and the batch stays dynamic
     np.testing.assert_allclose(run_onnx(g, y), m(y).detach().numpy(), atol=1e-5)
+
+
+def test_batch_arithmetic_in_an_opaque_call_stays_dynamic():
+    """``x.reshape(b * n // 2, ...)`` after an opaque op: the size is kept as arithmetic on the
+    batch size read at run time, not as the example's number, in the IR and both lowerings."""
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x):
+            b, n, c = x.shape
+            h = self.fc(x).cumsum(1)
+            return h.reshape(b * n // 2, 2, c).sum(1).reshape(b, n // 2, c)
+
+    torch.manual_seed(0)
+    m = M().eval()
+    g = nestir.trace(m, torch.rand(2, 4, 6))
+    assert g["reshape"].attrs["args"][1][0] == "__expr__"
+    for b in (1, 5):
+        x = torch.rand(b, 4, 6)
+        ref = m(x).detach().numpy()
+        np.testing.assert_allclose(run_ir(g, x), ref, atol=1e-6)
+        np.testing.assert_allclose(g.to_torch()(x).detach().numpy(), ref, atol=1e-6)
+        np.testing.assert_allclose(run_onnx(g, x), ref, atol=1e-5)

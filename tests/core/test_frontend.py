@@ -184,8 +184,49 @@ def test_an_opaque_view_runs_whatever_the_strides_of_its_input():
     view = g["view"]
     assert view.op == "opaque" and view.attrs["fn"] == "reshape" and "Tensor.view" in view.attrs["label"]
     strided = torch.rand(2, 6, 4).transpose(1, 2)  # same shape, not contiguous
-    torch.testing.assert_close(run_opaque(view, [strided]), strided.reshape(4, 2, 6))
+    torch.testing.assert_close(run_opaque(view, [strided, x]), strided.reshape(4, 2, 6))  # (x: batch size)
     np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-6)
+
+
+def test_branches_on_shapes_are_taken_as_traced():
+    """Python control flow on values computed from shapes only (``if H % 2``, ``int(math.sqrt(
+    H * W))``: MobileViT, NesT, CrossViT) follows the example input's shape, as the IR does; a
+    branch on a tensor's values or on the batch size still cannot be traced."""
+    import math
+
+    class Shapes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.conv(x)
+            if h.shape[-1] % 2 == 1:
+                h = h[:, :, :-1, :-1]
+            b, c, hh, ww = h.shape
+            g = int(math.sqrt(hh * ww))
+            return self.fc(h.flatten(2).transpose(1, 2).reshape(b, g, g, c).mean((1, 2)))
+
+    class Values(nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    class Batch(nn.Module):
+        def forward(self, x):
+            return x * 2 if x.shape[0] > 1 else x
+
+    torch.manual_seed(0)
+    m = Shapes().eval()
+    g = nestir.trace(m, torch.rand(2, 3, 7, 7))
+    assert not nestir.opaque_nodes(g)
+    x = torch.rand(5, 3, 7, 7)  # another batch size: nothing was specialised to it
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+    with pytest.raises(TraceError, match="control flow"):
+        nestir.trace(Values(), torch.rand(2, 3))
+    with pytest.raises(TraceError, match="batch size"):
+        nestir.trace(Batch(), torch.rand(2, 3))
+    inner = nestir.trace(nn.Sequential(nn.Linear(3, 3), Batch()).eval(), torch.rand(2, 3))
+    assert any("batch size" in op for op in nestir.opaque_nodes(inner))  # a submodule: kept whole
 
 
 def test_custom_autograd_function_stays_whole_with_its_backward():
@@ -704,6 +745,25 @@ def test_a_conv_subclass_with_same_padding_becomes_pad_and_conv():
     x = torch.rand(3, 3, 8, 8)
     np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
     np.testing.assert_allclose(g.to_torch()(x).detach().numpy(), m(x).detach().numpy(), atol=1e-6)
+
+
+def test_a_conv_subclass_that_is_not_a_plain_conv_is_traced_through():
+    """A conv subclass whose output is not a plain conv of its input (weight standardisation, as
+    timm's StdConv2d) is traced through, not kept whole: its weight arithmetic becomes constants
+    and ops, the model stays exact."""
+
+    class StdConv(nn.Conv2d):
+        def forward(self, x):
+            w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (self.weight.std((1, 2, 3), keepdim=True)
+                                                                             + 1e-5)
+            return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+    torch.manual_seed(0)
+    m = nn.Sequential(StdConv(3, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 16, 3)).eval()
+    x = torch.rand(2, 3, 4, 4)
+    g = nestir.trace(m, x)
+    assert not any("StdConv" in op for op in nestir.opaque_nodes(g))
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-5)
 
 
 def test_add_and_mul_of_differently_split_groups_cut_the_single_producer_side():
