@@ -233,11 +233,12 @@ def attention_parts(m: nn.Module, args: tuple, kwargs: dict, same_input: bool) -
     return qkv, (out.weight, out.bias), heads, scale, norm
 
 
-def _flat_args(a: Any) -> list[Any]:
+def flat(a: Any) -> list[Any]:
+    """The leaves of nested lists, tuples and dicts (call arguments)."""
     if isinstance(a, (list, tuple)):
-        return [y for x in a for y in _flat_args(x)]
+        return [y for x in a for y in flat(x)]
     if isinstance(a, dict):
-        return [y for x in a.values() for y in _flat_args(x)]
+        return [y for x in a.values() for y in flat(x)]
     return [a]
 
 
@@ -277,7 +278,7 @@ def permute_dims(method: str, nd: int, args: tuple) -> list[int] | None:
 def opaque_node(name: str, node: fx.Node, fn: Any, kind: str, args: Any, kwargs: Any, label: str) -> Node:
     if isinstance(fn, nn.Module):
         fn = copy.deepcopy(fn)
-    if kind == "method" and fn == "view" and not any(isinstance(a, torch.dtype) for a in _flat_args(args)):
+    if kind == "method" and fn == "view" and not any(isinstance(a, torch.dtype) for a in flat(args)):
         # the same shape change, whatever the strides: nestir's own ops may lay out their
         # outputs differently from the model's (a view after an attention would fail)
         fn = "reshape"

@@ -773,7 +773,7 @@ class _Builder:
             return False
         src = kw["input"] if kw is not None and "input" in kw else (fxn.args[0] if fxn.args else None)
         x = self.ref(src)
-        others = [a for a in _flat((*fxn.args, *fxn.kwargs.values())) if isinstance(a, fx.Node) and a is not src]
+        others = [a for a in cv.flat((*fxn.args, *fxn.kwargs.values())) if isinstance(a, fx.Node) and a is not src]
         if x is None or any(self.env[a][0] == "node" and self.graph[self.env[a][1]].op != "const" for a in others):
             return False
         node = d.from_function(fxn.name, fxn, kw, self.const)
@@ -905,7 +905,7 @@ class _Builder:
         is itself a constant: the value recorded for it."""
         if not isinstance(v, torch.Tensor) or fxn.op == "call_module":
             return False
-        used = [a for a in (*fxn.args, *fxn.kwargs.values()) for a in _flat(a) if isinstance(a, fx.Node)]
+        used = [a for a in (*fxn.args, *fxn.kwargs.values()) for a in cv.flat(a) if isinstance(a, fx.Node)]
         refs = [self.env[a] for a in used]
         return bool(refs) and all(kind == "const" or (kind == "node" and self.graph[r].op == "const")
                                   for kind, r in refs)
@@ -1078,14 +1078,6 @@ def _kept_axis(src: tuple[int, ...], out: tuple[int, ...], axis: int | None) -> 
         if out[k] == src[axis] and math.prod(out[1:k]) == before and math.prod(out[k + 1:]) == after:
             return k
     return None
-
-
-def _flat(a: Any) -> list[Any]:
-    if isinstance(a, (list, tuple)):
-        return [y for x in a for y in _flat(x)]
-    if isinstance(a, dict):
-        return [y for x in a.values() for y in _flat(x)]
-    return [a]
 
 
 def _holds_tensor(v: Any) -> bool:
