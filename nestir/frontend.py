@@ -51,7 +51,8 @@ class _ShapeProxy(fx.Proxy):
 
 class _Tracer(fx.Tracer):
     def __init__(self, leaves: tuple[type, ...], leaf_names: frozenset[str] = frozenset(),
-                 through: frozenset[str] = frozenset(), inputs: tuple[torch.Tensor, ...] = ()) -> None:
+                 through: frozenset[str] = frozenset(), inputs: tuple[torch.Tensor, ...] = (),
+                 meta: dict[str, nn.Module] | None = None) -> None:
         super().__init__()
         self.record_stack_traces = True
         self.leaves = leaves
@@ -59,7 +60,7 @@ class _Tracer(fx.Tracer):
         self.through = through  # look-alike submodules that did not reproduce: traced through
         self.inputs = inputs  # the example inputs (their shapes answer branches on shapes)
         self.concrete_values: dict[fx.Node, Any] = {}
-        self._meta_root: nn.Module | None = None
+        self.meta = {} if meta is None else meta  # the model on the meta device, made once per trace
         self.stack: list[str] = []  # qualified names of the submodules being traced, innermost last
         self.failed_in: list[str] | None = None  # the stack when tracing first failed
 
@@ -95,8 +96,8 @@ class _Tracer(fx.Tracer):
         """``node``'s value with meta inputs of the examples' shapes at ``batch``."""
         unpatched = getattr(fx._symbolic_trace, "_maybe_revert_all_patches", contextlib.nullcontext)
         with unpatched(), torch.no_grad():  # for real, not through the tracer's patched calls
-            if self._meta_root is None:
-                self._meta_root = copy.deepcopy(self.root).to("meta")
+            if "root" not in self.meta:
+                self.meta["root"] = copy.deepcopy(self.root).to("meta")
             g = fx.Graph()
             env: dict[fx.Node, fx.Node] = {}
             for n in self.graph.nodes:
@@ -106,7 +107,7 @@ class _Tracer(fx.Tracer):
                 if n is node:
                     break
             g.output(env[node])
-            gm = fx.GraphModule(self._meta_root, g)
+            gm = fx.GraphModule(self.meta["root"], g)
             gm.graph.eliminate_dead_code()
             gm.recompile()
             xs = [torch.empty((batch, *t.shape[1:]) if t.dim() else (), dtype=t.dtype, device="meta")
@@ -235,8 +236,9 @@ def _symbolic(module: nn.Module, leaves: tuple[type, ...], concrete_args: dict |
     module that cannot be traced fails the whole trace. Submodules nestir recognises by their
     structure are leaves, except those in ``through``."""
     auto: dict[str, str] = {}
+    meta: dict[str, nn.Module] = {}  # shared by the retries: the meta copy is made at most once
     while True:
-        tracer = _Tracer(leaves, frozenset(auto), through, inputs)
+        tracer = _Tracer(leaves, frozenset(auto), through, inputs, meta)
         try:
             with _KeepFunctions():
                 graph = tracer.trace(module, concrete_args=concrete_args)

@@ -800,12 +800,9 @@ def test_channel_shuffle_folds_into_the_layers_that_read_it():
 
     torch.manual_seed(0)
     m = ShuffleBlock().eval()
-    for p in m.parameters():  # BN statistics that are not the identity
+    for p in m.parameters():
         p.data.uniform_(-1, 1)
-    for b in m.modules():
-        if isinstance(b, nn.BatchNorm2d):
-            b.running_mean.uniform_(-1, 1)
-            b.running_var.uniform_(0.5, 2)
+    _random_bn_stats(m)
     x = torch.rand(3, 3, 8, 8)
     g = nestir.trace(m, x)
     assert not nestir.opaque_nodes(g)
@@ -868,10 +865,7 @@ def test_selective_kernel_attention_is_understood():
 
     torch.manual_seed(0)
     m = SelectiveKernelBlock().eval()
-    for b in m.modules():
-        if isinstance(b, nn.BatchNorm2d):
-            b.running_mean.uniform_(-1, 1)
-            b.running_var.uniform_(0.5, 2)
+    _random_bn_stats(m)
     x = torch.rand(3, 3, 6, 6)
     g = nestir.trace(m, x)
     assert not nestir.opaque_nodes(g)
@@ -898,6 +892,14 @@ def test_resnest_split_attention_is_understood():
     assert not _frozen_layers(g, "fc")
     p = _halved_and_exact(g, x, (2, 3, 6, 6))
     assert p["fc"].params["weight"].shape[1] < 6
+
+
+def _random_bn_stats(m: nn.Module) -> None:
+    """BatchNorm statistics that are not the identity, so a mistake in folding them shows."""
+    for b in m.modules():
+        if isinstance(b, nn.BatchNorm2d):
+            b.running_mean.uniform_(-1, 1)
+            b.running_var.uniform_(0.5, 2)
 
 
 def _frozen_layers(g, *allowed: str) -> list[str]:  # type: ignore[no-untyped-def]
