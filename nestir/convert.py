@@ -20,8 +20,8 @@ BINARY_FUNCS: dict[Any, str] = {
 BINARY_METHODS = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul": "mul", "mul_": "mul",
                    "div": "div", "div_": "div"}
 IDENTITY_METHODS = {"contiguous", "clone"}
-RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze"}
-RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.squeeze}
+RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze"}
+RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
 
 
 def _pair(v: Any, nd: int) -> tuple[int, ...]:
@@ -257,9 +257,9 @@ PERMUTE_METHODS = {"permute", "transpose", "swapaxes", "swapdims"}
 PERMUTE_FUNCS = {torch.permute, torch.transpose, torch.swapaxes, torch.swapdims}
 
 
-def permute_dims(method: str, nd: int, args: tuple) -> list[int] | None:
+def permute_dims(method: str, nd: int, args: tuple, batch_first: bool = True) -> list[int] | None:
     """The full permutation of a permute / transpose call with ``args`` after the tensor, or
-    None when it is not a constant permutation that keeps the batch dim first."""
+    None when it is not a constant permutation (that keeps the batch dim first)."""
     try:
         if method == "permute":
             dims = list(args[0]) if len(args) == 1 and isinstance(args[0], (list, tuple)) else list(args)
@@ -270,7 +270,7 @@ def permute_dims(method: str, nd: int, args: tuple) -> list[int] | None:
             dims[a], dims[b] = dims[b], dims[a]
     except (TypeError, ValueError, IndexError):
         return None
-    if sorted(dims) != list(range(nd)) or dims[0] != 0:
+    if sorted(dims) != list(range(nd)) or (batch_first and dims[0] != 0):
         return None
     return dims
 

@@ -204,7 +204,36 @@ def remove_units(graph: Graph, conv: str, units: Sequence[int], *, info: GroupIn
         _stage_remove(graph, info, info.groups[gid], [u * unit + j for u in drop for j in range(unit)], st)
     _unit_attrs(graph, tie, -len(drop), st)
     _unit_entries(graph, tie, st, drop=drop)
+    _head_shapes(graph, info, tie, -len(drop), st, drop)
     st.commit(graph)
+
+
+def _head_shapes(graph: Graph, info: GroupInfo, tie: Tie, delta: int, st: _Staged, drop: Sequence[int] = ()) -> None:
+    """Values in head space (:mod:`nestir.opdefs.heads`) of the tie's groups gain or lose
+    ``delta`` units of heads on their head dim (units ``drop`` when removing), and what follows
+    their shape (a reshape's target) follows; a constant with one entry per head (a relative
+    position bias) keeps the entries of the heads kept and gets zeros for new ones."""
+    sides = {gid for gid, _ in tie.sides}
+    for name, (gid, h) in info.heads.items():
+        if gid not in sides:
+            continue
+        node = graph[name]
+        shape = list(st.shapes.get(name, node.shape or ()))
+        per = shape[h] // tie.groups
+        shape[h] += delta * per
+        st.shapes[name] = tuple(shape)
+        if node.op == "const":
+            t = st.get(graph, name, "value")
+            if drop:
+                gone = {u * per + j for u in drop for j in range(per)}
+                keep = torch.tensor([i for i in range(t.shape[h]) if i not in gone], dtype=torch.long)
+                st.put(name, "value", t.index_select(h, keep.to(t.device)), ("select", h, keep))
+            else:
+                st.put(name, "value", _insert(t, h, t.shape[h], _filler(t, h, delta * per, 0.0)),
+                       ("insert", h, t.shape[h], delta * per))
+        at = opdef(node.op).follow(node, graph, info, gid, 0, tuple(shape))
+        if at:
+            st.attrs.setdefault(name, {}).update(at)
 
 
 def _disjoint(info: GroupInfo, tie: Tie, conv: str) -> None:
@@ -240,7 +269,8 @@ def _unit_attrs(graph: Graph, tie: Tie, delta: int, st: _Staged) -> None:
     """Each conv of a tie (attention node) counts its conv groups (heads) in its unit attribute."""
     for c, m in zip(tie.convs, tie.multiples(), strict=True):
         attr = opdef(graph[c].op).unit_attr
-        st.attrs.setdefault(c, {})[attr] = graph[c].attrs[attr] + delta * m
+        if attr:  # (a matmul in head space counts nothing)
+            st.attrs.setdefault(c, {})[attr] = graph[c].attrs[attr] + delta * m
 
 
 def add_units(
@@ -268,6 +298,7 @@ def add_units(
         _stage_add(graph, info, info.groups[gid], count * unit, rows or {}, cols or {}, st)
     _unit_attrs(graph, tie, count, st)
     _unit_entries(graph, tie, st, count=count)
+    _head_shapes(graph, info, tie, count, st)
     st.commit(graph)
 
 

@@ -23,7 +23,7 @@ from .errors import ShapeError, TraceError
 from .graph import Graph, Node
 from .opdefs import OPS, evaluate, opdef
 from .opdefs.elementwise import ACT_METHODS
-from .ops import BATCH_ARITH
+from .ops import BATCH_ARITH, kept_axis
 from .permutations import fold_permutations
 
 log = logging.getLogger(__name__)
@@ -651,19 +651,69 @@ class _Builder:
         if len(out) == 2 and len(src) >= 2 and out[0] == src[0] and out[1] == math.prod(src[1:]):
             op = "identity" if len(src) == 2 else "flatten"
             self.add(Node(fxn.name, op, attrs={"p": 0.0} if op == "identity" else {}), fxn, [x])
-        elif self.split_axis(fxn, x, src, out):
+        elif self.heads(fxn, x, src, out) or self.split_axis(fxn, x, src, out):
             return
         elif len(src) >= 1 and len(out) >= 1 and out[0] == src[0]:
             attrs: dict[str, Any] = {"rest": out[1:]}
-            keep = _kept_axis(src, out, self.graph[x].axis)
+            keep = kept_axis(src, out, self.graph[x].axis)
             if keep is not None:
                 attrs["keep"] = [self.graph[x].axis, keep]
+            elif len(src) >= 3 and out[:-1] == src[:-2] and out[-1] == src[-2] * src[-1]:
+                attrs["merge"] = True  # (B, ..., H, D) -> (B, ..., H*D): heads merged back (opdefs.heads)
             self.add(Node(fxn.name, "reshape", attrs=attrs), fxn, [x])
         elif fxn.op == "call_module":
             mod = self.gm.get_submodule(str(fxn.target))
             self.opaque(fxn, mod, "module", f"{type(mod).__name__}: reshapes the batch dimension away")
         else:
             self.opaque(fxn, fxn.target, "method" if fxn.op == "call_method" else "function")
+
+    def heads(self, fxn: fx.Node, x: str, src: tuple[int, ...], out: tuple[int, ...]) -> bool:
+        """A reshape that splits the neuron axis (the last) into (heads, per head): attention's
+        reshape into heads, a ``heads`` node (:mod:`nestir.opdefs.heads`). Into (K, heads, per
+        head) with a permute that brings K first and only pieces taken of it (``q, k, v =
+        qkv.reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)``): K channel ranges, each
+        split into heads and permuted alike (the producer is cut into K pieces)."""
+        a = self.graph[x].axis
+        if a is None or len(src) < 3 or a != len(src) - 1:
+            return False
+        permuted = any((u.op == "call_method" and u.target in cv.PERMUTE_METHODS) or
+                       (u.op == "call_function" and u.target in cv.PERMUTE_FUNCS) for u in fxn.users)
+        if len(out) == len(src) + 1 and out[:-2] == src[:-1] and out[-2] * out[-1] == src[-1] and \
+                (out[-2] > 1 or permuted):  # (one head, as PVT's first stage: where a permute follows)
+            self.add(Node(fxn.name, "heads", attrs={"heads": out[-2]}), fxn, [x])
+            return True
+        if len(out) != len(src) + 2 or out[:-3] != src[:-1] or math.prod(out[-3:]) != src[-1] or out[-3] < 2:
+            return False
+        users = list(fxn.users)
+        p = users[0] if len(users) == 1 else None
+        if p is None or not ((p.op == "call_method" and p.target in cv.PERMUTE_METHODS and not p.kwargs)
+                             or (p.op == "call_function" and p.target in cv.PERMUTE_FUNCS)):
+            return False
+        method = str(p.target) if p.op == "call_method" else ("permute" if p.target is torch.permute else "transpose")
+        dims = cv.permute_dims(method, len(out), tuple(self.const(v) for v in p.args[1:]), batch_first=False)
+        kpos = len(out) - 3
+        if dims is None or dims[0] != kpos or not p.users or not all(_takes_piece(u) for u in p.users):
+            return False
+        k_n, h_n, d_n = out[-3:]
+        rest = [d - (d > kpos) for d in dims[1:]]
+        split = (*src[:-1], h_n, d_n)
+        names = []
+        for k in range(k_n):
+            items: list[Any] = [None] * len(src)
+            items[a] = (k * h_n * d_n, (k + 1) * h_n * d_n, 1)
+            piece = Node(self.graph.fresh_name(f"{fxn.name}__{k}"), "index", [x], {"items": items}, {},
+                         (*src[:-1], h_n * d_n), a, _source(fxn))
+            last = Node(self.graph.fresh_name(f"{fxn.name}__{k}h"), "heads", [piece.name], {"heads": h_n}, {}, split,
+                        None, _source(fxn))
+            self.graph.add(piece)
+            self.graph.add(last)
+            if rest != sorted(rest):
+                last = Node(self.graph.fresh_name(f"{p.name}__{k}"), "permute", [last.name], {"dims": rest}, {},
+                            tuple(split[d] for d in rest), None, _source(p))
+                self.graph.add(last)
+            names.append(last.name)
+        self.env[fxn] = self.env[p] = ("tuple", names)  # the permute is done: its pieces are these
+        return True
 
     def split_axis(self, fxn: fx.Node, x: str, src: tuple[int, ...], out: tuple[int, ...]) -> bool:
         """A reshape that splits the neuron axis into (R, C), the rest unchanged (SKNet's attention
@@ -766,6 +816,52 @@ class _Builder:
                 return True
         return False
 
+    def same_tensor_type(self, fxn: fx.Node, x: str) -> bool:
+        """The call's value has the dtype and device of its input ``x`` (a cast that does nothing)."""
+        v, src = self.values.get(fxn), self.values.get(fxn.args[0])  # type: ignore[arg-type]
+        return isinstance(v, torch.Tensor) and isinstance(src, torch.Tensor) and v.dtype == src.dtype \
+            and v.device == src.device and tuple(v.shape) == tuple(src.shape) and not fxn.kwargs.get("copy", False)
+
+    def matmul(self, fxn: fx.Node) -> bool:
+        """``a @ b`` of two computed values (not constants: a product with a weight is a layer)."""
+        refs = [self.ref(a) for a in fxn.args]
+        if len(refs) != 2 or fxn.kwargs or any(r is None or self.graph[r].op == "const" for r in refs):
+            return False
+        self.add(Node(fxn.name, "matmul"), fxn, refs)  # type: ignore[arg-type]
+        return True
+
+    def einsum(self, fxn: fx.Node) -> bool:
+        """``torch.einsum(equation, *values)`` of computed values: an ``einsum`` node."""
+        if fxn.kwargs or len(fxn.args) < 2 or not isinstance(fxn.args[0], str):
+            return False
+        ops = fxn.args[1] if len(fxn.args) == 2 and isinstance(fxn.args[1], (list, tuple)) else fxn.args[1:]
+        refs = [self.ref(a) for a in ops]
+        eq = fxn.args[0].replace(" ", "")
+        if not refs or "." in eq or any(r is None or self.graph[r].op == "const" for r in refs):
+            return False
+        self.add(Node(fxn.name, "einsum", attrs={"equation": eq}), fxn, refs)  # type: ignore[arg-type]
+        return True
+
+    def sdpa(self, fxn: fx.Node) -> bool:
+        """``F.scaled_dot_product_attention`` with constant options: an ``sdpa`` node."""
+        names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+        if len(fxn.args) > len(names) or any(k not in names for k in fxn.kwargs):
+            return False
+        a = {**dict(zip(names, fxn.args, strict=False)), **fxn.kwargs}
+        refs = [self.ref(a.get(k)) for k in names[:3]]
+        mask = a.get("attn_mask")
+        opts = [self.const(a.get(k)) for k in ("dropout_p", "is_causal", "scale", "enable_gqa")]
+        if any(r is None for r in refs) or (mask is not None and self.ref(mask) is None) or opts[3] or \
+                not isinstance(opts[0] or 0.0, (int, float)) or not isinstance(opts[2] or 1.0, (int, float)):
+            return False
+        attrs: dict[str, Any] = {"p": float(opts[0] or 0.0), "causal": bool(opts[1]),
+                                 "scale": None if opts[2] is None else float(opts[2])}
+        if mask is not None:
+            refs.append(self.ref(mask))
+            attrs["bool_mask"] = self.values[mask].dtype == torch.bool
+        self.add(Node(fxn.name, "sdpa", attrs=attrs), fxn, refs)  # type: ignore[arg-type]
+        return True
+
     def known_function(self, fxn: fx.Node, kw: dict[str, Any] | None) -> bool:
         """A call of a function an op definition recognises (``OpDef.functions``), with one tensor
         input and every other tensor argument a constant."""
@@ -792,6 +888,15 @@ class _Builder:
             norm = None
         kw = dict(norm.kwargs) if norm is not None else None
         first = self.ref(fxn.args[0]) if fxn.args else None
+        if t in (operator.neg, torch.neg) and first is not None and len(fxn.args) == 1 and not fxn.kwargs:
+            return self.add(Node(fxn.name, "binary", attrs={"kind": "mul", "scalar": -1.0, "scalar_first": False}),
+                            fxn, [first])
+        if t in (operator.matmul, torch.matmul, torch.bmm) and self.matmul(fxn):
+            return None
+        if t is F.scaled_dot_product_attention and self.sdpa(fxn):
+            return None
+        if t is torch.einsum and self.einsum(fxn):
+            return None
         if t in cv.BINARY_FUNCS and len(fxn.args) == 2 and fxn.kwargs.get("alpha", 1) == 1:
             if self.binary(fxn, cv.BINARY_FUNCS[t], fxn.args[0], fxn.args[1]):
                 return
@@ -840,11 +945,18 @@ class _Builder:
         x = self.ref(fxn.args[0]) if fxn.args else None
         if x is not None and m in cv.IDENTITY_METHODS:
             return self.add(Node(fxn.name, "identity", attrs={"p": 0.0}), fxn, [x])
+        if x is not None and m in ("to", "type_as", "float") and self.same_tensor_type(fxn, x):
+            return self.add(Node(fxn.name, "identity", attrs={"p": 0.0}), fxn, [x])  # a cast to what it is
         if x is not None and m in ACT_METHODS and len(fxn.args) == 1:
             return self.add(Node(fxn.name, "act", attrs={"kind": ACT_METHODS[m]}), fxn, [x])
         if m in cv.BINARY_METHODS and len(fxn.args) == 2 and not fxn.kwargs:
             if self.binary(fxn, cv.BINARY_METHODS[m], fxn.args[0], fxn.args[1]):
                 return
+        if x is not None and m == "neg" and len(fxn.args) == 1 and not fxn.kwargs:
+            return self.add(Node(fxn.name, "binary", attrs={"kind": "mul", "scalar": -1.0, "scalar_first": False}),
+                            fxn, [x])
+        if m in ("matmul", "bmm", "__matmul__") and self.matmul(fxn):
+            return None
         if x is not None and m in cv.RESHAPE_METHODS:
             return self.reshape(fxn, x)
         if x is not None and m in cv.SPLIT_METHODS and self.split(fxn, x, m, tuple(fxn.args[1:])):
@@ -867,6 +979,8 @@ class _Builder:
         x = self.ref(fxn.args[0]) if len(fxn.args) == 1 and not fxn.kwargs else None
         if isinstance(mod, nn.Flatten) and x is not None and str(fxn.target) not in auto:
             return self.flatten_module(fxn, mod, x)
+        if type(mod) is nn.Softmax and x is not None and isinstance(mod.dim, int):
+            return self.softmax(fxn, x, mod.dim)
         if cv.is_attention_module(mod) and str(fxn.target) not in auto and self.attention(fxn, mod):
             return None
         if x is not None and isinstance(mod, (nn.Conv1d, nn.Conv2d)) and type(mod) not in (nn.Conv1d, nn.Conv2d):
@@ -916,6 +1030,8 @@ class _Builder:
         self.graph.name = name
         for fxn in self.gm.graph.nodes:
             v = self.values.get(fxn)
+            if fxn in self.env:  # converted with the node before it (a permute into heads)
+                continue
             if fxn.op == "placeholder" and not isinstance(v, torch.Tensor):  # an argument fixed at its default
                 self.env[fxn] = ("const", v)
             elif fxn.op == "placeholder":
@@ -932,6 +1048,8 @@ class _Builder:
                     and self.env[fxn.args[0]][0] == "tuple":
                 item = self.env[fxn.args[0]][1][fxn.args[1]]
                 self.env[fxn] = ("const", None) if item is None else ("node", item)
+            elif _takes_piece(fxn) and isinstance(fxn.args[0], fx.Node) and self.env[fxn.args[0]][0] == "tuple":
+                self.env[fxn] = self.env[fxn.args[0]]  # unbind(0) of pieces: the pieces
             elif not isinstance(v, torch.Tensor) and not _holds_tensor(v):
                 if not self.sizes(fxn, v):
                     self.env[fxn] = ("const", v)
@@ -946,6 +1064,7 @@ class _Builder:
         self.graph.drop_unused()
         fold_permutations(self.graph)
         _cut_producers(self.graph)
+        _take_pieces(self.graph)
         return self.graph
 
 
@@ -982,6 +1101,35 @@ def _cut_producers(graph: Graph) -> None:
             return
         for name, offsets in cuts.items():
             _cut(graph, name, sorted(offsets))
+
+
+def _take_pieces(graph: Graph) -> None:
+    """An ``index`` that takes exactly one input of a ``cat`` (a piece of a cut producer, such as
+    q of a fused qkv layer) is that input: consumers read the piece itself, so that no value
+    holds the groups of q, k and v at once (their heads are tied; see :mod:`nestir.opdefs.heads`)."""
+    alias: dict[str, str] = {}
+    for n in graph:
+        src = graph[n.inputs[0]] if n.op == "index" else None
+        if src is None or src.op != "cat":
+            continue
+        d, items = src.attrs["dim"], n.attrs["items"]
+        cut = items[d] if d < len(items) else None
+        others = [it for i, it in enumerate(items) if i != d]
+        if not isinstance(cut, (list, tuple)) or cut[2] != 1 or any(it is not None for it in others):
+            continue
+        off = 0
+        for i in src.inputs:
+            w = (graph[i].shape or ())[d]
+            if (off, off + w) == (cut[0], cut[1]) and graph[i].shape == n.shape and graph[i].axis == n.axis:
+                alias[n.name] = i
+            off += w
+    if not alias:
+        return
+    for n in graph:
+        n.inputs = [alias.get(i, i) for i in n.inputs]
+    for name in alias:
+        del graph.nodes[name]
+    graph.drop_unused()
 
 
 def _cuttable(graph: Graph, grp: Any, offsets: set[int]) -> list[Node]:
@@ -1069,17 +1217,12 @@ def _cut(graph: Graph, name: str, offsets: list[int]) -> None:
             graph.nodes[new.name] = new
 
 
-def _kept_axis(src: tuple[int, ...], out: tuple[int, ...], axis: int | None) -> int | None:
-    """Where a reshape from ``src`` to ``out`` puts the neuron axis when it keeps it a whole dim
-    (the dims before it and after it only merge or split among themselves: ``flatten(2)`` of a
-    conv output, ``(B, N, C) -> (B, H, W, C)``), else None."""
-    if axis is None or axis == 0:
-        return None
-    before, after = math.prod(src[1:axis]), math.prod(src[axis + 1:])
-    for k in range(1, len(out)):
-        if out[k] == src[axis] and math.prod(out[1:k]) == before and math.prod(out[k + 1:]) == after:
-            return k
-    return None
+def _takes_piece(u: fx.Node) -> bool:
+    """``u`` takes pieces along dim 0: ``unbind(0)`` or ``[k]``."""
+    if u.op == "call_function" and u.target is operator.getitem:
+        return len(u.args) == 2 and isinstance(u.args[1], int)
+    unbind = (u.op == "call_method" and u.target == "unbind") or (u.op == "call_function" and u.target is torch.unbind)
+    return unbind and (u.args[1] if len(u.args) > 1 else u.kwargs.get("dim", 0)) == 0
 
 
 def _holds_tensor(v: Any) -> bool:

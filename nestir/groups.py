@@ -85,6 +85,7 @@ class GroupInfo:
     groups: dict[int, Group]
     layouts: dict[str, Layout | None]
     consumer_layouts: dict[str, Layout]  # consumers and per-neuron nodes: layout of their input axis
+    heads: dict[str, tuple[int, int]] = field(default_factory=dict)  # head-space value: (group, head axis)
 
     def of(self, node: str) -> Group | None:
         """The group of a node's output value when it is a single group."""
@@ -123,6 +124,8 @@ class _Analysis:
         self.per_neuron: dict[str, Layout] = {}
         self.mixing: set[int] = set()
         self.ties: list[tuple[str, int, int, int, int, int]] = []  # conv, groups, src, src unit, dst, dst unit
+        self.heads: dict[str, tuple[int, int]] = {}  # value in head space: (group, axis of its heads)
+        self._users: dict[str, list[Node]] | None = None
 
     def find(self, g: int) -> int:
         while self.parent[g] != g:
@@ -188,8 +191,37 @@ class _Analysis:
         return lay
 
     def visit(self, n: Node) -> Layout | None:
-        """What ``n`` does to neurons: its op definition says (:meth:`nestir.opdefs.OpDef.neurons`)."""
-        return opdef(n.op).neurons(self, n)
+        """What ``n`` does to neurons: its op definition says (:meth:`nestir.opdefs.OpDef.neurons`;
+        for inputs in head space :meth:`~nestir.opdefs.OpDef.head_flow`, and where it cannot
+        follow the heads, their groups freeze)."""
+        d = opdef(n.op)
+        if any(i in self.heads for i in n.inputs):
+            ok, lay = d.head_flow(self, n)
+            if ok:
+                return lay
+            for i in n.inputs:
+                if i in self.heads:
+                    self.freeze_heads(i, f"{n.op} '{n.name}' reads attention heads in a way nestir cannot follow")
+        return d.neurons(self, n)
+
+    def users(self, value: str) -> list[Node]:
+        if self._users is None:
+            self._users = self.graph.user_map()
+        return self._users.get(value, [])
+
+    # -- head space: a group's neurons split into (heads, per-head) dims, as attention reads them ---
+    def freeze_heads(self, value: str, why: str) -> None:
+        self.frozen.setdefault(self.find(self.heads[value][0]), why)
+
+    def tie_heads(self, node: str, a: int, b: int, heads: int) -> bool:
+        """Groups ``a`` and ``b`` lose and gain whole heads together (``heads`` of each)."""
+        wa, wb = self.width[self.find(a)], self.width[self.find(b)]
+        if heads < 1 or wa % heads or wb % heads:
+            self.frozen.setdefault(self.find(a), f"'{node}' splits it in {heads} heads")
+            self.frozen.setdefault(self.find(b), f"'{node}' splits it in {heads} heads")
+            return False
+        self.ties.append((node, heads, a, wa // heads, b, wb // heads))
+        return True
 
     def resolve_ties(self) -> dict[int, Tie]:
         """The ties of grouped convs and attention nodes, one per set of groups they connect:
@@ -264,7 +296,8 @@ class _Analysis:
                 index[name] = norm(lay)  # type: ignore[assignment]
                 for g in dict.fromkeys(g for g, _ in index[name]):
                     getattr(groups[g], attr).append(name)
-        return GroupInfo(groups, layouts, index)
+        heads = {k: (self.find(g), h) for k, (g, h) in self.heads.items()}
+        return GroupInfo(groups, layouts, index, heads)
 
 
 def analyze(graph: Graph) -> GroupInfo:

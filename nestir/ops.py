@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -159,3 +160,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, sca
 def index_key(items: Sequence[Any]) -> tuple[Any, ...]:
     """The Python index of an ``index`` node: a slice or int per dim."""
     return tuple(slice(None) if i is None else i if isinstance(i, int) else slice(*i) for i in items)
+
+
+def kept_axis(src: Sequence[int], out: Sequence[int], axis: int | None) -> int | None:
+    """Where a reshape from ``src`` to ``out`` (batch dim first) puts dim ``axis`` when it keeps
+    it a whole dim (the dims before it and after it only merge or split among themselves:
+    ``flatten(2)`` of a conv output, ``(B, N, C) -> (B, H, W, C)``), else None."""
+    if axis is None or axis == 0:
+        return None
+    before, after = math.prod(src[1:axis]), math.prod(src[axis + 1:])
+    for k in range(1, len(out)):
+        if out[k] == src[axis] and math.prod(out[1:k]) == before and math.prod(out[k + 1:]) == after:
+            return k
+    return None

@@ -13,7 +13,7 @@ from nestir.backends.executor import IRModule
 from nestir.edit import remove_neurons, remove_units, set_mask
 from nestir.errors import PassError
 from nestir.graph import Graph, Node
-from nestir.groups import GroupInfo
+from nestir.groups import GroupInfo, Tie
 from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
 from nestir.stats import weight_macs
 
@@ -168,14 +168,14 @@ class MagnitudePrune(Pass):
         # groups a LayerNorm normalizes prune too (the normalization then spans fewer neurons: a
         # lossy step like any pruning, which retraining recovers; growth leaves them alone)
         groups = [g for g in info.resizable() if set(g.producers) <= allowed and g.width > 1]
-        ties = [t for t in info.ties() if t.groups > 1 and (set(t.convs) <= allowed or graph[t.conv].op == "attention")
+        ties = [t for t in info.ties() if t.groups > 1 and {c for c in t.convs if graph[c].is_parametric} <= allowed
                 and {p for gid, _ in t.sides for p in info.groups[gid].producers} <= allowed]
         if not groups and not ties:
             return 0
         data = ctx.require_data(self.name)
         taps = {g.id: _tap(graph, info, g.id) for g in groups}
         for t in ties:
-            taps[t.dst] = _tap(graph, info, t.dst)
+            taps[t.dst] = _tap(graph, info, _scored(info, t))
         mod = IRModule(graph.copy()).eval()
         cap = mod.start_capture(taps.values())
         sums: dict[str, torch.Tensor] = {}
@@ -204,10 +204,17 @@ class MagnitudePrune(Pass):
             k = min(math.floor(self.neuron_fraction * tie.groups + 0.5), tie.groups - 1)  # whole units: nearest count
             if k <= 0:
                 continue
-            unit_score = sums[tap].cpu().view(tie.groups, tie.dst_unit).mean(1)
+            unit_score = sums[tap].cpu().view(tie.groups, -1).mean(1)
             remove_units(graph, conv, torch.topk(unit_score, k, largest=False).indices.tolist(), info=info)
             removed += k * sum(unit for _, unit in tie.sides)
         return removed
+
+
+def _scored(info: GroupInfo, tie: Tie) -> int:
+    """The group of a tie whose outputs rank its units: the written one (a grouped conv's output,
+    attention's v, which the output projection reads), else the first that layers read."""
+    sides = [gid for gid, _ in tie.sides]
+    return next((g for g in [tie.dst, *sides] if info.groups[g].consumers), tie.dst)
 
 
 def _tap(graph: Graph, info: GroupInfo, gid: int) -> str:

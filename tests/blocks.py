@@ -253,3 +253,77 @@ class SplitAttnBlock(torch.nn.Module):
         attn = self.rsoftmax(self.fc2(torch.relu(self.fc1(gap)))).view(b, -1, 1, 1)
         out = (x * attn.reshape((b, 2, rc // 2, 1, 1))).sum(dim=1)
         return self.fc(out.mean((2, 3)))
+
+
+class HeadsAttention(nn.Module):
+    """Attention written out op by op, in the spellings real models use (no attribute nestir
+    recognises as an attention module): a fused qkv reshaped into (3, heads) or separate q and kv,
+    a per-head q/k LayerNorm, a rotary embedding, ``F.scaled_dot_product_attention``, ``q @ k^T``
+    with softmax or the same with ``einsum``, a relative position bias (one constant per head), LeViT's per-head q|k|v
+    layout (``view(B, N, H, -1).split(...)``); merged back and projected."""
+
+    def __init__(self, dim: int = 16, h: int = 4, tokens: int = 5, *, fused: bool = True, manual: bool = False,
+                 rope: bool = False, qknorm: bool = False, bias: bool = False, levit: bool = False,
+                 einsum: bool = False) -> None:
+        super().__init__()
+        self.h, self.fused, self.manual, self.rope, self.levit, self.einsum = h, fused, manual, rope, levit, einsum
+        d = dim // h
+        if levit:
+            self.qkv = nn.Linear(dim, h * (2 * d + d // 2))
+        elif fused:
+            self.qkv = nn.Linear(dim, 3 * dim)
+        else:
+            self.q, self.kv = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim)
+        self.qn = nn.LayerNorm(d) if qknorm else nn.Identity()
+        self.kn = nn.LayerNorm(d) if qknorm else nn.Identity()
+        self.rel = nn.Parameter(torch.randn(h, tokens, tokens)) if bias else None
+        self.proj = nn.Linear(h * (d // 2) if levit else dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        d = c // self.h
+        if self.levit:
+            q, k, v = self.qkv(x).view(b, n, self.h, -1).split([d, d, d // 2], dim=3)
+            q, k, v = q.permute(0, 2, 1, 3), k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
+        elif self.fused:
+            q, k, v = self.qkv(x).reshape(b, n, 3, self.h, d).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q = self.q(x).reshape(b, n, self.h, -1).transpose(1, 2)
+            kv = self.kv(x).reshape(b, -1, 2, self.h, d).permute(2, 0, 3, 1, 4)
+            k, v = kv[0], kv[1]
+        q, k = self.qn(q), self.kn(k)
+        if self.rope:
+            t = torch.arange(n, dtype=x.dtype)[:, None] * torch.arange(d // 2, dtype=x.dtype)[None] * 0.1
+            cos, sin = t.cos().repeat(1, 2), t.sin().repeat(1, 2)
+
+            def rot(u):
+                a, b_ = u.chunk(2, -1)
+                return torch.cat([-b_, a], -1)
+
+            q, k = q * cos + rot(q) * sin, k * cos + rot(k) * sin
+        if self.einsum:  # MaxViT's spelling
+            a = torch.einsum("B H I D, B H J D -> B H I J", q * d ** -0.5, k)
+            o = torch.einsum("B H I J, B H J D -> B H I D", a.softmax(-1), v)
+        elif self.manual or self.rel is not None:
+            a = (q * d ** -0.5) @ k.transpose(-2, -1)
+            if self.rel is not None:
+                a = a + self.rel.unsqueeze(0)
+            o = a.softmax(-1) @ v
+        else:
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(o.transpose(1, 2).reshape(b, n, -1))
+
+
+class HeadsNet(nn.Module):
+    """Tokens in, a :class:`HeadsAttention` block and an MLP block, mean-pooled to a head."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__()
+        self.emb, self.attn = nn.Linear(6, 16), HeadsAttention(**kw)
+        self.fc1, self.fc2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.emb(x)
+        x = x + self.attn(x)
+        x = x + self.fc2(torch.nn.functional.gelu(self.fc1(x)))
+        return self.head(x.mean(1))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import elementwise, graphio, norms, parametric, shape, spatial, tokens  # noqa: F401  (registration)
+from . import elementwise, graphio, heads, norms, parametric, shape, spatial, tokens  # noqa: F401  (registration)
 from .base import OPS, OpDef, TorchLowering, opdef, register
 from .shape import index_range
 

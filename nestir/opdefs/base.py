@@ -92,6 +92,13 @@ class OpDef:
             an.freeze(an.layout.get(i), f"{self.name} node '{node.name}'")
         return None
 
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        """How the node carries inputs in head space (a group's neurons split in heads, see
+        :mod:`nestir.opdefs.heads`): ``(True, layout)`` where it follows them (it records its
+        output's head axis in ``an.heads``, or returns the layout of the heads merged back),
+        ``(False, None)`` where it cannot (their groups then freeze). Default: it cannot."""
+        return False, None
+
     def fill(self, node: Node, key: str) -> float | bool:
         """The value of per-neuron param ``key`` for a new neuron (one that changes nothing)."""
         return 0.0

@@ -17,6 +17,7 @@ from ..errors import LoweringError
 from ..graph import ACTIVATIONS, Node
 from ..ops import activation, binary
 from .base import OpDef, register
+from .heads import headed, per_head_const, through
 
 if TYPE_CHECKING:
     import torch.fx as fx
@@ -90,6 +91,8 @@ class Act(OpDef):
     def neurons(self, an: _Analysis, node: Node) -> Layout | None:
         return an.layout.get(node.inputs[0])
 
+    head_flow = staticmethod(through)  # type: ignore[assignment]
+
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         k, a = node.attrs["kind"], node.attrs
         if k in _TORCH_ACT:
@@ -157,6 +160,10 @@ class Softmax(OpDef):
             an.freeze(lay, f"softmax '{node.name}' normalises across the neurons")
             return None
         return lay
+
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        h = an.heads[node.inputs[0]][1]
+        return (False, None) if node.attrs["dim"] == h else through(an, node)
 
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         return low.fg.call_function(torch.softmax, (args[0], node.attrs["dim"]))
@@ -265,6 +272,8 @@ class Identity(OpDef):
     def neurons(self, an: _Analysis, node: Node) -> Layout | None:
         return an.layout.get(node.inputs[0])
 
+    head_flow = staticmethod(through)  # type: ignore[assignment]
+
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         return low.module(node, nn.Dropout(node.attrs["p"]), args) if node.attrs.get("p", 0.0) > 0 else args[0]
 
@@ -313,6 +322,33 @@ class Binary(OpDef):
             lays.append(an.layout.get(i) if src.axis == k else None)
         return an.unify(lays, f"binary '{node.name}'")
 
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        """Values in head space with their heads on the same dim (rotary embeddings: ``q * cos +
+        rotate(q) * sin``) tie; another operand must be the same for every head."""
+        if node.shape is None:
+            return False, None
+        nd = len(node.shape)
+        h = next(an.heads[i][1] for i in node.inputs if i in an.heads)
+        per_head: list[tuple[str, int]] = []
+        for i in node.inputs:
+            s = an.graph[i].shape or ()
+            if i in an.heads:
+                if len(s) != nd or an.heads[i][1] != h:
+                    return False, None
+                continue
+            c = per_head_const(an, node, i, h)
+            if c is False:
+                return False, None
+            if c is not None:
+                per_head.append(c)  # type: ignore[arg-type]
+        for i in node.inputs:
+            if i not in an.heads:
+                an.freeze(an.layout.get(i), f"'{node.name}' spreads it over attention heads")
+        ok, _ = headed(an, node, h=h, tie=[i for i in node.inputs if i in an.heads])
+        for i, k in per_head:
+            an.heads[i] = (an.heads[node.name][0], k)
+        return ok, None
+
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         a = node.attrs
         if len(args) == 2:
@@ -352,6 +388,12 @@ class Scale(OpDef):
     def neurons(self, an: _Analysis, node: Node) -> Layout | None:
         return an.channelwise(node, None)
 
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        """The same constant for every head (a rotary embedding's cos and sin tables)."""
+        c, h, nd = self.operand(node, node.params["value"]), an.heads[node.inputs[0]][1], len(node.shape or ())
+        k = c.dim() - nd + h
+        return (False, None) if k >= 0 and c.shape[k] != 1 else through(an, node)
+
     def fill(self, node: Node, key: str) -> float | bool:  # the identity of its operation
         return 1.0 if node.attrs["kind"] in ("mul", "div") else 0.0
 
@@ -365,3 +407,47 @@ class Scale(OpDef):
         a = node.attrs
         v = e.const(node.name + "_value", self.operand(node, node.params["value"]))
         return e.op(_ONNX_BINOP[a["kind"]], [v, xs[0]] if a.get("first") else [xs[0], v], node.name)
+
+
+@register
+class Normalize(OpDef):
+    """``F.normalize(x, p=2, dim)``: each vector along ``dim`` divided by its L2 norm (at least
+    ``eps``). Along the neuron axis it mixes the neurons (it freezes them); along another dim each
+    neuron is normalised by itself, and in head space every head alike (XCiT's q and k)."""
+
+    name = "normalize"
+    functions = (F.normalize,)
+
+    def from_function(self, name: str, fxn: fx.Node, kw: dict[str, Any] | None, const: Any) -> Node | None:
+        if kw is None or float(kw.get("p", 2.0)) != 2.0 or not isinstance(kw.get("dim", 1), int) or kw.get("out"):
+            return None
+        return Node(name, "normalize", attrs={"dim": int(kw.get("dim", 1)), "eps": float(kw.get("eps", 1e-12))})
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        return srcs[0].axis
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return F.normalize(args[0], 2.0, node.attrs["dim"], node.attrs["eps"])
+
+    def _dim(self, node: Node) -> int:
+        return node.attrs["dim"] % len(node.shape or (0,))
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        lay = an.layout.get(node.inputs[0])
+        if node.axis is not None and self._dim(node) == node.axis:
+            an.freeze(lay, f"normalize '{node.name}' divides by a norm across the neurons")
+            return None
+        return lay
+
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        return (False, None) if self._dim(node) == an.heads[node.inputs[0]][1] else through(an, node)
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        return low.fg.call_function(F.normalize, (args[0], 2.0, node.attrs["dim"], node.attrs["eps"]))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        nm = node.name
+        axes = e.const(nm + "_axes", np.array([self._dim(node)]), np.int64)
+        norm = e.op("ReduceL2", [xs[0], axes], nm + "_norm", keepdims=1)
+        norm = e.op("Max", [norm, e.const(nm + "_eps", np.array(node.attrs["eps"], np.float32))], nm + "_clamp")
+        return e.op("Div", [xs[0], norm], nm)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..graph import Node
 from .base import OpDef, register
+from .heads import through
 
 if TYPE_CHECKING:
     import torch.fx as fx
@@ -154,6 +155,11 @@ class LayerNorm(_Norm):
             an.per_neuron[node.name] = lay
             an.mixing.update(g for g, _ in lay)
         return lay
+
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        """Within each head (q/k normalization): its weights are shared by the heads."""
+        h = an.heads[node.inputs[0]][1]
+        return (False, None) if h == len(node.shape or ()) - 1 else through(an, node)
 
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         p = node.params

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..ops import index_key
+from ..ops import index_key, kept_axis
 from .base import OpDef, register
+from .heads import headed
 
 if TYPE_CHECKING:
     from ..graph import Graph, Node
@@ -62,6 +63,8 @@ class Reshape(OpDef):
     name = "reshape"
 
     def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        if node.attrs.get("merge"):
+            return value.dim() - 1
         return node.attrs["keep"][1] if "keep" in node.attrs else None
 
     def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
@@ -71,6 +74,21 @@ class Reshape(OpDef):
         if "keep" in node.attrs:
             return an.input_layout(node, node.attrs["keep"][0])
         return super().neurons(an, node)
+
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        """A reshape that keeps the heads a whole dim stays in head space; ``merge``, a reshape
+        of (B, ..., H, D) into (B, ..., H*D), makes the heads neurons of the group again (of a
+        group of their own, tied to it in heads, where D is a part of each head)."""
+        g, h = an.heads[node.inputs[0]]
+        src, out = an.graph[node.inputs[0]].shape or (), node.shape or ()
+        if node.attrs.get("merge") and h == len(src) - 2:
+            if an.width[an.find(g)] == out[-1]:
+                return True, [(g, 1)]
+            # a part of each head (v of LeViT's per-head q|k|v): new neurons, tied to the heads
+            part = an.new(out[-1])
+            return (True, [(part, 1)]) if an.tie_heads(node.name, g, part, src[h]) else (False, None)
+        k = kept_axis(src, out, h)
+        return (False, None) if k is None else headed(an, node, h=k)
 
     def follow(self, node: Node, graph: Graph, info: GroupInfo, gid: int, delta: int,
                shape: tuple[int, ...] | None) -> dict[str, Any] | None:
@@ -98,6 +116,9 @@ class Permute(OpDef):
 
     def neurons(self, an: _Analysis, node: Node) -> Layout | None:
         return an.layout.get(node.inputs[0])
+
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        return headed(an, node, h=node.attrs["dims"].index(an.heads[node.inputs[0]][1]))
 
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         return low.fg.call_method("permute", (args[0], *node.attrs["dims"]))
@@ -138,6 +159,13 @@ class Index(OpDef):
                 return None
             off += w
         return out
+
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        """Any dim but the heads' may be sliced or dropped (a class token's query)."""
+        items, h = node.attrs["items"], an.heads[node.inputs[0]][1]
+        if items[h] is not None:
+            return False, None
+        return headed(an, node, h=h - sum(isinstance(i, int) for i in items[:h]))
 
     def follow(self, node: Node, graph: Graph, info: GroupInfo, gid: int, delta: int,
                shape: tuple[int, ...] | None) -> dict[str, Any] | None:
@@ -254,6 +282,14 @@ class Cat(OpDef):
         return an.unify([lay if s.axis == node.axis else None for lay, s in zip(lays, srcs, strict=True)],
                         f"cat '{node.name}'")
 
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        """Values in head space joined along another dim than their heads' (EVA's rotary
+        embedding of every token but the class token): they tie."""
+        hs = {an.heads.get(i, (0, -1))[1] for i in node.inputs}
+        if len(hs) != 1 or node.attrs["dim"] in hs or -1 in hs:
+            return False, None
+        return headed(an, node, h=hs.pop(), tie=node.inputs)
+
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         return low.fg.call_function(torch.cat, (list(args),), {"dim": node.attrs["dim"]})
 
@@ -285,6 +321,13 @@ class Stack(OpDef):
                 an.freeze(lay, f"stack '{node.name}' joins values with their neurons on different dims")
             return None
         return an.unify(lays, f"stack '{node.name}'")
+
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        hs = {an.heads.get(i, (0, -1))[1] for i in node.inputs}
+        if len(hs) != 1 or -1 in hs:
+            return False, None
+        h = hs.pop()
+        return headed(an, node, h=h + 1 if node.attrs["dim"] <= h else h, tie=node.inputs)
 
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         return low.fg.call_function(torch.stack, (list(args),), {"dim": node.attrs["dim"]})
@@ -321,6 +364,12 @@ class Mean(OpDef):
             an.freeze(lay, f"mean '{node.name}' reduces the neuron axis")
             return None
         return lay
+
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        dims, h = node.attrs["dims"], an.heads[node.inputs[0]][1]
+        if h in dims:
+            return False, None
+        return headed(an, node, h=h if node.attrs["keepdim"] else h - sum(d < h for d in dims))
 
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         a = node.attrs

@@ -1,0 +1,101 @@
+"""Attention written out op by op (nestir.opdefs.heads): the reshape into heads is understood,
+q, k and v lose and gain whole heads together, and every lowering stays exact."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import nestir
+from nestir.edit import add_units
+from nestir.testing import run_ir, run_onnx
+
+VARIANTS = {
+    "fused-sdpa": {},
+    "q-and-kv": {"fused": False},
+    "manual-softmax": {"manual": True},
+    "rope-qknorm": {"rope": True, "qknorm": True},
+    "kv-rope-manual": {"fused": False, "manual": True, "rope": True},
+    "relative-bias": {"bias": True},
+    "levit-split": {"levit": True},
+    "einsum": {"einsum": True},
+}
+
+
+def _net(**kw):  # type: ignore[no-untyped-def]
+    from blocks import HeadsNet
+
+    torch.manual_seed(0)
+    return HeadsNet(**kw).eval()
+
+
+def _exact(g, y):  # type: ignore[no-untyped-def]
+    ref = run_ir(g, y)
+    np.testing.assert_allclose(run_onnx(g, y), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(g.to_torch()(y).detach().numpy(), ref, rtol=1e-5, atol=1e-5)
+    return ref
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_heads_prune_and_grow_whole_across_q_k_and_v(variant: str) -> None:
+    m, x = _net(**VARIANTS[variant]), torch.randn(3, 5, 6)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g) and not [n for n in g if n.op == "attention"]
+    info = g.groups()
+    (tie,) = [t for t in info.ties() if g[t.conv].op in ("heads", "matmul", "einsum", "sdpa", "reshape", "binary")]
+    assert tie.groups == 4
+    qkv = {p for gid, _ in tie.sides for p in info.groups[gid].producers}
+    assert qkv and all(p.startswith("attn_q") or p.startswith("attn_kv") for p in qkv)
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2, 0]))])
+    p.verify()
+    assert {n.attrs["heads"] for n in p if n.op == "heads"} == {2}
+    assert p["attn_proj"].params["weight"].shape[1] == g["attn_proj"].params["weight"].shape[1] // 2
+    y = torch.randn(2, 5, 6)
+    before = _exact(p, y)
+    t = next(t for t in p.groups().ties() if t.groups == 2)
+    add_units(p, t.conv, 1)
+    p.verify()
+    assert {n.attrs["heads"] for n in p if n.op == "heads"} == {3}
+    np.testing.assert_allclose(_exact(p, y), before, atol=1e-6)  # new heads with zero weights change nothing
+
+
+def test_a_relative_position_bias_keeps_the_entries_of_the_heads_kept() -> None:
+    m, x = _net(bias=True), torch.randn(3, 5, 6)
+    g = nestir.trace(m, x)
+    (c,) = [n for n in g if n.op == "const" and n.shape == (1, 4, 5, 5)]
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5"], data=[(x, torch.tensor([1, 2, 0]))])
+    kept = p[c.name].params["value"][0]
+    assert kept.shape == (2, 5, 5)
+    rows = [h for h in range(4) if any(torch.equal(kept[i], m.attn.rel[h].detach()) for i in range(2))]
+    assert len(rows) == 2
+    _exact(p, x)
+
+
+class _TalkingHeads(nn.Module):
+    """Heads mixed by a linear map over the head dim (CaiT): no head can go alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.mix, self.proj = nn.Linear(8, 24), nn.Linear(2, 2), nn.Linear(8, 8)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        a = self.mix((q @ k.transpose(-2, -1)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.proj((a.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_an_op_that_mixes_heads_freezes_them_and_says_which() -> None:
+    m = nn.Sequential(nn.Linear(3, 8), _TalkingHeads()).eval()
+    x = torch.randn(2, 5, 3)
+    g = nestir.trace(m, x)
+    info = g.groups()
+    q = info.of(next(n.name for n in g.parametric() if n.name.startswith("_1_qkv")))
+    assert q is not None and q.frozen
+    reasons = " ".join(gr.reason for gr in info.groups.values())
+    assert "reads attention heads in a way nestir cannot follow" in reasons and "_1_mix" in reasons
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
