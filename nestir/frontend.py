@@ -23,7 +23,7 @@ from .errors import ShapeError, TraceError
 from .graph import Graph, Node
 from .opdefs import OPS, evaluate, opdef
 from .opdefs.elementwise import ACT_METHODS
-from .ops import BATCH_ARITH, kept_axis
+from .ops import BATCH_ARITH, kept_axis, merged_axis
 from .permutations import fold_permutations
 
 log = logging.getLogger(__name__)
@@ -648,24 +648,64 @@ class _Builder:
     def reshape(self, fxn: fx.Node, x: str) -> None:
         out = tuple(self.values[fxn].shape)
         src = self.in_shape(x)
-        if len(out) == 2 and len(src) >= 2 and out[0] == src[0] and out[1] == math.prod(src[1:]):
+        if len(out) == 2 and len(src) >= 2 and out[0] == src[0] and out[1] == math.prod(src[1:]) and \
+                (self.graph[x].axis in (None, 1) or len(src) == 2):  # (else: a channels-last layout, below)
             op = "identity" if len(src) == 2 else "flatten"
             self.add(Node(fxn.name, op, attrs={"p": 0.0} if op == "identity" else {}), fxn, [x])
         elif self.heads(fxn, x, src, out) or self.split_axis(fxn, x, src, out):
             return
-        elif len(src) >= 1 and len(out) >= 1 and out[0] == src[0]:
+        elif len(src) >= 1 and len(out) >= 1 and out[0] == src[0] and self.fixed_rest(fxn):
             attrs: dict[str, Any] = {"rest": out[1:]}
             keep = kept_axis(src, out, self.graph[x].axis)
             if keep is not None:
                 attrs["keep"] = [self.graph[x].axis, keep]
-            elif len(src) >= 3 and out[:-1] == src[:-2] and out[-1] == src[-2] * src[-1]:
+            elif (joins := merged_axis(src, out, self.graph[x].axis)) is not None:
+                attrs["joins"] = list(joins)
+            if keep is None and len(src) >= 3 and out[:-1] == src[:-2] and out[-1] == src[-2] * src[-1]:
                 attrs["merge"] = True  # (B, ..., H, D) -> (B, ..., H*D): heads merged back (opdefs.heads)
+            self.add(Node(fxn.name, "reshape", attrs=attrs), fxn, [x])
+        elif self.rebatches(fxn):
+            attrs = {"rest": out[1:], "rebatch": True}
+            keep = kept_axis(src, out, self.graph[x].axis, rebatch=True)
+            if keep is not None:
+                attrs["keep"] = [self.graph[x].axis, keep]
             self.add(Node(fxn.name, "reshape", attrs=attrs), fxn, [x])
         elif fxn.op == "call_module":
             mod = self.gm.get_submodule(str(fxn.target))
             self.opaque(fxn, mod, "module", f"{type(mod).__name__}: reshapes the batch dimension away")
         else:
             self.opaque(fxn, fxn.target, "method" if fxn.op == "call_method" else "function")
+
+    def rebatches(self, fxn: fx.Node) -> bool:
+        """A reshape that merges the batch dim with others or splits it, with every other size a
+        constant: ``view(-1, w, w, C)`` (Swin's windows), ``view(B // n, n, ...)``,
+        ``flatten(0, 1)``; it is ``reshape(-1, *rest)`` at any batch size."""
+        m = str(fxn.target) if fxn.op == "call_method" else getattr(fxn.target, "__name__", "")
+        if m == "flatten" and fxn.op in ("call_method", "call_function") and fxn.target in ("flatten", torch.flatten):
+            return (fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs.get("start_dim", 0)) == 0
+        if not ((fxn.op == "call_method" and m in ("view", "reshape")) or
+                (fxn.op == "call_function" and fxn.target is torch.reshape)):
+            return False
+        sizes = self.sizes_of(fxn)
+        return bool(sizes) and self.fixed_rest(fxn) and all(
+            isinstance(v := self.const(a), int) and not isinstance(v, bool) and v >= -1 and (v != -1 or i == 0)
+            for i, a in enumerate(sizes) if i or self.env.get(a, ("", None))[0] not in ("batch", "batchexpr"))
+
+    def sizes_of(self, fxn: fx.Node) -> list[Any]:
+        """The sizes a ``view``/``reshape`` call asks for, as written ([] for other calls)."""
+        if not ((fxn.op == "call_method" and fxn.target in ("view", "reshape")) or
+                (fxn.op == "call_function" and fxn.target is torch.reshape)):
+            return []
+        sizes = list(fxn.args[1:])
+        if len(sizes) == 1 and isinstance(self.const(sizes[0]), (tuple, list, torch.Size)):
+            sizes = list(sizes[0]) if isinstance(sizes[0], (tuple, list)) else list(self.const(sizes[0]))
+        return sizes
+
+    def fixed_rest(self, fxn: fx.Node) -> bool:
+        """No size but the first of a ``view``/``reshape`` is read from the batch size (then the
+        example's batch size would be baked into the others)."""
+        return not any(isinstance(a, fx.Node) and self.env.get(a, ("", None))[0] in ("batch", "batchexpr")
+                       for a in self.sizes_of(fxn)[1:])
 
     def heads(self, fxn: fx.Node, x: str, src: tuple[int, ...], out: tuple[int, ...]) -> bool:
         """A reshape that splits the neuron axis (the last) into (heads, per head): attention's
@@ -770,6 +810,15 @@ class _Builder:
             return self.opaque(fxn, fxn.target, "method" if fxn.op == "call_method" else "function")
         self.add(Node(fxn.name, "softmax", attrs={"dim": dim % nd}), fxn, [x])
 
+    def index_key(self, a: Any) -> Any:
+        """An indexing key with the sizes it holds resolved (``x[:, :H, :W]`` with H and W read
+        from a shape)."""
+        if isinstance(a, (tuple, list)):
+            return type(a)(self.index_key(k) for k in a)
+        if isinstance(a, slice):
+            return slice(*(self.const(v) if isinstance(v, fx.Node) else v for v in (a.start, a.stop, a.step)))
+        return self.const(a)
+
     def const_tensor(self, a: Any) -> torch.Tensor | None:
         """The value of a constant tensor argument (a parameter, buffer or folded constant)."""
         v = self.const(a)
@@ -828,6 +877,36 @@ class _Builder:
         if len(refs) != 2 or fxn.kwargs or any(r is None or self.graph[r].op == "const" for r in refs):
             return False
         self.add(Node(fxn.name, "matmul"), fxn, refs)  # type: ignore[arg-type]
+        return True
+
+    def roll(self, fxn: fx.Node, x: str) -> bool:
+        """``torch.roll`` with constant shifts along given dims other than the batch dim."""
+        a = {**dict(zip(("input", "shifts", "dims"), fxn.args, strict=False)), **fxn.kwargs}
+        shifts, dims = a.get("shifts"), a.get("dims")
+        shifts = [self.const(v) for v in shifts] if isinstance(shifts, (tuple, list)) else [self.const(shifts)]
+        dims = [self.const(v) for v in dims] if isinstance(dims, (tuple, list)) else [self.const(dims)]
+        nd = len(self.in_shape(x))
+        if len(shifts) != len(dims) or not all(isinstance(v, int) for v in shifts + dims) or \
+                any(d % nd == 0 for d in dims):
+            return False
+        self.add(Node(fxn.name, "roll", attrs={"shifts": tuple(shifts), "dims": tuple(d % nd for d in dims)}), fxn, [x])
+        return True
+
+    def pad(self, fxn: fx.Node, x: str) -> bool:
+        """``F.pad`` with zeros, the batch dim not padded: a ``pad`` node (an identity where every
+        pad is 0, as Swin's at sizes that are multiples of its window)."""
+        names = ("input", "pad", "mode", "value")
+        a = {**dict(zip(names, fxn.args, strict=False)), **fxn.kwargs}
+        pads, mode, value = a.get("pad"), self.const(a.get("mode", "constant")), self.const(a.get("value"))
+        pads = [self.const(p) for p in pads] if isinstance(pads, (tuple, list)) else self.const(pads)
+        nd = len(self.in_shape(x))
+        if not isinstance(pads, (tuple, list)) or not all(isinstance(p, int) for p in pads) or len(pads) % 2 or \
+                len(pads) // 2 >= nd or mode != "constant" or value not in (None, 0, 0.0):
+            return False
+        if not any(pads):
+            self.add(Node(fxn.name, "identity", attrs={"p": 0.0}), fxn, [x])
+        else:
+            self.add(Node(fxn.name, "pad", attrs={"pads": tuple(pads)}), fxn, [x])
         return True
 
     def einsum(self, fxn: fx.Node) -> bool:
@@ -897,6 +976,10 @@ class _Builder:
             return None
         if t is torch.einsum and self.einsum(fxn):
             return None
+        if t is F.pad and first is not None and self.pad(fxn, first):
+            return None
+        if t is torch.roll and first is not None and self.roll(fxn, first):
+            return None
         if t in cv.BINARY_FUNCS and len(fxn.args) == 2 and fxn.kwargs.get("alpha", 1) == 1:
             if self.binary(fxn, cv.BINARY_FUNCS[t], fxn.args[0], fxn.args[1]):
                 return
@@ -931,7 +1014,7 @@ class _Builder:
         if t is torch.mean and first is not None and kw is not None and "dim" in kw:
             return self.mean(fxn, first, kw.get("dim"), kw.get("keepdim", False))
         if t is operator.getitem and first is not None and len(fxn.args) == 2 and self.ref(fxn.args[1]) is None:
-            items = cv.index_items(self.const(fxn.args[1]), self.in_shape(first), self.graph[first].axis)
+            items = cv.index_items(self.index_key(fxn.args[1]), self.in_shape(first), self.graph[first].axis)
             if items is not None:
                 op = "identity" if all(i is None for i in items) else "index"
                 return self.add(Node(fxn.name, op, attrs={"p": 0.0} if op == "identity" else {"items": items}),
@@ -945,6 +1028,8 @@ class _Builder:
         x = self.ref(fxn.args[0]) if fxn.args else None
         if x is not None and m in cv.IDENTITY_METHODS:
             return self.add(Node(fxn.name, "identity", attrs={"p": 0.0}), fxn, [x])
+        if x is not None and m == "roll" and self.roll(fxn, x):
+            return None
         if x is not None and m in ("to", "type_as", "float") and self.same_tensor_type(fxn, x):
             return self.add(Node(fxn.name, "identity", attrs={"p": 0.0}), fxn, [x])  # a cast to what it is
         if x is not None and m in ACT_METHODS and len(fxn.args) == 1:

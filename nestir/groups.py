@@ -255,7 +255,7 @@ class _Analysis:
                 why = f"grouped conv '{convs[0]}' feeds its own input with other units"
             elif any(x in frozen for x in gids):
                 why = f"grouped conv '{convs[0]}' is tied to a frozen group"
-            elif units < 2 and len(keys) > 1:
+            elif units < 2 and len({k[0] for k in keys}) > 1:
                 why = f"grouped convs '{convs[0]}' and others split their groups in units with no common count"
             if why:
                 for x in gids:

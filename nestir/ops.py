@@ -162,14 +162,30 @@ def index_key(items: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(slice(None) if i is None else i if isinstance(i, int) else slice(*i) for i in items)
 
 
-def kept_axis(src: Sequence[int], out: Sequence[int], axis: int | None) -> int | None:
+def kept_axis(src: Sequence[int], out: Sequence[int], axis: int | None, *, rebatch: bool = False) -> int | None:
     """Where a reshape from ``src`` to ``out`` (batch dim first) puts dim ``axis`` when it keeps
     it a whole dim (the dims before it and after it only merge or split among themselves:
-    ``flatten(2)`` of a conv output, ``(B, N, C) -> (B, H, W, C)``), else None."""
+    ``flatten(2)`` of a conv output, ``(B, N, C) -> (B, H, W, C)``), else None. ``rebatch``: the
+    batch dim is among the dims before it (they hold the same elements in total)."""
     if axis is None or axis == 0:
         return None
     before, after = math.prod(src[1:axis]), math.prod(src[axis + 1:])
     for k in range(1, len(out)):
-        if out[k] == src[axis] and math.prod(out[1:k]) == before and math.prod(out[k + 1:]) == after:
+        if out[k] == src[axis] and (rebatch or math.prod(out[1:k]) == before) and math.prod(out[k + 1:]) == after:
             return k
+    return None
+
+
+def merged_axis(src: Sequence[int], out: Sequence[int], axis: int | None) -> tuple[int, int, int] | None:
+    """Where a reshape from ``src`` to ``out`` that merges a run of dims holding dim ``axis`` into
+    one dim puts it, when ``axis`` is the first or the last of the run and every other dim stays
+    (Swin's patch merging: ``(B, h, w, 2, 2, C) -> (B, h, w, 4C)``): (output dim, elements of the
+    run before ``axis``, after it), else None."""
+    if axis is None or axis == 0 or len(out) >= len(src):
+        return None
+    m = len(src) - len(out) + 1  # the run's length
+    for k in range(1, len(out)):
+        if k <= axis < k + m and tuple(src[:k]) == tuple(out[:k]) and tuple(src[k + m:]) == tuple(out[k + 1:]) \
+                and out[k] == math.prod(src[k:k + m]) and axis in (k, k + m - 1):
+            return k, math.prod(src[k:axis]), math.prod(src[axis + 1:k + m])
     return None

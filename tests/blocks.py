@@ -2,6 +2,7 @@
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class GroupedBlock(torch.nn.Module):
@@ -327,3 +328,40 @@ class HeadsNet(nn.Module):
         x = x + self.attn(x)
         x = x + self.fc2(torch.nn.functional.gelu(self.fc1(x)))
         return self.head(x.mean(1))
+
+
+class SwinLike(nn.Module):
+    """timm's Swin in miniature: channels-last tokens (B, H, W, C), a zero ``F.pad``, a cyclic
+    shift (``torch.roll``), windows folded into the batch dim (``view(-1, ...)``), window attention
+    written out with a relative position bias and a shift mask, the windows unfolded and rolled
+    back, an MLP, patch merging (``reshape``, ``permute``, ``flatten(3)``) and its LayerNorm."""
+
+    def __init__(self, c: int = 8, heads: int = 2, ws: int = 2, hw: int = 4) -> None:
+        super().__init__()
+        self.c, self.heads, self.ws = c, heads, ws
+        self.emb, self.norm1 = nn.Linear(3, c), nn.LayerNorm(c)
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.rel = nn.Parameter(torch.randn(heads, ws * ws, ws * ws))
+        n_w = (hw // ws) ** 2
+        self.register_buffer("mask", torch.where(torch.rand(n_w, ws * ws, ws * ws) < 0.3, -100.0, 0.0))
+        self.norm2, self.fc1, self.fc2 = nn.LayerNorm(c), nn.Linear(c, 2 * c), nn.Linear(2 * c, c)
+        self.merge_norm, self.reduction = nn.LayerNorm(4 * c), nn.Linear(4 * c, 2 * c, bias=False)
+        self.head = nn.Linear(2 * c, 3)
+
+    def forward(self, x):
+        x = self.emb(x)
+        b, hh, ww, c = x.shape
+        ws, nh = self.ws, self.heads
+        h = torch.roll(F.pad(self.norm1(x), (0, 0, 0, 0, 0, 0)), shifts=(-1, -1), dims=(1, 2))
+        w = h.view(b, hh // ws, ws, ww // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws, c)
+        bw, n, _ = w.shape
+        q, k, v = self.qkv(w).reshape(bw, n, 3, nh, c // nh).permute(2, 0, 3, 1, 4).unbind(0)
+        a = (q * (c // nh) ** -0.5) @ k.transpose(-2, -1) + self.rel.unsqueeze(0)
+        n_w = self.mask.shape[0]
+        a = (a.view(-1, n_w, nh, n, n) + self.mask.unsqueeze(1).unsqueeze(0)).view(-1, nh, n, n)
+        o = self.proj((a.softmax(-1) @ v).transpose(1, 2).reshape(bw, n, c))
+        o = o.view(-1, hh // ws, ww // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hh, ww, c)
+        x = x + torch.roll(o, shifts=(1, 1), dims=(1, 2))
+        x = x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+        x = x.reshape(b, hh // 2, 2, ww // 2, 2, c).permute(0, 1, 3, 4, 2, 5).flatten(3)
+        return self.head(self.reduction(self.merge_norm(x)).mean((1, 2)))

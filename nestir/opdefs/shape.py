@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..ops import index_key, kept_axis
 from .base import OpDef, register
-from .heads import headed
+from .heads import headed, through
 
 if TYPE_CHECKING:
     from ..graph import Graph, Node
@@ -58,21 +58,34 @@ class Flatten(OpDef):
 class Reshape(OpDef):
     """``x.reshape(B, *rest)``. With ``keep`` = [input axis, output axis] it keeps the neuron axis a
     whole dim (the dims before and after it only merge or split among themselves) and passes the
-    layout through; ``rest`` then follows the width under edits. Otherwise it freezes."""
+    layout through; ``rest`` then follows the width under edits. Otherwise it freezes.
+    ``rebatch``: ``x.reshape(-1, *rest)``, the batch dim merged with others or split (Swin's
+    windows: ``view(-1, w, w, C)``); the dims after the neuron axis must then stay as they are.
+    ``joins`` = (output axis, before, after): the neuron axis merged with the dims next to it
+    (Swin's patch merging, ``(B, h, w, 2, 2, C) -> (B, h, w, 4C)``): ``before`` copies of the
+    layout, each neuron repeated ``after`` times."""
 
     name = "reshape"
 
     def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        if "joins" in node.attrs:
+            return node.attrs["joins"][0]
         if node.attrs.get("merge"):
             return value.dim() - 1
         return node.attrs["keep"][1] if "keep" in node.attrs else None
 
     def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        if node.attrs.get("rebatch"):
+            return args[0].reshape(-1, *node.attrs["rest"])
         return args[0].reshape(args[0].shape[0], *node.attrs["rest"])
 
     def neurons(self, an: _Analysis, node: Node) -> Layout | None:
         if "keep" in node.attrs:
             return an.input_layout(node, node.attrs["keep"][0])
+        if "joins" in node.attrs:  # the neuron axis merged with dims before it (copies) or after (repeats)
+            _, before, after = node.attrs["joins"]
+            lay = an.input_layout(node, None)
+            return None if lay is None else [(g, r * after) for g, r in lay] * before
         return super().neurons(an, node)
 
     def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
@@ -87,7 +100,7 @@ class Reshape(OpDef):
             # a part of each head (v of LeViT's per-head q|k|v): new neurons, tied to the heads
             part = an.new(out[-1])
             return (True, [(part, 1)]) if an.tie_heads(node.name, g, part, src[h]) else (False, None)
-        k = kept_axis(src, out, h)
+        k = kept_axis(src, out, h, rebatch=bool(node.attrs.get("rebatch")))
         return (False, None) if k is None else headed(an, node, h=k)
 
     def follow(self, node: Node, graph: Graph, info: GroupInfo, gid: int, delta: int,
@@ -383,18 +396,33 @@ class Mean(OpDef):
 
 @register
 class Pad(OpDef):
-    """Zero padding of the spatial dims (``pads`` in ``F.pad`` order: last dim first)."""
+    """Zero padding (``pads`` in ``F.pad`` order: begin/end pairs, last dim first; the batch dim
+    is never padded). Padding the neuron axis would add constant neurons: it freezes them."""
 
     name = "pad"
 
     def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
-        return 1
+        return srcs[0].axis
+
+    @staticmethod
+    def padded(node: Node, dim: int | None) -> bool:
+        """Whether dim ``dim`` of the input is padded."""
+        fp, nd = node.attrs["pads"], len(node.shape or ())
+        i = nd - 1 - dim if dim is not None else len(fp)
+        return 2 * i < len(fp) and any(fp[2 * i: 2 * i + 2])
 
     def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
         return F.pad(args[0], node.attrs["pads"])
 
     def neurons(self, an: _Analysis, node: Node) -> Layout | None:
-        return an.input_layout(node, 1)
+        lay = an.layout.get(node.inputs[0])
+        if self.padded(node, an.graph[node.inputs[0]].axis):
+            an.freeze(lay, f"pad '{node.name}' pads the neuron axis")
+            return None
+        return lay
+
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        return (False, None) if self.padded(node, an.heads[node.inputs[0]][1]) else through(an, node)
 
     def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
         return low.fg.call_function(F.pad, (args[0], list(node.attrs["pads"])))
@@ -403,6 +431,50 @@ class Pad(OpDef):
         """F.pad's (last dim first, begin/end pairs) to ONNX's (all begins, then all ends)."""
         nd = len(node.shape or ())
         fp = list(node.attrs["pads"])
-        begins = [0, 0] + [fp[2 * (nd - 3 - i)] for i in range(nd - 2)]
-        ends = [0, 0] + [fp[2 * (nd - 3 - i) + 1] for i in range(nd - 2)]
-        return e.op("Pad", [xs[0], e.const(node.name + "_pads", np.array(begins + ends), np.int64)], node.name)
+        pair = lambda d, k: fp[2 * (nd - 1 - d) + k] if 2 * (nd - 1 - d) + k < len(fp) else 0  # noqa: E731
+        pads = [pair(d, 0) for d in range(nd)] + [pair(d, 1) for d in range(nd)]
+        return e.op("Pad", [xs[0], e.const(node.name + "_pads", np.array(pads), np.int64)], node.name)
+
+
+@register
+class Roll(OpDef):
+    """``torch.roll(x, shifts, dims)`` (Swin's shifted windows): a cyclic shift of dims other
+    than the batch dim; rolling the neuron axis would reorder the neurons (it freezes them)."""
+
+    name = "roll"
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        return srcs[0].axis
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return torch.roll(args[0], list(node.attrs["shifts"]), list(node.attrs["dims"]))
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        lay = an.layout.get(node.inputs[0])
+        if an.graph[node.inputs[0]].axis in node.attrs["dims"]:
+            an.freeze(lay, f"roll '{node.name}' rolls the neuron axis")
+            return None
+        return lay
+
+    def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
+        return (False, None) if an.heads[node.inputs[0]][1] in node.attrs["dims"] else through(an, node)
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        return low.fg.call_function(torch.roll, (args[0], list(node.attrs["shifts"]), list(node.attrs["dims"])))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        """Per dim: the last ``shift`` entries, then the rest (two Slices and a Concat)."""
+        x, nm = xs[0], node.name
+        for k, (s, d) in enumerate(zip(node.attrs["shifts"], node.attrs["dims"], strict=True)):
+            n = (node.shape or ())[d]
+            s %= n
+            if not s:
+                continue
+            big = np.iinfo(np.int64).max
+            ax = e.const(f"{nm}_ax{k}", np.array([d]), np.int64)
+            tail = e.op("Slice", [x, e.const(f"{nm}_t{k}", np.array([n - s]), np.int64),
+                                  e.const(f"{nm}_e{k}", np.array([big]), np.int64), ax], f"{nm}_tail{k}")
+            head = e.op("Slice", [x, e.const(f"{nm}_z{k}", np.array([0]), np.int64),
+                                  e.const(f"{nm}_h{k}", np.array([n - s]), np.int64), ax], f"{nm}_head{k}")
+            x = e.op("Concat", [tail, head], f"{nm}_{k}", axis=int(d))
+        return x if x != xs[0] else e.op("Identity", [x], nm)

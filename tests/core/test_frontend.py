@@ -176,7 +176,7 @@ def test_an_opaque_view_runs_whatever_the_strides_of_its_input():
             self.fc = nn.Linear(6, 6)
 
         def forward(self, x):
-            return self.fc(x).cumsum(1).view(x.shape[0] * 2, 2, 6).sum(1)
+            return self.fc(x).cumsum(1).view(2, x.shape[0] * 2, 6).sum(1)
 
     m = M().eval()
     x = torch.rand(2, 4, 6)
@@ -184,7 +184,7 @@ def test_an_opaque_view_runs_whatever_the_strides_of_its_input():
     view = g["view"]
     assert view.op == "opaque" and view.attrs["fn"] == "reshape" and "Tensor.view" in view.attrs["label"]
     strided = torch.rand(2, 6, 4).transpose(1, 2)  # same shape, not contiguous
-    torch.testing.assert_close(run_opaque(view, [strided, x]), strided.reshape(4, 2, 6))  # (x: batch size)
+    torch.testing.assert_close(run_opaque(view, [strided, x]), strided.reshape(2, 4, 6))  # (x: batch size)
     np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-6)
 
 

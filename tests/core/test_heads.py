@@ -99,3 +99,46 @@ def test_an_op_that_mixes_heads_freezes_them_and_says_which() -> None:
     reasons = " ".join(gr.reason for gr in info.groups.values())
     assert "reads attention heads in a way nestir cannot follow" in reasons and "_1_mix" in reasons
     np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+
+
+def test_swin_windows_shifts_and_patch_merging_leave_every_layer_prunable() -> None:
+    """Windows folded into the batch dim and back (``view(-1, ...)``), cyclic shifts, a zero pad,
+    a shift mask the same for every head, a relative position bias and patch merging: no opaque
+    node, every layer but the classifier can lose neurons, and pruning half the neurons (and one
+    of the two heads) keeps torch and ONNX exact at another batch size; a new head changes nothing."""
+    from blocks import SwinLike
+
+    torch.manual_seed(0)
+    m, x = SwinLike().eval(), torch.randn(2, 4, 4, 3)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
+    info = g.groups()
+    assert [n.name for n in g.parametric() if not info.of(n.name).prunable] == ["head"]
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2]))])
+    p.verify()
+    assert {n.attrs["heads"] for n in p if n.op == "heads"} == {1}
+    assert p["reduction"].params["weight"].shape == (8, 16)  # 4 copies of the 4 channels kept
+    y = torch.randn(3, 4, 4, 3)
+    before = _exact(p, y)
+    add_units(p, next(t for t in p.groups().ties()).conv, 1)
+    p.verify()
+    np.testing.assert_allclose(_exact(p, y), before, atol=1e-6)
+
+
+def test_casts_to_the_same_type_unsqueeze_normalize_and_softmax_modules_are_understood() -> None:
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.sm, self.out = nn.Linear(4, 6), nn.Softmax(dim=1), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.fc(x).float().type_as(x).to(torch.float32)
+            h = torch.nn.functional.normalize(self.sm(h.unsqueeze(1)), dim=1)
+            return self.out(h.squeeze(1))
+
+    m, x = M().eval(), torch.randn(3, 4)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g) and g.groups().of("fc").resizable
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
