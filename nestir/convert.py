@@ -20,7 +20,7 @@ BINARY_FUNCS: dict[Any, str] = {
 BINARY_METHODS = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul": "mul", "mul_": "mul",
                    "div": "div", "div_": "div"}
 IDENTITY_METHODS = {"contiguous", "clone"}
-RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze"}
+RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "reshape_as", "view_as"}
 RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
 
 

@@ -112,7 +112,7 @@ class _Tracer(fx.Tracer):
             gm.recompile()
             xs = [torch.empty((batch, *t.shape[1:]) if t.dim() else (), dtype=t.dtype, device="meta")
                   for t in self.inputs]
-            v = gm(*xs)
+            v = _MetaRun(gm, self.inputs[0].device).run(*xs)
         return tuple(v) if isinstance(v, torch.Size) else v
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -210,9 +210,27 @@ class _KeepFunctions:
 MAX_AUTO_LEAVES = 64
 
 
+_META_ATTRS = ("shape", "ndim", "dtype", "device", "is_cuda")  # what a value's data do not change
+
+
+class _MetaRun(fx.Interpreter):
+    """Runs a graph on meta tensors, but a tensor's ``device`` (and ``is_cuda``) is the example
+    inputs' device: a branch on it (``if v.device.type != "meta"``) goes the way the model runs."""
+
+    def __init__(self, gm: fx.GraphModule, device: torch.device) -> None:
+        super().__init__(gm)
+        self.device = device
+
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if target is getattr and len(args) == 2 and isinstance(args[0], torch.Tensor) and \
+                args[1] in ("device", "is_cuda"):
+            return self.device if args[1] == "device" else self.device.type == "cuda"
+        return super().call_function(target, args, kwargs)
+
+
 def _shape_only(node: fx.Node) -> bool:
     """Whether ``node`` reads the model's inputs only through their shapes (``x.shape``,
-    ``x.size()``, ``x.dim()``), not through any tensor's values."""
+    ``x.size()``, ``x.dim()``) or their dtype and device, not through any tensor's values."""
     seen: set[fx.Node] = set()
     todo = [node]
     while todo:
@@ -220,7 +238,7 @@ def _shape_only(node: fx.Node) -> bool:
         if n in seen:
             continue
         seen.add(n)
-        if (n.op == "call_function" and n.target is getattr and len(n.args) > 1 and n.args[1] in ("shape", "ndim")) \
+        if (n.op == "call_function" and n.target is getattr and len(n.args) > 1 and n.args[1] in _META_ATTRS) \
                 or (n.op == "call_method" and n.target in _SHAPE_READS):
             continue
         if n.op in ("placeholder", "call_module"):
@@ -683,6 +701,8 @@ class _Builder:
         m = str(fxn.target) if fxn.op == "call_method" else getattr(fxn.target, "__name__", "")
         if m == "flatten" and fxn.op in ("call_method", "call_function") and fxn.target in ("flatten", torch.flatten):
             return (fxn.args[1] if len(fxn.args) > 1 else fxn.kwargs.get("start_dim", 0)) == 0
+        if fxn.op == "call_method" and m in ("reshape_as", "view_as"):  # the other value's shape: fixed but its batch
+            return True
         if not ((fxn.op == "call_method" and m in ("view", "reshape")) or
                 (fxn.op == "call_function" and fxn.target is torch.reshape)):
             return False

@@ -142,3 +142,20 @@ def test_casts_to_the_same_type_unsqueeze_normalize_and_softmax_modules_are_unde
     g = nestir.trace(m, x)
     assert not nestir.opaque_nodes(g) and g.groups().of("fc").resizable
     np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+
+
+def test_a_branch_on_the_device_goes_the_way_the_model_runs() -> None:
+    """Shapes are evaluated on meta tensors, but ``x.device`` reads the example's device."""
+
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return h * 2 if h.device.type != "meta" and not h.is_cuda else h
+
+    m, x = M().eval(), torch.randn(2, 4)
+    g = nestir.trace(m, x)
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-6)
