@@ -100,7 +100,7 @@ def eliminate_dead_neurons(graph: Graph, *, fold_constants: bool = True) -> bool
         info = analyze(graph)
         removed = False
         for grp in list(info.groups.values()):
-            if not grp.resizable or grp.mixing or grp.width <= 1:
+            if not grp.resizable or grp.mixing or grp.product or grp.width <= 1:
                 continue
             dead = _out_dead(graph, info, grp)
             const = _in_dead(graph, grp) & ~dead

@@ -30,6 +30,7 @@ class Group:
     consumers: list[str] = field(default_factory=list)
     values: list[str] = field(default_factory=list)
     mixing: bool = False  # a LayerNorm normalizes across these neurons
+    product: bool = False  # a product of two values reads them (q @ k^T): no neuron is dead for want of a layer
     tie: Tie | None = None  # a grouped conv ties this group to another in units of whole conv groups
 
     @property
@@ -123,6 +124,7 @@ class _Analysis:
         self.producers: dict[int, list[str]] = {}
         self.per_neuron: dict[str, Layout] = {}
         self.mixing: set[int] = set()
+        self.product: set[int] = set()
         self.ties: list[tuple[str, int, int, int, int, int]] = []  # conv, groups, src, src unit, dst, dst unit
         self.heads: dict[str, tuple[int, int]] = {}  # value in head space: (group, axis of its heads)
         self._users: dict[str, list[Node]] | None = None
@@ -283,6 +285,8 @@ class _Analysis:
                 grp.frozen, grp.reason = True, grp.reason or self.frozen[g]
             if g in self.mixing:
                 grp.mixing = True
+            if g in self.product:
+                grp.product = True
         for r, tie in ties.items():
             groups[r].tie = tie
         norm = lambda lay: None if lay is None else [(self.find(g), r) for g, r in lay]

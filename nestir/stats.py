@@ -62,7 +62,7 @@ class _Live:
     def __init__(self, graph: Graph) -> None:
         self.graph, self.info = graph, graph.groups()
         self.alive = {g.id: torch.ones(g.width, dtype=torch.bool) for g in self.info.groups.values()
-                      if g.resizable and not g.mixing and g.width > 1}
+                      if g.resizable and not g.mixing and not g.product and g.width > 1}
         changed = True
         while changed:
             changed = False

@@ -33,7 +33,8 @@ def eligible(graph: Graph, info: GroupInfo) -> list[Group]:
 def connected_pairs(graph: Graph, grp: Group) -> list[tuple[str, str]]:
     """(consumer, producer) pairs of ``grp`` where the consumer reads what the producer wrote: in a
     residual stream ``h1 = fc0(x); h2 = h1 + f(fc1(h1))`` fc1 reads fc0's neurons but not its own,
-    so a new neuron's row in fc1 and its column in fc1 are not a bridge."""
+    so a new neuron's row in fc1 and its column in fc1 are not a bridge; nor are a producer on
+    tokens and a consumer after a mean over them (see :func:`_rows`)."""
     out = []
     for c in grp.consumers:
         seen: set[str] = set()
@@ -43,8 +44,16 @@ def connected_pairs(graph: Graph, grp: Group) -> list[tuple[str, str]]:
             if v not in seen:
                 seen.add(v)
                 stack.extend(graph[v].inputs)
-        out.extend((c, p) for p in grp.producers if p in seen)
+        out.extend((c, p) for p in grp.producers if p in seen and _rows(graph, c) == _rows(graph, graph[p].inputs[0]))
     return out
+
+
+def _rows(graph: Graph, value: str) -> int:
+    """Vectors per sample of a layer's value (tokens, pixels): a bridge joins a producer's input
+    to a consumer's output position by position, so both must have as many (a layer after a mean
+    over tokens has one per sample, a layer on tokens N)."""
+    shape = graph[value].shape or (1, 1)
+    return math.prod(shape[1:-1])
 
 
 def _avg_abs(t: torch.Tensor) -> float:

@@ -99,12 +99,50 @@ class Heads(OpDef):
 class MatMul(OpDef):
     """``a @ b`` of two computed values (``torch.matmul``, ``bmm``, ``@``). In head space, with
     the heads of both on the same batch-like dim, head h of ``a`` meets head h of ``b`` (``q @
-    k^T``, ``attn @ v``): their groups are tied; the product holds ``b``'s group."""
+    k^T``, ``attn @ v``): their groups are tied; the product holds ``b``'s group. Outside head
+    space (single-head attention, EfficientViT's per-head branches) see :meth:`neurons`."""
 
     name = "matmul"
 
+    @staticmethod
+    def _rule(a: int | None, b: int | None, nd: int) -> str:
+        """How neurons flow through ``a @ b`` with neuron axes ``a`` and ``b``: "pair" (both on
+        the contracted dim: ``q @ k^T`` of single-head attention, their groups unite and the
+        product has none), "right" (``attn @ v``: b's columns are the product's), "left" (a's
+        rows are), else "none"."""
+        if a == nd - 1 and b == nd - 2:
+            return "pair"
+        if a is None and b == nd - 1:
+            return "right"
+        if a == nd - 2 and b is None:
+            return "left"
+        return "none"
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        nd = value.dim()
+        if any(len(s.shape or ()) != nd for s in srcs):
+            return None
+        rule = self._rule(srcs[0].axis, srcs[1].axis, nd)
+        return {"right": nd - 1, "left": nd - 2}.get(rule)
+
     def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
         return torch.matmul(args[0], args[1])
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        """Outside head space: a product that is linear in each neuron (see :meth:`_rule`)."""
+        a, b = (an.graph[i] for i in node.inputs)
+        la, lb = (an.layout.get(i) for i in node.inputs)
+        nd = len(node.shape or ())
+        rule = self._rule(a.axis, b.axis, nd) if len(a.shape or ()) == len(b.shape or ()) == nd else "none"
+        if rule == "pair":
+            lay = an.unify([la, lb], f"matmul '{node.name}' (its operands' neurons meet)")
+            an.product.update(g for g, _ in lay or [])
+            return None
+        if rule == "right":
+            return lb
+        if rule == "left":
+            return la
+        return super().neurons(an, node)
 
     def head_flow(self, an: _Analysis, node: Node) -> tuple[bool, Layout | None]:
         a, b = (an.heads.get(i) for i in node.inputs)

@@ -159,3 +159,41 @@ def test_a_branch_on_the_device_goes_the_way_the_model_runs() -> None:
     m, x = M().eval(), torch.randn(2, 4)
     g = nestir.trace(m, x)
     np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-6)
+
+
+class _SingleHead(nn.Module):
+    """Single-head attention as user code writes it: no reshape into heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.q, self.k, self.v = nn.Linear(4, 8), nn.Linear(8, 6), nn.Linear(8, 6), nn.Linear(8, 5)
+        self.o, self.head = nn.Linear(5, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.emb(x)
+        a = (self.q(x) @ self.k(x).transpose(1, 2) * 0.3).softmax(-1)
+        x = x + self.o(a @ self.v(x))
+        return self.head(x.mean(1))
+
+
+def test_single_head_attention_pairs_q_with_k_and_passes_v_through() -> None:
+    """``q @ k^T``: q's and k's neurons meet in the product, so they are one group (pruning
+    neuron j drops row j of both), and no neuron of it is dead for want of a layer reading it;
+    ``attn @ v``: v's neurons are the product's. Every growth pass keeps the lowerings exact."""
+    torch.manual_seed(0)
+    m, x = _SingleHead().eval(), torch.randn(3, 5, 4)
+    g = nestir.trace(m, x)
+    info = g.groups()
+    qk = info.of("q")
+    assert qk is info.of("k") and qk.resizable and qk.product and info.of("v").resizable
+    assert info.of("o").resizable and not nestir.opaque_nodes(g)
+    data = [(x, torch.tensor([1, 2, 0]))]
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5"], data=data)
+    before = run_ir(p, x)
+    p = nestir.apply(p, ["eliminate-dead-neurons"], data=data)
+    np.testing.assert_allclose(run_ir(p, x), before, atol=1e-6)
+    assert p["q"].params["weight"].shape[0] == p["k"].params["weight"].shape[0] == 3
+    y = torch.randn(2, 5, 4)
+    _exact(p, y)
+    for spec in ("bridge-neuron", "split-neuron", "add-feature-map", "grow-connection"):
+        _exact(nestir.apply(p, [spec], data=data), y)
