@@ -56,6 +56,13 @@ EXTRA = [
     "timm:skresnet18", "timm:ese_vovnet19b_dw", "timm:lcnet_050", "timm:mobilenetv3_large_100", "timm:mixnet_s",
     "timm:regnetz_b16", "timm:resnetv2_50", "timm:coat_lite_tiny", "timm:visformer_tiny", "timm:efficientvit_m0",
 ]
+# a third probe (`--models probe`, trace -> prune -> lower without the growth passes: the slow part):
+# timm models in neither list above, mostly vision transformers and hybrids (results/coverage_probe.*)
+PROBE = [
+    "timm:convit_tiny", "timm:crossvit_tiny_240", "timm:davit_tiny", "timm:efficientformerv2_s0", "timm:fastvit_sa12",
+    "timm:focalnet_tiny_srf", "timm:gcvit_xxtiny", "timm:mobilevitv2_050", "timm:mvitv2_tiny", "timm:nest_tiny",
+    "timm:pvt_v2_b0", "timm:swin_tiny_patch4_window7_224", "timm:tiny_vit_5m_224", "timm:twins_pcpvt_small",
+]
 SIZE = {"inception_v3": 299, "vit_b_16": 224, "swin_t": 224, "maxvit_t": 224, "googlenet": 96,
         "alexnet": 96, "deit_tiny_patch16_224": 224, "levit_128s": 224, "resmlp_12_224": 224,
         "mixer_b16_224": 224, "mobilevit_xs": 256, "efficientvit_b0": 224, "convmixer_768_32": 96}
@@ -281,7 +288,8 @@ def main() -> None:
         return child(sys.argv[2], sys.argv[3] == "growth", sys.argv[3])
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join([f"tv:{m}" for m in TORCHVISION] + [f"timm:{m}" for m in TIMM]),
-                    help="comma-separated models, or \"extra\" for the second sample (results/coverage_extra.*)")
+                    help="comma-separated models, \"extra\" for the second sample (results/coverage_extra.*) or "
+                         "\"probe\" for the third (no growth passes; results/coverage_probe.*)")
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--redo", default="", help="comma-separated models to run again, their rows replaced in place")
@@ -290,10 +298,13 @@ def main() -> None:
     ap.add_argument("--no-growth", action="store_true",
                     help="skip the growth passes (the slow part): results/coverage_nogrowth.json/.md")
     args = ap.parse_args()
-    extra = args.models == "extra"
+    extra, probe = args.models == "extra", args.models == "probe"
     if extra:
         args.models = ",".join(EXTRA)
-    stem = ("coverage_nogrowth" if args.no_growth else "coverage") + ("_extra" if extra else "")
+    if probe:
+        args.models, args.no_growth = ",".join(PROBE), True
+    stem = "coverage_probe" if probe else \
+        ("coverage_nogrowth" if args.no_growth else "coverage") + ("_extra" if extra else "")
     path = os.path.join(RESULTS, stem + ".json")
     res = {"rows": []}
     if os.path.isfile(path) and not args.fresh:

@@ -48,6 +48,9 @@ class _ShapeProxy(fx.Proxy):
     def __index__(self) -> int:
         return operator.index(self.tracer.concrete(self))  # type: ignore[attr-defined]
 
+    def __setitem__(self, key: Any, value: Any) -> None:  # recorded; the builder says what it can follow
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
 
 class _Tracer(fx.Tracer):
     def __init__(self, leaves: tuple[type, ...], leaf_names: frozenset[str] = frozenset(),
@@ -207,10 +210,30 @@ class _KeepFunctions:
         torch.autograd.Function.apply = self.original  # type: ignore[method-assign]
 
 
+class _ThroughLibraryWraps:
+    """While tracing, functions a model library marked with ``torch.fx.wrap`` to keep them whole
+    (torchvision's Swin: ``shifted_window_attention`` takes its layers' weights as arguments) are
+    traced through, so their layers and heads are understood; a block whose code then cannot be
+    traced becomes a leaf as any other."""
+
+    LIBRARIES = ("torchvision.models.",)
+
+    def __enter__(self) -> None:
+        table = getattr(fx._symbolic_trace, "_wrapped_fns_to_patch", None)
+        self.table = table if isinstance(table, dict) else {}
+        self.gone = {k: v for k, v in self.table.items() if str(v.get("__name__", "")).startswith(self.LIBRARIES)}
+        for k in self.gone:
+            del self.table[k]
+
+    def __exit__(self, *exc: object) -> None:
+        self.table.update(self.gone)
+
+
 MAX_AUTO_LEAVES = 64
 
 
 _META_ATTRS = ("shape", "ndim", "dtype", "device", "is_cuda")  # what a value's data do not change
+_NEW_TENSOR = ("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")  # read only the dtype and device
 
 
 class _MetaRun(fx.Interpreter):
@@ -258,7 +281,7 @@ def _symbolic(module: nn.Module, leaves: tuple[type, ...], concrete_args: dict |
     while True:
         tracer = _Tracer(leaves, frozenset(auto), through, inputs, meta)
         try:
-            with _KeepFunctions():
+            with _KeepFunctions(), _ThroughLibraryWraps():
                 graph = tracer.trace(module, concrete_args=concrete_args)
             break
         except Exception as e:  # fx raises many kinds; all mean "not traceable as written"
@@ -1107,6 +1130,18 @@ class _Builder:
             n = self.graph[fxn.name]
             n.attrs["label"] = f"{n.attrs['label']} (not traceable, kept whole: {auto[str(fxn.target)]})"
 
+    def setitem(self, fxn: fx.Node) -> None:
+        """``t[...] = value``: on a constant (a mask built in place, as Swin's) the constant's
+        recorded value already holds it; on a computed value nestir cannot follow it."""
+        target = fxn.args[0]
+        kind, r = self.env.get(target, ("const", None)) if isinstance(target, fx.Node) else ("const", None)
+        if kind == "node" and self.graph[r].op != "const":
+            raise TraceError(f"{_source(fxn)}: an assignment into a computed tensor ('{r}[...] = ...') changes it in "
+                             "place, which nestir cannot follow. Fix: compute the new value (torch.where, torch.cat, "
+                             "index_put) instead, or make the submodule that does it a leaf: nestir.trace(..., "
+                             "leaf_modules=[ThatModule]).")
+        self.env[fxn] = ("const", None)
+
     def reproduces(self, node: Node, fxn: fx.Node) -> bool:
         """Whether ``node`` computes what the module call ``fxn`` recorded (a module recognised by
         its structure, not its class, must prove it)."""
@@ -1126,10 +1161,12 @@ class _Builder:
         is itself a constant: the value recorded for it."""
         if not isinstance(v, torch.Tensor) or fxn.op == "call_module":
             return False
-        used = [a for a in (*fxn.args, *fxn.kwargs.values()) for a in cv.flat(a) if isinstance(a, fx.Node)]
+        args = list(fxn.args)
+        fresh = fxn.op == "call_method" and fxn.target in _NEW_TENSOR  # x.new_zeros(sizes): x's dtype only
+        used = [a for a in (*args[fresh:], *fxn.kwargs.values()) for a in cv.flat(a) if isinstance(a, fx.Node)]
         refs = [self.env[a] for a in used]
-        return bool(refs) and all(kind == "const" or (kind == "node" and self.graph[r].op == "const")
-                                  for kind, r in refs)
+        return (bool(refs) or fresh) and all(kind == "const" or (kind == "node" and self.graph[r].op == "const")
+                                             for kind, r in refs)
 
     def build(self, name: str) -> Graph:
         self.graph.name = name
@@ -1155,6 +1192,8 @@ class _Builder:
                 self.env[fxn] = ("const", None) if item is None else ("node", item)
             elif _takes_piece(fxn) and isinstance(fxn.args[0], fx.Node) and self.env[fxn.args[0]][0] == "tuple":
                 self.env[fxn] = self.env[fxn.args[0]]  # unbind(0) of pieces: the pieces
+            elif fxn.op == "call_function" and fxn.target is operator.setitem:
+                self.setitem(fxn)
             elif not isinstance(v, torch.Tensor) and not _holds_tensor(v):
                 if not self.sizes(fxn, v):
                     self.env[fxn] = ("const", v)

@@ -917,3 +917,66 @@ def _halved_and_exact(g, x, shape):  # type: ignore[no-untyped-def]
     np.testing.assert_allclose(run_onnx(p, y), run_ir(p, y), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), run_ir(p, y), rtol=1e-5, atol=1e-5)
     return p
+
+
+def test_functions_torchvision_wraps_are_traced_through():
+    """torchvision marks functions with ``torch.fx.wrap`` to keep them whole (Swin's
+    ``shifted_window_attention`` takes its layers' weights as arguments); nestir traces through
+    them, so the weights they take become layers. (A stand-in module named like torchvision's.)"""
+    import sys
+    import types
+
+    mod = types.ModuleType("torchvision.models._nestir_stand_in")
+    exec("import torch, torch.nn.functional as F\n"
+         "def project(x, w, b):\n    return F.linear(x, w, b).relu()\n"
+         "torch.fx.wrap('project')\n", mod.__dict__)
+    sys.modules[mod.__name__] = mod
+    try:
+        class M(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner, self.out = nn.Linear(4, 6), nn.Linear(6, 2)
+
+            def forward(self, x):
+                return self.out(mod.project(x, self.inner.weight, self.inner.bias))
+
+        m, x = M().eval(), torch.rand(3, 4)
+        g = nestir.trace(m, x)
+        assert not nestir.opaque_nodes(g) and [n.op for n in g.parametric()] == ["linear", "linear"]
+        assert g.groups().of(g.parametric()[0].name).resizable
+        np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-6)
+        assert ("project" in {k[1] for k in torch.fx._symbolic_trace._wrapped_fns_to_patch})  # restored
+    finally:
+        del sys.modules[mod.__name__]
+
+
+def test_a_mask_built_in_place_is_a_constant_and_assigning_into_a_computed_tensor_is_refused():
+    class Masked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.fc(x)
+            mask = h.new_zeros((4,))
+            mask[1:3] = 1.0  # Swin builds its shift mask this way
+            return h * mask
+
+    m, x = Masked().eval(), torch.rand(2, 4)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
+    y = torch.rand(5, 4)
+    np.testing.assert_allclose(run_ir(g, y), m(y).detach().numpy(), atol=1e-6)
+
+    class InPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.fc(x)
+            h[:, 0] = 0.0
+            return h
+
+    with pytest.raises(TraceError, match="assignment into a computed tensor"):
+        nestir.trace(InPlace().eval(), x)
