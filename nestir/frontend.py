@@ -63,6 +63,7 @@ class _Tracer(fx.Tracer):
         self.through = through  # look-alike submodules that did not reproduce: traced through
         self.inputs = inputs  # the example inputs (their shapes answer branches on shapes)
         self.concrete_values: dict[fx.Node, Any] = {}
+        self.meta_values: dict[int, dict[fx.Node, Any]] = {}  # per batch size: the traced nodes' meta values
         self.meta = {} if meta is None else meta  # the model on the meta device, made once per trace
         self.stack: list[str] = []  # qualified names of the submodules being traced, innermost last
         self.failed_in: list[str] | None = None  # the stack when tracing first failed
@@ -96,27 +97,47 @@ class _Tracer(fx.Tracer):
         return vals[0]
 
     def _evaluate(self, node: fx.Node, batch: int) -> Any:
-        """``node``'s value with meta inputs of the examples' shapes at ``batch``."""
+        """``node``'s value with meta inputs of the examples' shapes at ``batch``. Values are
+        kept per batch size (the graph only grows while tracing), so each node of the traced
+        prefix runs once however many branches read shapes; a tensor's ``device`` (and
+        ``is_cuda``) is the example inputs' device, so a branch on it goes the way the model runs."""
         unpatched = getattr(fx._symbolic_trace, "_maybe_revert_all_patches", contextlib.nullcontext)
         with unpatched(), torch.no_grad():  # for real, not through the tracer's patched calls
             if "root" not in self.meta:
                 self.meta["root"] = copy.deepcopy(self.root).to("meta")
-            g = fx.Graph()
-            env: dict[fx.Node, fx.Node] = {}
-            for n in self.graph.nodes:
-                if n.op == "output":
-                    continue
-                env[n] = g.node_copy(n, lambda a: env[a])
-                if n is node:
-                    break
-            g.output(env[node])
-            gm = fx.GraphModule(self.meta["root"], g)
-            gm.graph.eliminate_dead_code()
-            gm.recompile()
-            xs = [torch.empty((batch, *t.shape[1:]) if t.dim() else (), dtype=t.dtype, device="meta")
-                  for t in self.inputs]
-            v = _MetaRun(gm, self.inputs[0].device).run(*xs)
+            env = self.meta_values.setdefault(batch, {})
+            todo, seen = [node], set()
+            while todo:
+                n = todo.pop()
+                if n not in env and n not in seen:
+                    seen.add(n)
+                    todo.extend(n.all_input_nodes)
+            places = [n for n in self.graph.nodes if n.op == "placeholder"]
+            for n in [n for n in self.graph.nodes if n in seen]:  # in graph order
+                env[n] = self._run(n, env, batch, places)
+            v = env[node]
         return tuple(v) if isinstance(v, torch.Size) else v
+
+    def _run(self, n: fx.Node, env: dict[fx.Node, Any], batch: int, places: list[fx.Node]) -> Any:
+        root = self.meta["root"]
+        args = fx.node.map_arg(n.args, lambda a: env[a])
+        kwargs = fx.node.map_arg(n.kwargs, lambda a: env[a])
+        if n.op == "placeholder":
+            t = self.inputs[places.index(n)]
+            return torch.empty((batch, *t.shape[1:]) if t.dim() else (), dtype=t.dtype, device="meta")
+        if n.op == "get_attr":
+            v: Any = root
+            for part in str(n.target).split("."):
+                v = getattr(v, part)
+            return v
+        if n.op == "call_module":
+            return root.get_submodule(str(n.target))(*args, **kwargs)
+        if n.op == "call_method":
+            return getattr(args[0], str(n.target))(*args[1:], **kwargs)
+        if n.target is getattr and isinstance(args[0], torch.Tensor) and args[1] in ("device", "is_cuda"):
+            d = self.inputs[0].device
+            return d if args[1] == "device" else d.type == "cuda"
+        return n.target(*args, **kwargs)  # type: ignore[operator]
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaf_names or isinstance(m, self.leaves):
@@ -234,21 +255,6 @@ MAX_AUTO_LEAVES = 64
 
 _META_ATTRS = ("shape", "ndim", "dtype", "device", "is_cuda")  # what a value's data do not change
 _NEW_TENSOR = ("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")  # read only the dtype and device
-
-
-class _MetaRun(fx.Interpreter):
-    """Runs a graph on meta tensors, but a tensor's ``device`` (and ``is_cuda``) is the example
-    inputs' device: a branch on it (``if v.device.type != "meta"``) goes the way the model runs."""
-
-    def __init__(self, gm: fx.GraphModule, device: torch.device) -> None:
-        super().__init__(gm)
-        self.device = device
-
-    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
-        if target is getattr and len(args) == 2 and isinstance(args[0], torch.Tensor) and \
-                args[1] in ("device", "is_cuda"):
-            return self.device if args[1] == "device" else self.device.type == "cuda"
-        return super().call_function(target, args, kwargs)
 
 
 def _shape_only(node: fx.Node) -> bool:
