@@ -868,15 +868,21 @@ class _Builder:
             return slice(*(self.const(v) if isinstance(v, fx.Node) else v for v in (a.start, a.stop, a.step)))
         return self.const(a)
 
+    def trained(self, a: Any) -> bool:
+        """Whether the constant ``a`` is (or is computed from) a parameter the model trains."""
+        kind, r = self.env.get(a, ("const", None)) if isinstance(a, fx.Node) else ("const", None)
+        return kind == "node" and bool(self.graph[r].attrs.get("trained"))
+
     def const_tensor(self, a: Any) -> torch.Tensor | None:
         """The value of a constant tensor argument (a parameter, buffer or folded constant)."""
         v = self.const(a)
         return v if isinstance(v, torch.Tensor) else None
 
-    def channelwise(self, fxn: fx.Node, kind: str, x: str, c: torch.Tensor, first: bool) -> bool:
+    def channelwise(self, fxn: fx.Node, kind: str, x: str, c: torch.Tensor, first: bool, trained: bool = True) -> bool:
         """``x op c`` with ``c`` one value per neuron of ``x`` (a layer scale, a per-channel shift,
-        ``c`` broadcast along every other dim): a ``scale`` node that owns ``c``; a one-element
-        ``c`` becomes a scalar operand."""
+        ``c`` broadcast along every other dim): a ``scale`` node that owns ``c`` (``scale_const``
+        where ``c`` is not a trained parameter, ``trained``: a buffer, a table computed from
+        buffers); a one-element ``c`` becomes a scalar operand."""
         src, out = self.graph[x], tuple(self.values[fxn].shape)
         if src.shape != out or c.is_complex():
             return False
@@ -893,7 +899,8 @@ class _Builder:
             return False
         value = c.detach().reshape(shape).movedim(k, 0).clone().float()  # one row per neuron
         attrs = {"kind": kind, "first": first, **({"dim": k} if k else {})}
-        self.add(Node(fxn.name, "scale", attrs=attrs, params={"value": value}), fxn, [x])
+        op = "scale" if trained else "scale_const"
+        self.add(Node(fxn.name, op, attrs=attrs, params={"value": value}), fxn, [x])
         return True
 
     def binary(self, fxn: fx.Node, kind: str, a: Any, b: Any) -> bool:
@@ -901,7 +908,7 @@ class _Builder:
         for r, other, first in ((ra, b, False), (rb, a, True)):
             c = self.const_tensor(other)
             if r is not None and c is not None and self.graph[r].op != "const" \
-                    and self.channelwise(fxn, kind, r, c, first):
+                    and self.channelwise(fxn, kind, r, c, first, self.trained(other)):
                 return True
         if ra is not None and rb is not None:
             self.add(Node(fxn.name, "binary", attrs={"kind": kind}), fxn, [ra, rb])
@@ -1189,7 +1196,8 @@ class _Builder:
                 self.graph.add(Node(fxn.name, "output", inputs=refs, attrs={"structure": structure}))
             elif fxn.op == "get_attr":
                 if isinstance(v, torch.Tensor):
-                    self.add(Node(fxn.name, "const", params={"value": v.detach().clone()}), fxn, [])
+                    trained = {"trained": True} if isinstance(v, nn.Parameter) and v.requires_grad else {}
+                    self.add(Node(fxn.name, "const", attrs=trained, params={"value": v.detach().clone()}), fxn, [])
                 else:
                     self.env[fxn] = ("const", v)
             elif fxn.target is operator.getitem and isinstance(fxn.args[0], fx.Node) \
@@ -1204,7 +1212,9 @@ class _Builder:
                 if not self.sizes(fxn, v):
                     self.env[fxn] = ("const", v)
             elif self.folds(fxn, v):
-                self.add(Node(fxn.name, "const", params={"value": v.detach().clone()}), fxn, [])
+                used = [a for a in cv.flat((*fxn.args, *fxn.kwargs.values())) if isinstance(a, fx.Node)]
+                trained = {"trained": True} if any(self.trained(a) for a in used) else {}
+                self.add(Node(fxn.name, "const", attrs=trained, params={"value": v.detach().clone()}), fxn, [])
             elif fxn.op == "call_function":
                 self.call_function(fxn)
             elif fxn.op == "call_method":

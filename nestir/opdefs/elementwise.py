@@ -451,3 +451,20 @@ class Normalize(OpDef):
         norm = e.op("ReduceL2", [xs[0], axes], nm + "_norm", keepdims=1)
         norm = e.op("Max", [norm, e.const(nm + "_eps", np.array(node.attrs["eps"], np.float32))], nm + "_clamp")
         return e.op("Div", [xs[0], norm], nm)
+
+
+@register
+class FixedScale(Scale):
+    """:class:`Scale` with a constant that is not a trained parameter of the model (a buffer, or
+    computed from buffers: a rotary embedding's cos and sin tables, a fixed position embedding):
+    it keeps one entry per neuron, but it does not train and does not count as a parameter."""
+
+    name = "scale_const"
+    trainable = ()
+    counted = ()
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        a = node.attrs
+        low.root.register_buffer(node.name, self.operand(node, node.params["value"]).detach().clone())
+        v = low.fg.get_attr(node.name)
+        return low.fg.call_function(BINOP[a["kind"]], (v, args[0]) if a.get("first") else (args[0], v))

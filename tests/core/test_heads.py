@@ -197,3 +197,19 @@ def test_single_head_attention_pairs_q_with_k_and_passes_v_through() -> None:
     _exact(p, y)
     for spec in ("bridge-neuron", "split-neuron", "add-feature-map", "grow-connection"):
         _exact(nestir.apply(p, [spec], data=data), y)
+
+
+def test_rotary_tables_are_constants_that_neither_train_nor_count() -> None:
+    """A product with a table computed from buffers (a rotary embedding's cos and sin) holds one
+    entry per neuron but is not a parameter: ``scale_const`` (a trained layer scale is ``scale``:
+    test_frontend's channels-last block)."""
+    from nestir.backends.executor import IRModule
+
+    m, x = _net(rope=True, qknorm=True), torch.randn(3, 5, 6)  # (after the q/k LayerNorm, as EVA's)
+    g = nestir.trace(m, x)
+    ops = [n.op for n in g]
+    assert ops.count("scale_const") == 4 and "scale" not in ops
+    assert nestir.stats(g, compact=False)["params"] == sum(p.numel() for p in m.parameters())
+    trained = {k for k, _ in IRModule(g).named_parameters()}
+    assert trained and not any(n.op == "scale_const" and any(n.name in k for k in trained) for n in g)
+    _exact(g, x)
