@@ -34,6 +34,10 @@ _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SHAPE_READS = {"size", "dim", "numel", "ndimension", "nelement"}
 
 
+class _InPlace(Exception):
+    """An assignment into a computed tensor while tracing (see :meth:`_ShapeProxy.__setitem__`)."""
+
+
 class _ShapeProxy(fx.Proxy):
     """A proxy Python may read as a number where its value follows from the example inputs'
     shapes alone (``if H != window``, ``int(math.sqrt(T))``, ``range(n)``): the trace is
@@ -48,7 +52,12 @@ class _ShapeProxy(fx.Proxy):
     def __index__(self) -> int:
         return operator.index(self.tracer.concrete(self))  # type: ignore[attr-defined]
 
-    def __setitem__(self, key: Any, value: Any) -> None:  # recorded; the builder says what it can follow
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """``t[...] = v`` into a constant (a mask built in place) is recorded; into a computed
+        tensor it stops the trace here (the submodule becomes a leaf), as torch.fx would."""
+        if not _constant_only(self.node):
+            raise _InPlace("assigns into a computed tensor, changing it in place, which nestir cannot follow "
+                           "(compute the new value instead: torch.where, torch.cat)")
         self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
 
 
@@ -257,6 +266,23 @@ _META_ATTRS = ("shape", "ndim", "dtype", "device", "is_cuda")  # what a value's 
 _NEW_TENSOR = ("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")  # read only the dtype and device
 
 
+def _constant_only(node: fx.Node) -> bool:
+    """Whether ``node`` is computed from the model's attributes and constants only (a new tensor
+    made from an input, ``x.new_zeros(...)``, reads only its dtype and device)."""
+    seen: set[fx.Node] = set()
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op in ("placeholder", "call_module"):
+            return False
+        args = n.args[1:] if n.op == "call_method" and n.target in _NEW_TENSOR else n.args
+        todo.extend(a for a in cv.flat((*args, *n.kwargs.values())) if isinstance(a, fx.Node))
+    return True
+
+
 def _shape_only(node: fx.Node) -> bool:
     """Whether ``node`` reads the model's inputs only through their shapes (``x.shape``,
     ``x.size()``, ``x.dim()``) or their dtype and device, not through any tensor's values."""
@@ -292,7 +318,9 @@ def _symbolic(module: nn.Module, leaves: tuple[type, ...], concrete_args: dict |
             break
         except Exception as e:  # fx raises many kinds; all mean "not traceable as written"
             where = _user_frame(e)
-            if "batch size" in str(e):
+            if isinstance(e, _InPlace):
+                what = str(e)
+            elif "batch size" in str(e):
                 what = "branches on the batch size (nestir specialises a trace to the input's shape, not its batch)"
             elif isinstance(e, fx.proxy.TraceError) or "control flow" in str(e):
                 what = "uses a tensor's value in Python control flow (if/while/bool/len/iteration)"
