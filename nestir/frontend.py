@@ -266,9 +266,9 @@ _META_ATTRS = ("shape", "ndim", "dtype", "device", "is_cuda")  # what a value's 
 _NEW_TENSOR = ("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")  # read only the dtype and device
 
 
-def _constant_only(node: fx.Node) -> bool:
-    """Whether ``node`` is computed from the model's attributes and constants only (a new tensor
-    made from an input, ``x.new_zeros(...)``, reads only its dtype and device)."""
+def _reaches_inputs(node: fx.Node, inputs: Any) -> bool:
+    """Whether walking up from ``node``, through ``inputs(n)`` (the nodes ``n`` reads that
+    matter; None: none), reaches a model input or a submodule's output."""
     seen: set[fx.Node] = set()
     todo = [node]
     while todo:
@@ -276,30 +276,34 @@ def _constant_only(node: fx.Node) -> bool:
         if n in seen:
             continue
         seen.add(n)
+        up = inputs(n)
+        if up is None:
+            continue
         if n.op in ("placeholder", "call_module"):
-            return False
+            return True
+        todo.extend(up)
+    return False
+
+
+def _constant_only(node: fx.Node) -> bool:
+    """Whether ``node`` is computed from the model's attributes and constants only (a new tensor
+    made from an input, ``x.new_zeros(...)``, reads only its dtype and device)."""
+    def inputs(n: fx.Node) -> list[fx.Node]:
         args = n.args[1:] if n.op == "call_method" and n.target in _NEW_TENSOR else n.args
-        todo.extend(a for a in cv.flat((*args, *n.kwargs.values())) if isinstance(a, fx.Node))
-    return True
+        return [a for a in cv.flat((*args, *n.kwargs.values())) if isinstance(a, fx.Node)]
+
+    return not _reaches_inputs(node, inputs)
 
 
 def _shape_only(node: fx.Node) -> bool:
     """Whether ``node`` reads the model's inputs only through their shapes (``x.shape``,
     ``x.size()``, ``x.dim()``) or their dtype and device, not through any tensor's values."""
-    seen: set[fx.Node] = set()
-    todo = [node]
-    while todo:
-        n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        if (n.op == "call_function" and n.target is getattr and len(n.args) > 1 and n.args[1] in _META_ATTRS) \
-                or (n.op == "call_method" and n.target in _SHAPE_READS):
-            continue
-        if n.op in ("placeholder", "call_module"):
-            return False
-        todo.extend(n.all_input_nodes)
-    return True
+    def inputs(n: fx.Node) -> list[fx.Node] | None:
+        meta = (n.op == "call_function" and n.target is getattr and len(n.args) > 1 and n.args[1] in _META_ATTRS) \
+            or (n.op == "call_method" and n.target in _SHAPE_READS)
+        return None if meta else n.all_input_nodes
+
+    return not _reaches_inputs(node, inputs)
 
 
 def _symbolic(module: nn.Module, leaves: tuple[type, ...], concrete_args: dict | None,
