@@ -285,10 +285,18 @@ def _reaches_inputs(node: fx.Node, inputs: Any) -> bool:
     return False
 
 
+def _reads_meta(n: fx.Node) -> bool:
+    """``n`` reads a value's shape, dtype or device, not its data."""
+    return (n.op == "call_function" and n.target is getattr and len(n.args) > 1 and n.args[1] in _META_ATTRS) \
+        or (n.op == "call_method" and n.target in _SHAPE_READS)
+
+
 def _constant_only(node: fx.Node) -> bool:
-    """Whether ``node`` is computed from the model's attributes and constants only (a new tensor
-    made from an input, ``x.new_zeros(...)``, reads only its dtype and device)."""
-    def inputs(n: fx.Node) -> list[fx.Node]:
+    """Whether ``node`` is computed from the model's attributes, constants and shapes only (a new
+    tensor made from an input, ``x.new_zeros((H, W))``, reads only its dtype and device)."""
+    def inputs(n: fx.Node) -> list[fx.Node] | None:
+        if _reads_meta(n):
+            return None
         args = n.args[1:] if n.op == "call_method" and n.target in _NEW_TENSOR else n.args
         return [a for a in cv.flat((*args, *n.kwargs.values())) if isinstance(a, fx.Node)]
 
@@ -298,12 +306,7 @@ def _constant_only(node: fx.Node) -> bool:
 def _shape_only(node: fx.Node) -> bool:
     """Whether ``node`` reads the model's inputs only through their shapes (``x.shape``,
     ``x.size()``, ``x.dim()``) or their dtype and device, not through any tensor's values."""
-    def inputs(n: fx.Node) -> list[fx.Node] | None:
-        meta = (n.op == "call_function" and n.target is getattr and len(n.args) > 1 and n.args[1] in _META_ATTRS) \
-            or (n.op == "call_method" and n.target in _SHAPE_READS)
-        return None if meta else n.all_input_nodes
-
-    return not _reaches_inputs(node, inputs)
+    return not _reaches_inputs(node, lambda n: None if _reads_meta(n) else n.all_input_nodes)
 
 
 def _symbolic(module: nn.Module, leaves: tuple[type, ...], concrete_args: dict | None,
