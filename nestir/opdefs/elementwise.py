@@ -17,7 +17,7 @@ from ..errors import LoweringError
 from ..graph import ACTIVATIONS, Node
 from ..ops import activation, binary
 from .base import OpDef, register
-from .heads import headed, per_head_const, through
+from .heads import join, per_head_const, through
 
 if TYPE_CHECKING:
     import torch.fx as fx
@@ -341,10 +341,7 @@ class Binary(OpDef):
                 return False, None
             if c is not None:
                 per_head.append(c)  # type: ignore[arg-type]
-        for i in node.inputs:
-            if i not in an.heads:
-                an.freeze(an.layout.get(i), f"'{node.name}' spreads it over attention heads")
-        ok, _ = headed(an, node, h=h, tie=[i for i in node.inputs if i in an.heads])
+        ok = join(an, node, h)
         for i, k in per_head:
             an.heads[i] = (an.heads[node.name][0], k)
         return ok, None

@@ -57,6 +57,15 @@ def per_head_const(an: _Analysis, node: Node, value: str, h: int) -> tuple[str, 
     return (value, k) if ok else False
 
 
+def join(an: _Analysis, node: Node, h: int) -> bool:
+    """An op combining values in head space (head dim ``h``) with values the same for every head:
+    the latter's groups freeze (they are spread over the heads), the former's are tied."""
+    for i in node.inputs:
+        if i not in an.heads:
+            an.freeze(an.layout.get(i), f"'{node.name}' spreads it over attention heads")
+    return headed(an, node, h=h, tie=[i for i in node.inputs if i in an.heads])[0]
+
+
 def through(an: _Analysis, node: Node) -> tuple[bool, None]:
     """A one-input op that treats every head alike and keeps the dims where they are."""
     if len(node.inputs) != 1:
@@ -188,10 +197,7 @@ class Einsum(OpDef):
             return False, None
         if any(i not in an.heads and next(iter(letters)) in t for i, t in zip(node.inputs, terms, strict=True)):
             return False, None
-        for i in node.inputs:
-            if i not in an.heads:
-                an.freeze(an.layout.get(i), f"'{node.name}' spreads it over attention heads")
-        ok, _ = headed(an, node, h=h, tie=[i for i in node.inputs if i in an.heads])
+        ok = join(an, node, h)
         if ok:
             an.heads[node.name] = (an.heads[[i for i in node.inputs if i in an.heads][-1]][0], h)
         return ok, None
