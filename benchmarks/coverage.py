@@ -141,7 +141,7 @@ def counts(g, p, row: dict) -> None:  # type: ignore[no-untyped-def]
     info = g.groups()
     layers = list(g.parametric())
     row["layers"] = len(layers)
-    row["layers_resizable"] = sum((grp := info.of(n.name)) is not None and grp.prunable for n in layers)
+    row["layers_resizable"] = sum((grp := info.produced(n.name)) is not None and grp.prunable for n in layers)
     before, after = widths(g), widths(p)
     row["layers_lost_neurons"] = sum(after.get(k, 0) < v for k, v in before.items())
     mb, ma = by_module(before), by_module(after)

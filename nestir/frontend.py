@@ -347,9 +347,34 @@ def _symbolic(module: nn.Module, leaves: tuple[type, ...], concrete_args: dict |
     for qual, why in auto.items():
         log.warning("submodule '%s' (%s) is not traceable (%s): kept whole as one opaque node", qual,
                     type(module.get_submodule(qual)).__name__, why)
+    _decompose(graph)
     gm = fx.GraphModule(tracer.root, graph, type(module).__name__)
     gm._nestir_auto_leaves = auto  # type: ignore[assignment]
     return gm
+
+
+def _decompose(graph: fx.Graph) -> None:
+    """Calls that are a composition of ops nestir knows, written as those ops before anything
+    reads the graph: ``torch.addcmul(a, b, c, value=v)`` (ResMLP's affine layer ``beta + alpha * x``)
+    becomes ``a + b * c`` (times ``v`` when it is not 1), and ``addcdiv`` the same with a quotient.
+    The new nodes keep the call's source line."""
+    kinds = {torch.addcmul: operator.mul, "addcmul": operator.mul, torch.addcdiv: operator.truediv,
+             "addcdiv": operator.truediv}
+    for n in list(graph.nodes):
+        if n.op not in ("call_function", "call_method") or n.target not in kinds or len(n.args) != 3 \
+                or set(n.kwargs) - {"value"} or isinstance(n.kwargs.get("value", 1), fx.Node):
+            continue
+        a, b, c = n.args
+        value = n.kwargs.get("value", 1)
+        with graph.inserting_before(n):
+            prod = graph.call_function(kinds[n.target], (b, c))
+            if value != 1:
+                prod = graph.call_function(operator.mul, (prod, value))
+            out = graph.call_function(operator.add, (a, prod))
+        for new in {prod, out, *prod.all_input_nodes} - set(n.all_input_nodes) - {n}:
+            new.meta.update({k: v for k, v in n.meta.items() if k in ("stack_trace", "nn_module_stack")})
+        n.replace_all_uses_with(out)
+        graph.erase_node(n)
 
 
 def trace(

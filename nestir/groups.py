@@ -95,6 +95,13 @@ class GroupInfo:
             return None
         return self.groups[lay[0][0]]
 
+    def produced(self, node: str) -> Group | None:
+        """The group whose neurons are a parametric node's output channels: it produces them, or
+        holds one entry each (a depthwise conv). None: its rows are no neurons (a linear that
+        mixes token positions)."""
+        g = self.of(node)
+        return g if g is not None and (node in g.producers or node in g.per_neuron) else None
+
     def columns(self, consumer: str, gid: int) -> list[tuple[int, int, int]]:
         """Where group ``gid`` sits in ``consumer``'s input: (offset, repeat, width) per segment."""
         out, off = [], 0

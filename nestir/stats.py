@@ -85,6 +85,8 @@ class _Live:
 
     def rows(self, n: Node) -> torch.Tensor | None:
         """Live output rows of a parametric node (None: all)."""
+        if not any(n.name in g.producers or n.name in g.per_neuron for g in self.info.groups.values()):
+            return None  # its rows are no neurons (a linear that mixes token positions)
         r = self._segments(self.info.layouts.get(n.name))
         return r if r is not None and r.numel() == n.params["mask"].shape[0] else None
 

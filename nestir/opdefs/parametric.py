@@ -25,7 +25,11 @@ if TYPE_CHECKING:
 @register
 class Linear(OpDef):
     """``y = x W^T + b`` over the last axis; its rows are neurons of the group it produces, its
-    columns read the group of its input."""
+    columns read the group of its input. A square linear over another dim than its input's
+    neuron axis (token mixing, ResMLP's ``Linear(tokens, tokens)`` between two transposes) mixes
+    positions, not neurons: the input's neurons pass through it and its rows are no group (a
+    value has one neuron axis, so a linear that changes that dim's size keeps its own rows as
+    neurons and freezes its input's, as MLP-Mixer's token MLP does)."""
 
     name = "linear"
     trainable = ("weight", "bias")
@@ -43,7 +47,9 @@ class Linear(OpDef):
         return linear_node(name, w, b)
 
     def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
-        return value.dim() - 1
+        if "positions" not in node.attrs and srcs:  # decided once, when traced (edits keep it)
+            node.attrs["positions"] = _mixes_positions(node, srcs[0])
+        return srcs[0].axis if node.attrs.get("positions") else value.dim() - 1
 
     def check(self, graph: Graph, node: Node) -> str | None:
         why = _check_weight(node)
@@ -61,6 +67,8 @@ class Linear(OpDef):
         return F.linear(args[0], p["weight"], p.get("bias"))
 
     def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        if node.attrs.get("positions"):
+            return an.layout.get(node.inputs[0])
         lay = an.input_layout(node, -1)
         if lay is not None:
             an.consumer[node.name] = lay
@@ -78,6 +86,14 @@ class Linear(OpDef):
             return e.op("Gemm", ins, nm, transB=1)
         y = e.op("MatMul", [xs[0], e.const(nm + "_weightT", w.T)], nm + "_mm")
         return e.op("Add", [y, e.const(nm + "_bias", p["bias"])], nm) if "bias" in p else y
+
+
+def _mixes_positions(node: Node, src: Node) -> bool:
+    """A square linear over a dim other than the neuron axis of its input (see :class:`Linear`);
+    not on a model input, whose axis is a convention, not neurons."""
+    w = node.params["weight"]
+    return (src.op != "input" and src.axis is not None and src.shape is not None and len(src.shape) >= 3
+            and src.axis != len(src.shape) - 1 and w.dim() == 2 and w.shape[0] == w.shape[1])
 
 
 @register

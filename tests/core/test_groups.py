@@ -94,30 +94,56 @@ def test_remove_units_removes_whole_groups_on_both_sides_atomically():
     torch.testing.assert_close(g.to_torch()(x), nestir.backends.executor.IRModule(g.copy()).eval()(x))
 
 
-def test_token_mixing_freezes_the_groups_it_reads_across():
-    """MLP-Mixer / ResMLP token mixing: a linear over the token axis of ``h.transpose(1, 2)``,
-    added back to ``h``: its output neurons are tokens, so they (and the channels it reads across)
-    stay fixed instead of being pruned out of step with the residual."""
+def test_token_mixing_passes_the_channels_through_and_affine_addcmul_is_understood():
+    """ResMLP: a square linear over the token axis of ``h.transpose(1, 2)``, added back to ``h``,
+    mixes positions, not neurons: the residual's channels pass through it (its weight keeps its
+    shape) and prune and grow with the residual; its affine layers (``torch.addcmul(beta, alpha,
+    x)``) are a per-channel scale and shift. A linear over tokens that changes their number
+    (MLP-Mixer's token MLP) keeps its own rows as neurons and freezes the channels it reads across."""
+    import numpy as np
+
+    from nestir.edit import add_neurons
+    from nestir.testing import run_ir, run_onnx
 
     class TokMix(torch.nn.Module):
-        def __init__(self) -> None:
+        def __init__(self, hidden: int = 5) -> None:
             super().__init__()
-            self.emb, self.tok, self.ch = torch.nn.Linear(6, 8), torch.nn.Linear(5, 5), torch.nn.Linear(8, 8)
+            self.emb, self.tok, self.ch = torch.nn.Linear(6, 8), torch.nn.Linear(5, hidden), torch.nn.Linear(8, 8)
+            self.back = torch.nn.Linear(hidden, 5) if hidden != 5 else torch.nn.Identity()
+            self.alpha, self.beta = torch.nn.Parameter(torch.rand(8) + 0.5), torch.nn.Parameter(torch.randn(8))
             self.fc = torch.nn.Linear(8, 3)
 
         def forward(self, x):
             h = self.emb(x)
-            h = h + self.tok(h.transpose(1, 2)).transpose(1, 2)
+            a = torch.addcmul(self.beta, self.alpha, h)
+            h = h + self.back(self.tok(a.transpose(1, 2))).transpose(1, 2)
             return self.fc((h + self.ch(h)).mean(1))
 
+    torch.manual_seed(0)
     x = torch.rand(3, 5, 6)
-    g = nestir.trace(TokMix().eval(), x)
+    m = TokMix().eval()
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
     info = g.groups()
-    assert not info.of("tok").resizable and not info.of("emb").resizable
+    assert info.produced("tok") is None and info.of("tok") is info.produced("emb")
+    assert info.produced("emb").resizable and "ch" in info.produced("emb").producers
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-5)
     p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.25", "eliminate-dead-neurons"],
                      data=[(x, torch.tensor([0, 1, 2]))])
-    assert p["tok"].params["weight"].shape == (5, 5)
     p.verify()
+    assert p["tok"].params["weight"].shape == (5, 5) and p["emb"].params["weight"].shape == (6, 6)
+    y = torch.rand(2, 5, 6)
+    ref = run_ir(p, y)
+    np.testing.assert_allclose(run_onnx(p, y), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), ref, rtol=1e-5, atol=1e-5)
+    add_neurons(p, p.groups().produced("emb").id, 2)  # zero rows and columns: nothing changes
+    p.verify()
+    np.testing.assert_allclose(run_ir(p, y), ref, atol=1e-6)
+    np.testing.assert_allclose(run_onnx(p, y), ref, rtol=1e-4, atol=1e-5)
+
+    mixer = nestir.trace(TokMix(hidden=7).eval(), x)
+    info = mixer.groups()
+    assert info.produced("tok").resizable and not info.produced("emb").resizable
 
 
 def test_parallel_grouped_convs_with_the_same_tie_lose_the_same_units():
