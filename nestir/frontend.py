@@ -1153,6 +1153,10 @@ class _Builder:
         if m in cv.BINARY_METHODS and len(fxn.args) == 2 and not fxn.kwargs:
             if self.binary(fxn, cv.BINARY_METHODS[m], fxn.args[0], fxn.args[1]):
                 return
+        if x is not None and m == "expand_as" and len(fxn.args) == 2 and not fxn.kwargs:
+            other = self.ref(fxn.args[1])
+            if other is not None and self.graph[other].op != "const":
+                return self.add(Node(fxn.name, "expand_as"), fxn, [x, other])
         if x is not None and m == "neg" and len(fxn.args) == 1 and not fxn.kwargs:
             return self.add(Node(fxn.name, "binary", attrs={"kind": "mul", "scalar": -1.0, "scalar_first": False}),
                             fxn, [x])

@@ -362,6 +362,25 @@ class Binary(OpDef):
 
 
 @register
+class ExpandAs(Binary):
+    """``x.expand_as(y)``: ``x`` broadcast to the shape of ``y`` (a gate ``(B, C, 1, 1)`` spread
+    over a feature map before a product). Neurons couple as in a :class:`Binary` of the two (the
+    sizes must keep matching); ``y`` gives only its shape."""
+
+    name = "expand_as"
+    head_flow = OpDef.head_flow
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return args[0].expand_as(args[1])
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        return low.fg.call_method("expand_as", (args[0], args[1]))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        return e.op("Expand", [xs[0], e.op("Shape", [xs[1]], node.name + "_shape")], node.name)
+
+
+@register
 class Scale(OpDef):
     """``x op c`` with ``c`` one (trained) value per neuron of ``x``, broadcast along the other
     dims: ``params["value"]`` holds it with the neuron dim first; ``attrs["dim"]`` is where that

@@ -66,3 +66,32 @@ def test_a_user_defined_op_is_understood_everywhere_from_its_one_definition():
     assert p["_0"].params["weight"].shape[0] == 5
     np.testing.assert_allclose(run_onnx(p, x), run_ir(p, x), atol=1e-5)
     np.testing.assert_allclose(p.to_torch()(x).detach().numpy(), run_ir(p, x), atol=1e-5)
+
+
+def test_expand_as_spreads_a_gate_and_couples_it_with_the_map_it_gates() -> None:
+    """``x * gate.expand_as(x)`` (ECA, MobileViTv2): an ``expand_as`` node, not an opaque call; the
+    gate's producer and the map's prune together, and both lowerings stay exact."""
+
+    class Gate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.fc, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.c1(x)
+            y = torch.sigmoid(self.fc(h.mean((2, 3), keepdim=True)))
+            return self.c2(h * y.expand_as(h)).mean((2, 3))
+
+    torch.manual_seed(0)
+    m, x = Gate().eval(), torch.randn(2, 3, 6, 6)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g) and [n.op for n in g].count("expand_as") == 1
+    assert g.groups().produced("c1") is g.groups().produced("fc")
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([0, 1]))])
+    assert p["c1"].params["weight"].shape[0] == 4 and p["fc"].params["weight"].shape[:2] == (4, 4)
+    y = torch.randn(3, 3, 6, 6)
+    ref = run_ir(p, y)
+    np.testing.assert_allclose(run_onnx(p, y), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), ref, rtol=1e-5, atol=1e-5)
