@@ -63,6 +63,16 @@ PROBE = [
     "timm:focalnet_tiny_srf", "timm:gcvit_xxtiny", "timm:mobilevitv2_050", "timm:mvitv2_tiny", "timm:nest_tiny",
     "timm:pvt_v2_b0", "timm:swin_tiny_patch4_window7_224", "timm:tiny_vit_5m_224", "timm:twins_pcpvt_small",
 ]
+# a fourth probe (`--models probe2`, no growth passes; results/coverage_probe2.*): 20 more timm models,
+# conv families with attention or gating (ECA, NFNet, HaloNet, BoTNet, lambda layers), MLP and
+# recurrent token mixers (gMLP, Sequencer), TNT, VOLO, Hiera, BEiT, relative-position ViTs
+PROBE2 = [
+    "timm:xception41", "timm:inception_v4", "timm:cspdarknet53", "timm:tresnet_m", "timm:halonet26t",
+    "timm:botnet26t_256", "timm:coatnet_0_rw_224", "timm:eca_nfnet_l0", "timm:beit_base_patch16_224",
+    "timm:gernet_s", "timm:lambda_resnet26t", "timm:inception_next_tiny", "timm:hiera_tiny_224", "timm:resnetrs50",
+    "timm:vit_relpos_small_patch16_224", "timm:eca_resnet33ts", "timm:gmlp_s16_224", "timm:volo_d1_224",
+    "timm:tnt_s_patch16_224", "timm:sequencer2d_s",
+]
 SIZE = {"inception_v3": 299, "vit_b_16": 224, "swin_t": 224, "maxvit_t": 224, "googlenet": 96,
         "alexnet": 96, "deit_tiny_patch16_224": 224, "levit_128s": 224, "resmlp_12_224": 224,
         "mixer_b16_224": 224, "mobilevit_xs": 256, "efficientvit_b0": 224, "convmixer_768_32": 96}
@@ -288,8 +298,9 @@ def main() -> None:
         return child(sys.argv[2], sys.argv[3] == "growth", sys.argv[3])
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join([f"tv:{m}" for m in TORCHVISION] + [f"timm:{m}" for m in TIMM]),
-                    help="comma-separated models, \"extra\" for the second sample (results/coverage_extra.*) or "
-                         "\"probe\" for the third (no growth passes; results/coverage_probe.*)")
+                    help="comma-separated models, \"extra\" for the second sample (results/coverage_extra.*), "
+                         "\"probe\" / \"probe2\" for the third / fourth (no growth passes; "
+                         "results/coverage_probe*.*)")
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--redo", default="", help="comma-separated models to run again, their rows replaced in place")
@@ -298,12 +309,13 @@ def main() -> None:
     ap.add_argument("--no-growth", action="store_true",
                     help="skip the growth passes (the slow part): results/coverage_nogrowth.json/.md")
     args = ap.parse_args()
-    extra, probe = args.models == "extra", args.models == "probe"
+    extra, probe = args.models == "extra", args.models in ("probe", "probe2")
+    stem = "coverage_" + args.models if probe else None
     if extra:
         args.models = ",".join(EXTRA)
     if probe:
-        args.models, args.no_growth = ",".join(PROBE), True
-    stem = "coverage_probe" if probe else \
+        args.models, args.no_growth = ",".join(PROBE if args.models == "probe" else PROBE2), True
+    stem = stem or \
         ("coverage_nogrowth" if args.no_growth else "coverage") + ("_extra" if extra else "")
     path = os.path.join(RESULTS, stem + ".json")
     res = {"rows": []}

@@ -96,9 +96,21 @@ def _mixes_positions(node: Node, src: Node) -> bool:
             and src.axis != len(src.shape) - 1 and w.dim() == 2 and w.shape[0] == w.shape[1])
 
 
+def _slides_over_neurons(node: Node, src: Node, value: torch.Tensor) -> bool:
+    """A one-channel 1-D conv along its input's neuron axis that keeps its length (ECA's
+    ``conv1d`` over the pooled channels, ``y.view(B, 1, C)``; see :class:`Conv`)."""
+    w, a = node.params["weight"], node.attrs
+    return (src.op != "input" and w.dim() == 3 and tuple(w.shape[:2]) == (1, 1) and a.get("groups") == 1
+            and tuple(a.get("stride", ())) == (1,) and src.axis == 2 and src.shape is not None
+            and len(src.shape) == 3 and value.dim() == 3 and value.shape[2] == src.shape[2])
+
+
 @register
 class Conv(OpDef):
-    """A 1-D or 2-D convolution (grouped, depthwise, or with a partial-area mask ``area``)."""
+    """A 1-D or 2-D convolution (grouped, depthwise, or with a partial-area mask ``area``). A
+    one-channel 1-D conv that slides along its input's neuron axis and keeps its length (ECA:
+    the pooled channels as a sequence) mixes neighbouring neurons but keeps them: the neurons
+    pass through it along its length, and it has none of its own."""
 
     name = "conv"
     unit_attr = "groups"
@@ -122,7 +134,9 @@ class Conv(OpDef):
         return None if attrs is None else conv_node(name, w, b, attrs)
 
     def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
-        return 1
+        if "positions" not in node.attrs and srcs:  # decided once, when traced (edits keep it)
+            node.attrs["positions"] = _slides_over_neurons(node, srcs[0], value)
+        return 2 if node.attrs.get("positions") else 1
 
     def check(self, graph: Graph, node: Node) -> str | None:
         why = _check_weight(node)
@@ -148,6 +162,12 @@ class Conv(OpDef):
         return conv(args[0], p["weight"], p.get("bias"), node.attrs)
 
     def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        if node.attrs.get("positions"):  # ECA: the neurons are its positions; one segment, else
+            lay = an.layout.get(node.inputs[0])  # a new neuron would land between two it mixes
+            if lay is not None and len(lay) > 1:
+                an.freeze(lay, f"conv '{node.name}' slides over neurons of several groups")
+                return None
+            return lay
         g = node.attrs["groups"]
         w = node.params["weight"]
         lay = an.input_layout(node, 1)

@@ -95,3 +95,39 @@ def test_expand_as_spreads_a_gate_and_couples_it_with_the_map_it_gates() -> None
     ref = run_ir(p, y)
     np.testing.assert_allclose(run_onnx(p, y), ref, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_a_one_channel_conv1d_over_the_pooled_channels_keeps_them_prunable() -> None:
+    """ECA: the pooled channels as a sequence (``view(B, 1, C)``), a 1-channel ``conv1d`` along it,
+    a sigmoid gate back on the map: the channels pass through the conv (it has no neurons of its
+    own and keeps its 3 weights), prune with the map, and new channels at the end of the sequence
+    read zeros where the padding was: the function does not change."""
+    from nestir.edit import add_neurons
+
+    class Eca(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+            self.conv, self.c2 = nn.Conv1d(1, 1, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.bn(self.c1(x)))
+            y = torch.sigmoid(self.conv(h.mean((2, 3)).view(x.shape[0], 1, -1))).view(x.shape[0], -1, 1, 1)
+            return self.c2(h * y.expand_as(h)).mean((2, 3))
+
+    torch.manual_seed(0)
+    m, x = Eca().eval(), torch.randn(2, 3, 6, 6)
+    g = nestir.trace(m, x)
+    info = g.groups()
+    assert info.produced("conv") is None and info.of("conv") is info.produced("c1") and info.produced("c1").prunable
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([0, 1]))])
+    assert p["c1"].params["weight"].shape[0] == 4 and p["conv"].params["weight"].shape == (1, 1, 3)
+    y = torch.randn(3, 3, 6, 6)
+    ref = run_ir(p, y)
+    np.testing.assert_allclose(run_onnx(p, y), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), ref, rtol=1e-5, atol=1e-5)
+    add_neurons(p, p.groups().produced("c1").id, 2)
+    p.verify()
+    np.testing.assert_allclose(run_ir(p, y), ref, atol=1e-6)
