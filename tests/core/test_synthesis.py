@@ -367,3 +367,42 @@ def test_soft_targets_average_the_teachers_logits():
     torch.testing.assert_close(got, want)
     with pytest.raises(NestirError, match="teachers"):
         SynthConfig(teachers=0).check()
+
+
+def test_cross_validated_selection_pools_each_step_with_the_folds(tmp_path):
+    """--folds K: every other fold is a run of its own (out/folds/k: its own dense reference, chain
+    and trial refits, judged against its own validation images, nothing kept, no refit); the main
+    run judges each chain step on its validation images and the folds' together (the folds'
+    networks nearest in size), so the selection reads K times as many images. A second call
+    resumes the finished folds instead of training them again."""
+    from nestir.cli_run import _run_folds
+    from nestir.synthesis import Evidence
+
+    prep = small_prep()
+    spec = RunSpec(model="lenet-300-100", val_fraction=0.1)
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "method": "prune", "max_prune_steps": 4,
+                         "prune_fraction": 0.5, "tolerance": 0.2, "chain_slack": 1.0, "scan_slack": 1.0,
+                         "folds": 2})
+    rep = StopWhen(lambda row: False)
+    (ev,) = _run_folds(prep, spec, cfg, str(tmp_path), "prune", 1, rep)
+    fold = torch.load(tmp_path / "folds" / "1" / "checkpoint.pt", weights_only=True)
+    st = fold["state"]
+    assert st["phase"] == "done" and fold["config"]["judge_all"] and not (tmp_path / "folds" / "1" / "chain").exists()
+    assert [e["index"] for e in st["scan"]] == [4, 3, 2, 1] and len(ev.steps) == 4  # every step judged
+    assert not any(r["phase"] == "refit" for r in st["history"]) and len(ev.reference) == len(prep.val)
+    assert ev.steps[0][0] < ev.steps[-1][0] and ev.nearest(ev.steps[1][0] + 1) is ev.steps[1][1]
+    (again,) = _run_folds(prep, spec, cfg, str(tmp_path), "prune", 1, rep)  # resumed, not retrained
+    assert all(a[0] == b[0] and a[1].equal(b[1]) for a, b in zip(ev.steps, again.steps, strict=True))
+
+    from nestir.runs import dense_reference
+
+    dense = dense_reference(prep, spec, cfg, dense_epochs=1)
+    main = tmp_path / "main"
+    s = Synthesizer(dense["teacher"].copy(), prep.splits, cfg, str(main), teacher=dense["teacher"],
+                    evidence=[ev])
+    st = s.run()
+    assert "cross-validated" in st.rule and f"({2 * len(prep.val)} images in all)" in st.rule
+    probes = [r for r in st.history if r["phase"] == "select" and "chain step" in r["note"]]
+    assert probes and all(f"{2 * len(prep.val)} validation images" in r["note"] for r in probes)
+    assert all(len(e["sel"]) == 2 * len(prep.val) for e in st.scan)
+    assert Evidence(ev.reference, []).nearest(10) is None
