@@ -981,6 +981,27 @@ class _Builder:
                 return True
         return False
 
+    def batch_expand(self, fxn: fx.Node, x: str, method: str) -> bool:
+        """``v.repeat(B, 1, ...)`` / ``v.expand(B, -1, ...)`` of a computed value of batch 1, ``B``
+        the batch size (XCiT's position encoding, a conv of a constant grid): a ``batch_expand``
+        node that reads the batch size from a model input at run time."""
+        shape = self.in_shape(x)
+        sizes = fxn.args[1] if len(fxn.args) == 2 and isinstance(fxn.args[1], (list, tuple)) else fxn.args[1:]
+        if fxn.kwargs or not shape or shape[0] != 1 or len(sizes) != len(shape) or self.graph[x].op == "const":
+            return False
+        first = sizes[0]
+        if not isinstance(first, fx.Node) or self.env.get(first, ("", None))[0] != "batch":
+            return False
+        keep = 1 if method == "repeat" else -1
+        if any(self.const(a) != keep for a in sizes[1:]):
+            return False
+        _, size = self.env[first][1]
+        ins = [n.name for n in self.graph.inputs if (n.shape or (None,))[0] == size]
+        if not ins:
+            return False
+        self.add(Node(fxn.name, "batch_expand"), fxn, [x, ins[0]])
+        return True
+
     def same_tensor_type(self, fxn: fx.Node, x: str) -> bool:
         """The call's value has the dtype and device of its input ``x`` (a cast that does nothing)."""
         v, src = self.values.get(fxn), self.values.get(fxn.args[0])  # type: ignore[arg-type]
@@ -1153,6 +1174,8 @@ class _Builder:
         if m in cv.BINARY_METHODS and len(fxn.args) == 2 and not fxn.kwargs:
             if self.binary(fxn, cv.BINARY_METHODS[m], fxn.args[0], fxn.args[1]):
                 return
+        if x is not None and m in ("repeat", "expand") and self.batch_expand(fxn, x, m):
+            return None
         if x is not None and m == "expand_as" and len(fxn.args) == 2 and not fxn.kwargs:
             other = self.ref(fxn.args[1])
             if other is not None and self.graph[other].op != "const":

@@ -132,3 +132,41 @@ class Prepend(OpDef):
         size = e.op("Concat", [batch, e.const(nm + "_rest", np.array(v.shape[1:]), np.int64)], nm + "_size", axis=0)
         tok = e.op("Expand", [e.const(nm + "_value", v), size], nm + "_tok")
         return e.op("Concat", [tok, xs[0]], nm, axis=int(node.attrs["dim"]))
+
+
+@register
+class BatchExpand(OpDef):
+    """``v.repeat(B, 1, ...)`` / ``v.expand(B, -1, ...)`` of a computed value ``v`` of batch 1 (a
+    position encoding computed from a constant grid: XCiT), ``B`` read from input 1 (a model
+    input) at run time. Its neurons are ``v``'s."""
+
+    name = "batch_expand"
+
+    def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
+        return srcs[0].axis
+
+    def check(self, graph: Graph, node: Node) -> str | None:
+        src = graph[node.inputs[0]]
+        if src.shape and src.shape[0] == 1:
+            return None
+        return f"expands a value of batch {src.shape and src.shape[0]}, not 1"
+
+    def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:
+        return args[0].expand(args[1].shape[0], *args[0].shape[1:])
+
+    def neurons(self, an: _Analysis, node: Node) -> Layout | None:
+        return an.layout.get(node.inputs[0])
+
+    def to_torch(self, low: Any, node: Node, args: list[Any]) -> Any:
+        nd = len(node.shape or ())
+        return low.fg.call_method("expand", (args[0], low.fg.call_method("size", (args[1], 0)), *([-1] * (nd - 1))))
+
+    def to_onnx(self, e: Any, node: Node, xs: list[str], g: Graph) -> str:
+        nm, nd = node.name, len(node.shape or ())
+
+        def dims(x: str, lo: int, hi: int, tag: str) -> str:
+            shape = e.op("Shape", [x], f"{nm}_{tag}shape")
+            return e.op("Slice", [shape, e.const(f"{nm}_{tag}lo", np.array([lo]), np.int64),
+                                  e.const(f"{nm}_{tag}hi", np.array([hi]), np.int64)], f"{nm}_{tag}")
+        size = e.op("Concat", [dims(xs[1], 0, 1, "b"), dims(xs[0], 1, nd, "r")], nm + "_size", axis=0)
+        return e.op("Expand", [xs[0], size], nm)

@@ -131,3 +131,51 @@ def test_a_one_channel_conv1d_over_the_pooled_channels_keeps_them_prunable() -> 
     add_neurons(p, p.groups().produced("c1").id, 2)
     p.verify()
     np.testing.assert_allclose(run_ir(p, y), ref, atol=1e-6)
+
+
+def test_a_position_encoding_computed_at_batch_one_and_repeated_to_the_batch_stays_prunable() -> None:
+    """XCiT: a conv of a constant grid, ``repeat(B, 1, 1, 1)`` with ``B = x.shape[0]``, added to the
+    tokens: a ``batch_expand`` node (the batch size read from the input at run time, not the
+    example's), so the conv's channels prune and grow with the residual, exactly in both lowerings
+    at another batch size."""
+    from nestir.edit import add_neurons
+
+    class Pos(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Conv2d(4, 8, 1)
+
+        def forward(self, b: int, h: int, w: int) -> torch.Tensor:
+            grid = torch.arange(h * w, dtype=torch.float32).reshape(1, 1, h, w).repeat(1, 4, 1, 1) / (h * w)
+            return self.proj(grid).repeat(b, 1, 1, 1)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.pos = nn.Conv2d(3, 8, 2, stride=2), Pos()
+            self.fc, self.head = nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b = x.shape[0]
+            h = self.emb(x)
+            t = h.flatten(2).transpose(1, 2)
+            t = t + self.pos(b, h.shape[2], h.shape[3]).reshape(b, -1, t.shape[1]).permute(0, 2, 1)
+            t = t + self.fc(t)
+            return self.head(t.mean(1))
+
+    torch.manual_seed(0)
+    m, x = Net().eval(), torch.randn(2, 3, 8, 8)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g) and [n.op for n in g].count("batch_expand") == 1
+    assert g.groups().produced("pos_proj") is g.groups().produced("emb") and g.groups().produced("emb").prunable
+    np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([0, 1]))])
+    assert p["emb"].params["weight"].shape[0] == 4 and p["pos_proj"].params["weight"].shape[0] == 4
+    y = torch.randn(3, 3, 8, 8)
+    ref = run_ir(p, y)
+    np.testing.assert_allclose(run_onnx(p, y), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), ref, rtol=1e-5, atol=1e-5)
+    add_neurons(p, p.groups().produced("emb").id, 2)
+    p.verify()
+    np.testing.assert_allclose(run_onnx(p, y), ref, rtol=1e-4, atol=1e-5)
