@@ -754,6 +754,8 @@ class _Builder:
 
     def reshape(self, fxn: fx.Node, x: str) -> None:
         out = tuple(self.values[fxn].shape)
+        if self.rebatches(fxn):
+            self.unmerge_batch(x, out)  # the reshape that folded the channels into the batch dim keeps them apart
         src = self.in_shape(x)
         if len(out) == 2 and len(src) >= 2 and out[0] == src[0] and out[1] == math.prod(src[1:]) and \
                 (self.graph[x].axis in (None, 1) or len(src) == 2):  # (else: a channels-last layout, below)
@@ -783,6 +785,42 @@ class _Builder:
         else:
             self.opaque(fxn, fxn.target, "method" if fxn.op == "call_method" else "function")
 
+    def unmerge_batch(self, x: str, out: tuple[int, ...]) -> bool:
+        """``x`` comes from a reshape that folded the batch dim together with the neuron axis and
+        more (MobileViT's unfold: ``(B, C, H, W) -> (B*C*nh, ph, nw, pw)``), then permutes that
+        leave dim 0 alone, and this reshape splits dim 0 back into the batch and the same leading
+        dims (``-> (B, C, N, P)``). Written with the folded dims kept apart instead (``(B, C, nh,
+        ph, nw, pw)``, the permutes shifted past them), the elements keep their order and the
+        neuron axis stays a whole dim: the earlier reshape and permutes are rewritten in place."""
+        chain, n = [], self.graph[x]
+        users = self.graph.user_map()
+        while n.op == "permute" and n.attrs["dims"][0] == 0 and len(users.get(n.name, [])) == (1 if chain else 0):
+            chain.append(n)
+            n = self.graph[n.inputs[0]]
+        first = n
+        if first.op != "reshape" or not first.attrs.get("rebatch") or "keep" in first.attrs or \
+                len(users.get(first.name, [])) != (1 if chain else 0):
+            return False
+        src_node = self.graph[first.inputs[0]]
+        src, a, rest = src_node.shape, src_node.axis, tuple(first.attrs["rest"])
+        if src is None or a is None or a == 0 or math.prod(src[1:]) % math.prod(rest):
+            return False
+        merged, lead = math.prod(src[1:]) // math.prod(rest), math.prod(src[1:a + 1])
+        if merged % lead or len(out) < a + 1 or math.prod(out[1:]) != math.prod(src[1:]) or \
+                tuple(out[1:a + 1]) != tuple(src[1:a + 1]):
+            return False
+        f = merged // lead
+        kept = (*src[1:a + 1], f) if f > 1 else tuple(src[1:a + 1])
+        first.attrs = {"rest": (*kept, *rest), "keep": [a, a]}
+        first.shape, first.axis = (src[0], *kept, *rest), a
+        prev, shift = first, len(kept)
+        for p in reversed(chain):
+            dims = [0, *range(1, shift + 1), *(d + shift for d in p.attrs["dims"][1:])]
+            p.attrs = {**p.attrs, "dims": dims}
+            p.shape, p.axis = tuple(prev.shape[d] for d in dims), dims.index(a)  # type: ignore[index]
+            prev = p
+        return True
+
     def rebatches(self, fxn: fx.Node) -> bool:
         """A reshape that merges the batch dim with others or splits it, with every other size a
         constant: ``view(-1, w, w, C)`` (Swin's windows), ``view(B // n, n, ...)``,
@@ -796,9 +834,13 @@ class _Builder:
                 (fxn.op == "call_function" and fxn.target is torch.reshape)):
             return False
         sizes = self.sizes_of(fxn)
+        # a -1 after a batch-derived first size (``reshape(B * P, N, -1)``) stands for a size fixed by
+        # the example, the channels' where it is their dim (then it follows their width under edits)
+        batch_first = bool(sizes) and self.env.get(sizes[0], ("", None))[0] in ("batch", "batchexpr")
         return bool(sizes) and self.fixed_rest(fxn) and all(
-            isinstance(v := self.const(a), int) and not isinstance(v, bool) and v >= -1 and (v != -1 or i == 0)
-            for i, a in enumerate(sizes) if i or self.env.get(a, ("", None))[0] not in ("batch", "batchexpr"))
+            isinstance(v := self.const(a), int) and not isinstance(v, bool) and v >= -1
+            and (v != -1 or i == 0 or batch_first)
+            for i, a in enumerate(sizes) if i or not batch_first)
 
     def sizes_of(self, fxn: fx.Node) -> list[Any]:
         """The sizes a ``view``/``reshape`` call asks for, as written ([] for other calls)."""

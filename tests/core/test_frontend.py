@@ -993,3 +993,49 @@ def test_a_mask_built_in_place_is_a_constant_and_assigning_into_a_computed_tenso
     g = nestir.trace(o, x)
     assert [n.split(" = ")[0] for n in nestir.opaque_nodes(g)] == ["inner"]
     np.testing.assert_allclose(run_ir(g, y), o(y).detach().numpy(), atol=1e-6)
+
+
+def test_channels_folded_into_the_batch_and_back_keep_their_neurons() -> None:
+    """MobileViT's unfold: ``(B, C, H, W) -> (B*C*nh, ph, nw, pw)``, a transpose, ``-> (B, C, N, P)``,
+    then ``(B*P, N, -1)`` for the transformer and the same way back. The first reshape is written
+    with the folded dims kept apart (``(B, C, nh, ph, nw, pw)``), the batch-derived ``-1``
+    reshapes are ``reshape(-1, ...)``: no opaque node, every layer but the classifier prunes, and
+    the pruned network is exact in both lowerings at another batch size."""
+    import numpy as np
+
+    from nestir.testing import run_ir, run_onnx
+
+    class Unfold(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc, self.out = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Linear(8, 8), \
+                torch.nn.Conv2d(8, 6, 1)
+            self.head = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            x = self.conv(x)
+            b, c, h, w = x.shape
+            ph = pw = 2
+            nh, nw = h // ph, w // pw
+            n, p = nh * nw, ph * pw
+            y = x.reshape(b * c * nh, ph, nw, pw).transpose(1, 2).reshape(b, c, n, p)
+            y = y.transpose(1, 3).reshape(b * p, n, -1)
+            y = y + self.fc(torch.relu(y))
+            y = y.contiguous().view(b, p, n, -1).transpose(1, 3).reshape(b * c * nh, nw, ph, pw)
+            y = y.transpose(1, 2).reshape(b, c, nh * ph, nw * pw)
+            return self.head(self.out(y + x).mean((2, 3)))
+
+    torch.manual_seed(0)
+    m, x = Unfold().eval(), torch.randn(2, 3, 8, 8)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
+    info = g.groups()
+    assert [n.name for n in g.parametric() if not info.produced(n.name).prunable] == ["head"]
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-5)
+    pruned = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                          data=[(x, torch.tensor([0, 1]))])
+    assert pruned["conv"].params["weight"].shape[0] == 4 and pruned["fc"].params["weight"].shape == (4, 4)
+    y = torch.randn(3, 3, 8, 8)
+    ref = run_ir(pruned, y)
+    np.testing.assert_allclose(run_onnx(pruned, y), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pruned.to_torch()(y).detach().numpy(), ref, rtol=1e-5, atol=1e-5)
