@@ -68,6 +68,17 @@ def test_a_user_defined_op_is_understood_everywhere_from_its_one_definition():
     np.testing.assert_allclose(p.to_torch()(x).detach().numpy(), run_ir(p, x), atol=1e-5)
 
 
+def _half_pruned_exact(g, x, y):  # type: ignore[no-untyped-def]
+    """Half the neurons pruned (and dead ones eliminated) on ``x``; both lowerings exact on ``y``
+    (another batch size). Returns the pruned graph and its outputs on ``y``."""
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.arange(x.shape[0]) % 3)])
+    ref = run_ir(p, y)
+    np.testing.assert_allclose(run_onnx(p, y), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), ref, rtol=1e-5, atol=1e-5)
+    return p, ref
+
+
 def test_expand_as_spreads_a_gate_and_couples_it_with_the_map_it_gates() -> None:
     """``x * gate.expand_as(x)`` (ECA, MobileViTv2): an ``expand_as`` node, not an opaque call; the
     gate's producer and the map's prune together, and both lowerings stay exact."""
@@ -88,13 +99,8 @@ def test_expand_as_spreads_a_gate_and_couples_it_with_the_map_it_gates() -> None
     assert not nestir.opaque_nodes(g) and [n.op for n in g].count("expand_as") == 1
     assert g.groups().produced("c1") is g.groups().produced("fc")
     np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
-    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
-                     data=[(x, torch.tensor([0, 1]))])
+    p, _ = _half_pruned_exact(g, x, torch.randn(3, 3, 6, 6))
     assert p["c1"].params["weight"].shape[0] == 4 and p["fc"].params["weight"].shape[:2] == (4, 4)
-    y = torch.randn(3, 3, 6, 6)
-    ref = run_ir(p, y)
-    np.testing.assert_allclose(run_onnx(p, y), ref, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_a_one_channel_conv1d_over_the_pooled_channels_keeps_them_prunable() -> None:
@@ -121,13 +127,9 @@ def test_a_one_channel_conv1d_over_the_pooled_channels_keeps_them_prunable() -> 
     info = g.groups()
     assert info.produced("conv") is None and info.of("conv") is info.produced("c1") and info.produced("c1").prunable
     np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
-    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
-                     data=[(x, torch.tensor([0, 1]))])
-    assert p["c1"].params["weight"].shape[0] == 4 and p["conv"].params["weight"].shape == (1, 1, 3)
     y = torch.randn(3, 3, 6, 6)
-    ref = run_ir(p, y)
-    np.testing.assert_allclose(run_onnx(p, y), ref, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), ref, rtol=1e-5, atol=1e-5)
+    p, ref = _half_pruned_exact(g, x, y)
+    assert p["c1"].params["weight"].shape[0] == 4 and p["conv"].params["weight"].shape == (1, 1, 3)
     add_neurons(p, p.groups().produced("c1").id, 2)
     p.verify()
     np.testing.assert_allclose(run_ir(p, y), ref, atol=1e-6)
@@ -169,13 +171,9 @@ def test_a_position_encoding_computed_at_batch_one_and_repeated_to_the_batch_sta
     assert not nestir.opaque_nodes(g) and [n.op for n in g].count("batch_expand") == 1
     assert g.groups().produced("pos_proj") is g.groups().produced("emb") and g.groups().produced("emb").prunable
     np.testing.assert_allclose(run_onnx(g, x), m(x).detach().numpy(), atol=1e-5)
-    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
-                     data=[(x, torch.tensor([0, 1]))])
-    assert p["emb"].params["weight"].shape[0] == 4 and p["pos_proj"].params["weight"].shape[0] == 4
     y = torch.randn(3, 3, 8, 8)
-    ref = run_ir(p, y)
-    np.testing.assert_allclose(run_onnx(p, y), ref, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(p.to_torch()(y).detach().numpy(), ref, rtol=1e-5, atol=1e-5)
+    p, ref = _half_pruned_exact(g, x, y)
+    assert p["emb"].params["weight"].shape[0] == 4 and p["pos_proj"].params["weight"].shape[0] == 4
     add_neurons(p, p.groups().produced("emb").id, 2)
     p.verify()
     np.testing.assert_allclose(run_onnx(p, y), ref, rtol=1e-4, atol=1e-5)
