@@ -180,10 +180,6 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
     except TypeError as e:
         raise ArgumentError(f"synthesize: {e}") from None
     cfg.check()
-    if cfg.folds > 1 or cfg.judge_all:
-        raise ArgumentError("synthesize: folds (a cross-validated selection) needs a data set nestir splits itself: "
-                            "`nestir synthesize MODEL --data ... --folds K`; with your own loaders, validate on a "
-                            "larger val loader instead")
 
     # the dense reference: trained under the run's recipe (labels only), or the model as given
     data = splits.to(dev)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -11,11 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 from . import dist
-from .data import fold_splits
 from .errors import NestirError
 from .loading import is_data_factory
 from .runs import RunSpec, dense_reference, final_metrics, prepare, write_outputs
-from .synthesis import FOLD_SEED_STRIDE, Evidence, SynthConfig, Synthesizer, clear_chain
+from .synthesis import SynthConfig, Synthesizer, clear_chain
 
 
 class RichReporter:
@@ -117,9 +115,6 @@ def _run(args: argparse.Namespace, method: str) -> int:
             synth = Synthesizer.resume(out, prep.splits, spec.device, rep)
             baseline = _match_checkpoint(out, spec, synth.meta, resumed_baseline)
             rep.message(f"resuming '{out}' at phase {synth.state.phase}, step {synth.state.step}")
-            if synth.cfg.folds > 1 and synth.state.phase != "done":
-                synth.evidence = _run_folds(prep, spec, synth.cfg, out, method,
-                                            int(synth.meta.get("dense_epochs", args.dense_epochs)), rep)
         else:
             cfg = _config(args, prep.defaults, method)
             cfg.check()
@@ -144,12 +139,10 @@ def _run(args: argparse.Namespace, method: str) -> int:
                 write_json(os.path.join(out, "run.json"), {"spec": spec.__dict__, "config": cfg.to_dict(),
                                                            "baseline": baseline})
             dist.barrier()
-            evidence = _run_folds(prep, spec, cfg, out, method, args.dense_epochs, rep) if cfg.folds > 1 else []
             start = dense["teacher"].copy() if method == "prune" else prep.graph
             synth = Synthesizer(start, prep.splits, cfg, out, spec.device, rep, teacher=dense["teacher"],
-                                ensemble=dense["ensemble"], evidence=evidence,
-                                meta={"spec": dict(spec.__dict__), "baseline": baseline,
-                                      "dense_epochs": args.dense_epochs})
+                                ensemble=dense["ensemble"],
+                                meta={"spec": dict(spec.__dict__), "baseline": baseline})
         try:
             state = synth.run()
         except KeyboardInterrupt:
@@ -162,10 +155,6 @@ def _run(args: argparse.Namespace, method: str) -> int:
             "phases": state.history, "rule": state.rule, "target_accuracy": state.target,
             "target_reached": state.target_reached, "growth_stopped": state.growth_stopped,
             "wall_seconds": round(state.wall, 2), "device": str(synth.dev), "config": synth.cfg.to_dict(),
-            # this invocation, from the loaded data and model to the report: the dense reference and folds too
-            "command_seconds": round(time.perf_counter() - t0, 2),
-            "selection": {"folds": synth.cfg.folds,
-                          "validation_images": len(prep.splits.val) + sum(len(e.reference) for e in synth.evidence)},
         }
         if baseline is not None:
             report["baseline"] = baseline
@@ -257,45 +246,6 @@ def _clear_run(out: str) -> None:
             os.remove(path)
     _clean_temp_files(out)
     clear_chain(out)
-    folds = os.path.join(out, "folds")
-    if os.path.isdir(folds):
-        for name in sorted(os.listdir(folds)):
-            if name.isdigit():
-                _clear_run(os.path.join(folds, name))
-                if not os.listdir(os.path.join(folds, name)):
-                    os.rmdir(os.path.join(folds, name))
-        if not os.listdir(folds):
-            os.rmdir(folds)
-
-
-def _run_folds(prep: Any, spec: RunSpec, cfg: SynthConfig, out: str, method: str, dense_epochs: int,
-               rep: Any) -> list[Evidence]:
-    """The other folds of a cross-validated selection (``cfg.folds`` > 1), each a run of its own
-    in ``out/folds/K`` (resumed when one is there): the same recipe on its own split (a dense
-    reference, growth or not, the pruning chain, a trial refit of each step it judges), measured
-    on its own validation images for the main run's selection to pool with."""
-    evidence = []
-    for k in range(1, cfg.folds):
-        d = os.path.join(out, "folds", str(k))
-        splits = fold_splits(prep.splits, k, cfg.folds, spec.seed)
-        rep.message(f"fold {k + 1} of {cfg.folds} of the cross-validated selection: training on {len(splits.train)} "
-                    f"images, measuring on {len(splits.val)} others ({d})")
-        if os.path.isfile(os.path.join(d, "checkpoint.pt")):
-            synth = Synthesizer.resume(d, splits, spec.device, rep)
-        else:
-            fcfg = dataclasses.replace(cfg, folds=1, judge_all=True, seed=cfg.seed + FOLD_SEED_STRIDE * k)
-            fprep = dataclasses.replace(prep, splits=splits, test=None)
-            dense = dense_reference(fprep, spec, fcfg, dense_epochs=dense_epochs, reporter=rep)
-            if dist.is_main():
-                os.makedirs(d, exist_ok=True)
-            dist.barrier()
-            start = dense["teacher"].copy() if method == "prune" else prep.graph.copy()
-            synth = Synthesizer(start, splits, fcfg, d, spec.device, rep, teacher=dense["teacher"],
-                                ensemble=dense["ensemble"], meta={"fold": k, "folds": cfg.folds})
-        if synth.state.phase != "done":
-            synth.run()
-        evidence.append(synth.fold_evidence())
-    return evidence
 
 
 def _clean_temp_files(out: str) -> None:
@@ -448,10 +398,6 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-trials", dest="max_trials", type=int,
                    help="selection: trial-refit this many chain steps one by one from the most pruned down, "
                         "then stride 2, 4, ... (default 10)")
-    p.add_argument("--folds", type=int,
-                   help="cross-validated selection: this many folds (each a run on its own split of train + "
-                        "validation, the same recipe) judge every chain step, so the selection reads "
-                        "this many times more validation images at this many times the cost (default 1)")
     p.add_argument("--max-compression", dest="max_compression", type=float,
                    help="the pruning chain stops at this many times fewer parameters than its start (default 400)")
     p.add_argument("--grow-maps", dest="grow_maps", type=int, help="feature maps added per conv per growth step")

@@ -187,28 +187,6 @@ def split3(d: Dataset, val_fraction: float, audit_fraction: float, seed: int) ->
     return Splits(Dataset(d.x[tr], d.y[tr], d.name + "/train"), Dataset(d.x[va], d.y[va], d.name + "/val"), audit)
 
 
-def fold_splits(s: Splits, fold: int, folds: int, seed: int) -> Splits:
-    """Fold ``fold`` of a cross-validated selection: fold 0 is ``s`` itself; fold k >= 1
-    validates on the k-th of ``folds - 1`` seeded disjoint parts of ``s.train``, each as large as
-    ``s.val``, and trains on the rest of ``s.train`` and on ``s.val``: every fold trains on as many
-    images as ``s`` does, and no image validates in two folds. No fold reads the audit split
-    (the unbiased estimate stays unbiased)."""
-    if not 0 <= fold < folds:
-        raise DataError(f"fold {fold} out of range for {folds} folds")
-    if fold == 0:
-        return s
-    n, k = s.train.x.shape[0], s.val.x.shape[0]
-    if (folds - 1) * k >= n:
-        raise DataError(f"{folds} folds need {folds - 1} disjoint parts of the training split as large as the "
-                        f"validation split ({k}), but it has {n} samples: use fewer folds")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7717))
-    va = perm[(fold - 1) * k: fold * k].to(s.train.x.device)
-    tr = torch.cat([perm[:(fold - 1) * k], perm[fold * k:]]).to(s.train.x.device)
-    name = s.train.name.rsplit("/", 1)[0]
-    train = Dataset(s.train.x[tr], s.train.y[tr], f"{name}/fold{fold}-train") + s.val
-    return Splits(train, Dataset(s.train.x[va], s.train.y[va], f"{name}/fold{fold}-val"), None)
-
-
 def affine_augment(x: torch.Tensor, generator: torch.Generator | None = None, *, degrees: float = 12.0,
                    translate: float = 0.1, scale: tuple[float, float] = (0.9, 1.1),
                    shear: float = 0.15) -> torch.Tensor:

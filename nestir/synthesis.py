@@ -33,8 +33,6 @@ from .stats import stats
 log = logging.getLogger(__name__)
 
 MAX_TEACHERS = 16
-MAX_FOLDS = 10
-FOLD_SEED_STRIDE = 1009  # fold k of a cross-validated selection trains from seed + k * this
 MAX_EPOCHS = 100_000  # per stint: anything above is a typo, refused before work starts
 
 
@@ -91,8 +89,6 @@ class SynthConfig:
     confidence: float = 1.0  # z of the one-sided bound in the paired acceptance rule
     tolerance: float = 0.0025  # accepted error above the dense reference (fraction), at that bound
     fallback_dense: bool = True  # grown network worse than dense beyond the tolerance: prune the dense reference
-    folds: int = 1  # cross-validated selection: this many folds judge each chain step (1: the validation split alone)
-    judge_all: bool = False  # a fold run of a cross-validated selection: judge the chain, keep nothing, no refit
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -148,8 +144,6 @@ class SynthConfig:
             raise NestirError(f"scan-slack must be in (0, 1], got {self.scan_slack}")
         if not 1 <= self.teachers <= MAX_TEACHERS:
             raise NestirError(f"teachers must be between 1 and {MAX_TEACHERS}, got {self.teachers}")
-        if not 1 <= self.folds <= MAX_FOLDS:
-            raise NestirError(f"folds must be between 1 and {MAX_FOLDS}, got {self.folds}")
         if self.max_trials < 1:
             raise NestirError(f"max-trials must be >= 1, got {self.max_trials}")
         if self.prune_scope not in ("layer", "global"):
@@ -171,22 +165,6 @@ class _Silent:
 
 
 @dataclass
-class Evidence:
-    """What a fold run of a cross-validated selection measured on its own validation images: its
-    dense reference's per-image errors and, for each chain step it judged after a trial refit,
-    (live parameters, per-image errors)."""
-
-    reference: torch.Tensor
-    steps: list[tuple[int, torch.Tensor]]
-
-    def nearest(self, params: int) -> torch.Tensor | None:
-        """The per-image errors of the judged step nearest ``params`` (in log scale)."""
-        if not self.steps:
-            return None
-        return min(self.steps, key=lambda s: abs(math.log(max(1, s[0])) - math.log(max(1, params))))[1]
-
-
-@dataclass
 class RunState:
     phase: str = "start"  # start, grow, shift, prune, select, refit, done
     step: int = 0
@@ -203,7 +181,6 @@ class RunState:
     pending: int = 0  # selection: a chain index that passed, awaiting confirmation by the next one judged
     growth_stopped: str = ""
     rule: str = ""  # how steps are accepted, in words
-    reference_dense: bool = True  # the reference is the dense network (folds can pool with it)
     wall: float = 0.0
 
 
@@ -222,9 +199,8 @@ class Synthesizer:
                  final_teacher: Graph | None = None, ensemble: list[Graph] | None = None,
                  resuming: bool = False,
                  meta: dict[str, Any] | None = None, loss: Any = None, metric: Any = None,
-                 metric_target: float | None = None, evidence: list[Evidence] | None = None) -> None:
+                 metric_target: float | None = None) -> None:
         cfg.check()
-        self.evidence = list(evidence or [])  # the folds' measurements the selection pools with
         self.loss, self.metric = loss, metric  # None: cross-entropy and accuracy (classification)
         self.meta = meta or {}  # what the caller needs back on resume (run spec, baseline): checksummed
         self.cfg = cfg
@@ -257,11 +233,6 @@ class Synthesizer:
             self.reference = evaluate(self.teacher, self.data.val.x, self.data.val.y, device=self.dev).wrong
             self.state.rule = (f"paired with the dense reference on {len(self.data.val)} validation images: "
                                f"accept when error difference + {cfg.confidence:g} SE <= {100 * cfg.tolerance:g} pts")
-            if self.evidence:
-                n = len(self.data.val) + sum(len(e.reference) for e in self.evidence)
-                self.state.rule += (f"; cross-validated selection: each chain step pooled with the networks nearest "
-                                    f"in size of {len(self.evidence)} more folds, each paired with its own dense "
-                                    f"reference on its own validation images ({n} images in all)")
         else:
             if not 0 < cfg.target_accuracy <= 1:
                 raise NestirError(f"target accuracy must be in (0, 1], got {cfg.target_accuracy}")
@@ -424,7 +395,6 @@ class Synthesizer:
                 # the reference becomes this network: pruning must not get worse than it
                 if self.reference is not None:
                     self.reference = evaluate(self.graph, self.data.val.x, self.data.val.y, device=self.dev).wrong
-                    st.reference_dense = False  # the folds measured against their dense networks: not pooled
                 st.target = 1 - row["val_error"]
             self._keep_best(row)
             st.phase, st.step = "prune", 0
@@ -449,11 +419,6 @@ class Synthesizer:
             self._snapshot(row["step"], removed=bool(_summary(infos)))
             self.checkpoint()
         while st.phase == "select":
-            if c.judge_all and st.cursor < 1:  # a fold run: its measurements are its result
-                st.phase = "done"
-                self.checkpoint()
-                clear_chain(self.out)
-                break
             if st.lo or st.cursor < 1:
                 self._no_bigger_than_dense()
                 st.phase = "refit"
@@ -464,13 +429,11 @@ class Synthesizer:
             self._train(c.trial_epochs, f"trial refit of chain step {k}", anneal=True)
             row = self._record("select", f"chain step {k} after a {c.trial_epochs}-epoch trial refit", report=False)
             self._pool(k, row)
-            if c.judge_all:
-                row["note"] += "; measured for the cross-validated selection (the main run decides)"
             if st.pending:
                 self._confirm(row)
                 if st.lo:  # the pending step is kept; this one only confirmed it
                     row["accepted"] = False
-            if not st.lo and row["accepted"] and not c.judge_all:
+            if not st.lo and row["accepted"]:
                 if k == 1 or self.reference is None:  # nothing less pruned left to confirm it (or no pairing)
                     st.lo = k
                     self._keep_best(row)
@@ -504,8 +467,8 @@ class Synthesizer:
         passed by luck on the validation images rarely has a neighbour that is lucky as well."""
         st = self.state
         p = next(e for e in st.scan if e["index"] == st.pending)
-        v = pooled([st.scan[-1].get("sel", st.scan[-1]["wrong"]), p.get("sel", p["wrong"])], self._sel_reference(),
-                   z=self.cfg.confidence, tolerance=self.cfg.tolerance)
+        v = pooled([st.scan[-1]["wrong"], p["wrong"]], self.reference, z=self.cfg.confidence,
+                   tolerance=self.cfg.tolerance)
         prow = st.history[p["row"]]
         if v.accept:
             st.lo = st.pending
@@ -527,47 +490,18 @@ class Synthesizer:
         (:func:`nestir.decide.pooled`). Without a paired reference each step is judged alone."""
         if self.reference is None:
             return
-        entry: dict[str, Any] = {"index": k, "row": row["step"], "wrong": self._wrong.cpu()}
-        folds = self._folds()
-        if folds:  # with the folds: their networks nearest in size, on their own validation images
-            entry["sel"] = torch.cat([entry["wrong"], *(e.nearest(row["params"]) for e in folds)])
-        self.state.scan.append(entry)
-        ref = self._sel_reference()
-        judged = [e.get("sel", e["wrong"]) for e in reversed(self.state.scan)]  # k first, then k+1, ...
+        self.state.scan.append({"index": k, "row": row["step"], "wrong": self._wrong.cpu()})
+        judged = [e["wrong"] for e in reversed(self.state.scan)]  # k first, then k+1, ...
         best, size = None, 0
         for j in range(1, len(judged) + 1):
-            v = pooled(judged[:j], ref, z=self.cfg.confidence, tolerance=self.cfg.tolerance)
+            v = pooled(judged[:j], self.reference, z=self.cfg.confidence, tolerance=self.cfg.tolerance)
             if best is None or v.bound < best.bound:
                 best, size = v, j
         assert best is not None
-        if folds:
-            row["accepted"] = best.accept
-            row["note"] += (f"; with {len(folds)} more fold(s), {best.n} validation images: error "
-                            f"{100 * best.delta:+.2f} pts, bound {100 * best.bound:+.2f}"
-                            + (f" (pooled with the {size - 1} more pruned step(s) judged before)" if size > 1 else ""))
-        elif size > 1:
+        if size > 1:
             row["accepted"] = best.accept
             row["note"] += (f"; pooled with the {size - 1} more pruned step(s) judged before: error "
                             f"{100 * best.delta:+.2f} pts, bound {100 * best.bound:+.2f}")
-
-    def _folds(self) -> list[Evidence]:
-        """The folds the selection pools with: those that judged a step, while the reference is
-        the dense network (the folds compared theirs with their dense networks)."""
-        if not self.state.reference_dense or self.metric is not None:
-            return []
-        return [e for e in self.evidence if e.steps]
-
-    def _sel_reference(self) -> torch.Tensor:
-        """The reference's per-image errors on every validation image the selection reads."""
-        assert self.reference is not None
-        return torch.cat([self.reference.cpu(), *(e.reference.cpu() for e in self._folds())])
-
-    def fold_evidence(self) -> Evidence:
-        """What this run (a fold) measured, for a cross-validated selection."""
-        if self.reference is None:
-            raise NestirError("a fold of a cross-validated selection needs the dense reference")
-        st = self.state
-        return Evidence(self.reference.cpu(), [(st.history[e["row"]]["params"], e["wrong"]) for e in st.scan])
 
     def _recover(self) -> int:
         """Train one epoch at a time, at most ``recover_epochs``, while the current network is not
@@ -685,7 +619,7 @@ class Synthesizer:
 
     @classmethod
     def resume(cls, out: str, splits: Splits, device: str | None = None,
-               reporter: Reporter | None = None, evidence: list[Evidence] | None = None) -> Synthesizer:
+               reporter: Reporter | None = None) -> Synthesizer:
         path = os.path.join(out, "checkpoint.pt")
         ck = _read(path, f"nothing to resume: '{path}' does not exist", "checkpoint")
         if not isinstance(ck, dict) or ck.get("format") != "nestir-checkpoint":
@@ -704,7 +638,7 @@ class Synthesizer:
         except Exception as e:
             raise NestirError(f"checkpoint '{path}' does not hold a valid run ({type(e).__name__}: {e})") from None
         self = cls(g, splits, cfg, out, device, reporter, teacher=teacher, final_teacher=final_teacher,
-                   ensemble=ensemble, resuming=True, meta=ck.get("meta") or {}, evidence=evidence)
+                   ensemble=ensemble, resuming=True, meta=ck.get("meta") or {})
         known = {f.name for f in dataclasses.fields(RunState)}
         state = {k: v for k, v in ck["state"].items() if k in known}
         if state.get("phase") == "select" and "cursor" not in ck["state"]:  # an older run's binary search

@@ -72,9 +72,6 @@ def test_custom_loss_and_metric_for_regression_targets():
     (lambda tr, va, ex: nestir.synthesize(MLP(), ex, train=tr, val=va, metric=3), nestir.ArgumentError, "metric"),
     (lambda tr, va, ex: nestir.synthesize(MLP(), ex, train=tr, val=va, dense_epochs=-1), nestir.ArgumentError,
      "dense_epochs"),
-    (lambda tr, va, ex: nestir.synthesize(MLP(), ex, train=tr, val=va, folds=3), nestir.ArgumentError,
-     "needs a data set nestir splits itself"),
-    (lambda tr, va, ex: nestir.synthesize(MLP(), ex, train=tr, val=va, folds=99), nestir.NestirError, "folds must be"),
 ])
 def test_bad_arguments_are_clear_errors_before_training(call, err, words):
     tr, va, ex = loaders()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nestir.data import affine_augment, fold_splits, load, load_idx, split, split3
+from nestir.data import affine_augment, load, load_idx, split
 from nestir.errors import DataError
 
 
@@ -76,23 +76,3 @@ def test_npz_that_is_not_an_archive(tmp_path):
     for path in (bad, npy):
         with pytest.raises(DataError, match="not an npz archive"):
             load(f"npz:{path}")
-
-
-def test_folds_validate_on_disjoint_parts_and_train_on_as_many_images():
-    """Cross-validated selection: fold 0 is the run's own split; every other fold validates on a
-    part of the training split as large as the validation split, trains on the rest plus the
-    validation split, and never sees the audit split."""
-    s = split3(load("digits"), 0.2, 0.1, 3)
-    seen = {tuple(r) for r in s.val.x.flatten(1).tolist()}
-    audit = {tuple(r) for r in s.audit.x.flatten(1).tolist()}
-    assert fold_splits(s, 0, 3, 3) is s
-    for k in (1, 2):
-        f = fold_splits(s, k, 3, 3)
-        assert len(f.train) == len(s.train) and len(f.val) == len(s.val) and f.audit is None
-        val = {tuple(r) for r in f.val.x.flatten(1).tolist()}
-        train = {tuple(r) for r in f.train.x.flatten(1).tolist()}
-        assert not val & seen and not val & train and not (val | train) & audit
-        seen |= val
-    assert fold_splits(s, 1, 3, 3).val.x.equal(fold_splits(s, 1, 3, 3).val.x)  # seeded
-    with pytest.raises(DataError, match="use fewer folds"):
-        fold_splits(s, 1, 6, 3)
