@@ -155,6 +155,8 @@ def _run(args: argparse.Namespace, method: str) -> int:
             "phases": state.history, "rule": state.rule, "target_accuracy": state.target,
             "target_reached": state.target_reached, "growth_stopped": state.growth_stopped,
             "wall_seconds": round(state.wall, 2), "device": str(synth.dev), "config": synth.cfg.to_dict(),
+            # this invocation, from the loaded data and model to the report: the dense reference too
+            "command_seconds": round(time.perf_counter() - t0, 2),
         }
         if baseline is not None:
             report["baseline"] = baseline
