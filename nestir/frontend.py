@@ -761,7 +761,8 @@ class _Builder:
                 (self.graph[x].axis in (None, 1) or len(src) == 2):  # (else: a channels-last layout, below)
             op = "identity" if len(src) == 2 else "flatten"
             self.add(Node(fxn.name, op, attrs={"p": 0.0} if op == "identity" else {}), fxn, [x])
-        elif self.heads(fxn, x, src, out) or self.split_axis(fxn, x, src, out):
+        elif self.heads(fxn, x, src, out) or self.split_axis(fxn, x, src, out) or \
+                self.channels_first_heads(fxn, x, src, out) or self.channels_first_merge(fxn, x, src, out):
             return
         elif len(src) >= 1 and len(out) >= 1 and out[0] == src[0] and self.fixed_rest(fxn):
             attrs: dict[str, Any] = {"rest": out[1:]}
@@ -858,7 +859,77 @@ class _Builder:
         return not any(isinstance(a, fx.Node) and self.env.get(a, ("", None))[0] in ("batch", "batchexpr")
                        for a in self.sizes_of(fxn)[1:])
 
-    def heads(self, fxn: fx.Node, x: str, src: tuple[int, ...], out: tuple[int, ...]) -> bool:
+    def made(self, node: Node, inputs: list[str], shape: tuple[int, ...], fxn: fx.Node) -> str:
+        """Add a node the frontend made up while converting ``fxn`` (its output ``shape``)."""
+        node.inputs, node.source, node.shape = inputs, _source(fxn), tuple(shape)
+        node.axis = self.axis(node, torch.empty(shape, device="meta"))
+        node.name = self.graph.fresh_name(node.name)
+        self.graph.add(node)
+        return node.name
+
+    def channels_first_heads(self, fxn: fx.Node, x: str, src: tuple[int, ...], out: tuple[int, ...]) -> bool:
+        """Attention on a channels-first map (Visformer: ``qkv(x).reshape(B, 3, H, D, -1)`` of a
+        ``(B, 3C, h, w)`` conv output, permuted with the 3 first): written as the channels-last
+        form the heads are read in, ``flatten(2)``, channels last, ``reshape(B, N, 3, H, D)``, and
+        the same permute on those dims (:meth:`heads`)."""
+        if self.graph[x].axis != 1 or len(src) < 3 or len(out) != 5 or out[0] != src[0] or out[1] < 2 or \
+                math.prod(out[1:4]) != src[1] or out[4] != math.prod(src[2:]):
+            return False
+        users = list(fxn.users)
+        p = users[0] if len(users) == 1 else None
+        if p is None or not ((p.op == "call_method" and p.target in cv.PERMUTE_METHODS and not p.kwargs)
+                             or (p.op == "call_function" and p.target in cv.PERMUTE_FUNCS)):
+            return False
+        method = str(p.target) if p.op == "call_method" else ("permute" if p.target is torch.permute else "transpose")
+        dims = cv.permute_dims(method, 5, tuple(self.const(v) for v in p.args[1:]), batch_first=False)
+        if dims is None or dims[0] != 1:
+            return False
+        to_last = {0: 0, 1: 2, 2: 3, 3: 4, 4: 1}  # (B, K, H, D, N) -> (B, N, K, H, D)
+        dims = tuple(to_last[d] for d in dims)
+        if dims[0] != 2 or not p.users or not all(_takes_piece(u) for u in p.users):
+            return False
+        b, n, (k_n, h_n, d_n) = src[0], out[4], out[1:4]
+        rest = [d - (d > 2) for d in dims[1:]]  # the permute on (B, N, H, D), K taken out
+        split = (b, n, h_n, d_n)
+        names = []
+        for k in range(k_n):  # K channel ranges (the producer is cut into K pieces), each into heads
+            items: list[Any] = [None] * len(src)
+            items[1] = (k * h_n * d_n, (k + 1) * h_n * d_n, 1)
+            piece = self.made(Node(f"{fxn.name}__{k}", "index", attrs={"items": items}), [x],
+                              (b, h_n * d_n, *src[2:]), fxn)
+            flat = self.made(Node(f"{fxn.name}__{k}f", "reshape", attrs={"rest": (h_n * d_n, n), "keep": [1, 1]}),
+                             [piece], (b, h_n * d_n, n), fxn)
+            last = self.made(Node(f"{fxn.name}__{k}t", "permute", attrs={"dims": [0, 2, 1]}), [flat],
+                             (b, n, h_n * d_n), fxn)
+            head = self.made(Node(f"{fxn.name}__{k}h", "heads", attrs={"heads": h_n}), [last], split, fxn)
+            if rest != sorted(rest):
+                head = self.made(Node(f"{p.name}__{k}", "permute", attrs={"dims": rest}), [head],
+                                 tuple(split[d] for d in rest), fxn)
+            names.append(head)
+        self.env[fxn] = self.env[p] = ("tuple", names)  # the permute is done: its pieces are these
+        return True
+
+    def channels_first_merge(self, fxn: fx.Node, x: str, src: tuple[int, ...], out: tuple[int, ...]) -> bool:
+        """Attention's output ``(B, H, D, N)`` (a permute of what it computed) reshaped into a
+        channels-first map ``(B, H*D, h, w)`` (Visformer): written as the channels-last merge the
+        heads are read in, ``(B, N, H, D) -> (B, N, H*D)``, channels first again, then the map."""
+        n = self.graph[x]
+        if n.op != "permute" or list(n.attrs["dims"]) != [0, 1, 3, 2] or \
+                self.graph[n.inputs[0]].op not in ("sdpa", "matmul", "einsum", "attention") or \
+                len(src) != 4 or len(out) < 3 or out[0] != src[0] or out[1] != src[1] * src[2] or \
+                math.prod(out[2:]) != src[3]:
+            return False
+        b, h, d, t = src
+        last = self.made(Node(f"{fxn.name}__last", "permute", attrs={"dims": [0, 3, 1, 2]}), [x], (b, t, h, d), fxn)
+        merged = self.made(Node(f"{fxn.name}__merge", "reshape", attrs={"rest": (t, h * d), "merge": True}), [last],
+                           (b, t, h * d), fxn)
+        first = self.made(Node(f"{fxn.name}__first", "permute", attrs={"dims": [0, 2, 1]}), [merged], (b, h * d, t),
+                          fxn)
+        self.add(Node(fxn.name, "reshape", attrs={"rest": out[1:], "keep": [1, 1]}), fxn, [first])
+        return True
+
+    def heads(self, fxn: fx.Node, x: str, src: tuple[int, ...], out: tuple[int, ...],
+              dims: tuple[int, ...] | None = None) -> bool:
         """A reshape that splits the neuron axis (the last) into (heads, per head): attention's
         reshape into heads, a ``heads`` node (:mod:`nestir.opdefs.heads`). Into (K, heads, per
         head) with a permute that brings K first and only pieces taken of it (``q, k, v =
@@ -880,8 +951,10 @@ class _Builder:
         if p is None or not ((p.op == "call_method" and p.target in cv.PERMUTE_METHODS and not p.kwargs)
                              or (p.op == "call_function" and p.target in cv.PERMUTE_FUNCS)):
             return False
-        method = str(p.target) if p.op == "call_method" else ("permute" if p.target is torch.permute else "transpose")
-        dims = cv.permute_dims(method, len(out), tuple(self.const(v) for v in p.args[1:]), batch_first=False)
+        if dims is None:
+            method = str(p.target) if p.op == "call_method" else ("permute" if p.target is torch.permute
+                                                                   else "transpose")
+            dims = cv.permute_dims(method, len(out), tuple(self.const(v) for v in p.args[1:]), batch_first=False)
         kpos = len(out) - 3
         if dims is None or dims[0] != kpos or not p.users or not all(_takes_piece(u) for u in p.users):
             return False

@@ -213,3 +213,42 @@ def test_rotary_tables_are_constants_that_neither_train_nor_count() -> None:
     trained = {k for k, _ in IRModule(g).named_parameters()}
     assert trained and not any(n.op == "scale_const" and any(n.name in k for k in trained) for n in g)
     _exact(g, x)
+
+
+def test_attention_on_a_channels_first_map_prunes_whole_heads() -> None:
+    """Visformer: q, k and v split from a 1x1 conv's channels (``qkv(x).reshape(B, 3, H, D, -1)``,
+    permuted with the 3 first) and the output laid back as a map (``permute(0, 1, 3, 2).reshape(B,
+    -1, h, w)``): the conv is cut into q, k and v, they lose and gain whole heads together, and both
+    lowerings stay exact."""
+    import torch.nn.functional as F
+
+    class ConvAttn(nn.Module):
+        def __init__(self, c: int = 8, heads: int = 2) -> None:
+            super().__init__()
+            self.stem, self.qkv = nn.Conv2d(3, c, 1), nn.Conv2d(c, 3 * c, 1, bias=False)
+            self.proj, self.head = nn.Conv2d(c, c, 1), nn.Linear(c, 3)
+            self.h, self.d = heads, c // heads
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            b, _, h, w = x.shape
+            q, k, v = self.qkv(x).reshape(b, 3, self.h, self.d, -1).permute(1, 0, 2, 4, 3).unbind(0)
+            y = F.scaled_dot_product_attention(q, k, v).permute(0, 1, 3, 2).reshape(b, -1, h, w)
+            return self.head((x + self.proj(y)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    m, x = ConvAttn().eval(), torch.randn(2, 3, 4, 4)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
+    (tie,) = [t for t in g.groups().ties() if t.groups == 2]
+    np.testing.assert_allclose(run_ir(g, x), m(x).detach().numpy(), atol=1e-5)
+    p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
+                     data=[(x, torch.tensor([1, 2]))])
+    p.verify()
+    assert {n.attrs["heads"] for n in p if n.op == "heads"} == {1}
+    y = torch.randn(3, 3, 4, 4)
+    before = _exact(p, y)
+    add_units(p, next(t for t in p.groups().ties()).conv, 1)
+    p.verify()
+    assert {n.attrs["heads"] for n in p if n.op == "heads"} == {2}
+    np.testing.assert_allclose(_exact(p, y), before, atol=1e-6)
