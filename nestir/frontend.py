@@ -875,14 +875,8 @@ class _Builder:
         if self.graph[x].axis != 1 or len(src) < 3 or len(out) != 5 or out[0] != src[0] or out[1] < 2 or \
                 math.prod(out[1:4]) != src[1] or out[4] != math.prod(src[2:]):
             return False
-        users = list(fxn.users)
-        p = users[0] if len(users) == 1 else None
-        if p is None or not ((p.op == "call_method" and p.target in cv.PERMUTE_METHODS and not p.kwargs)
-                             or (p.op == "call_function" and p.target in cv.PERMUTE_FUNCS)):
-            return False
-        method = str(p.target) if p.op == "call_method" else ("permute" if p.target is torch.permute else "transpose")
-        dims = cv.permute_dims(method, 5, tuple(self.const(v) for v in p.args[1:]), batch_first=False)
-        if dims is None or dims[0] != 1:
+        p, dims = self.only_permute(fxn, 5)
+        if p is None or dims is None or dims[0] != 1:
             return False
         to_last = {0: 0, 1: 2, 2: 3, 3: 4, 4: 1}  # (B, K, H, D, N) -> (B, N, K, H, D)
         dims = tuple(to_last[d] for d in dims)
@@ -928,8 +922,18 @@ class _Builder:
         self.add(Node(fxn.name, "reshape", attrs={"rest": out[1:], "keep": [1, 1]}), fxn, [first])
         return True
 
-    def heads(self, fxn: fx.Node, x: str, src: tuple[int, ...], out: tuple[int, ...],
-              dims: tuple[int, ...] | None = None) -> bool:
+    def only_permute(self, fxn: fx.Node, rank: int) -> tuple[fx.Node | None, tuple[int, ...] | None]:
+        """The call's only user when it is a permute or transpose, with its dims on a value of
+        ``rank`` dims; (None, None) otherwise."""
+        users = list(fxn.users)
+        p = users[0] if len(users) == 1 else None
+        if p is None or not ((p.op == "call_method" and p.target in cv.PERMUTE_METHODS and not p.kwargs)
+                             or (p.op == "call_function" and p.target in cv.PERMUTE_FUNCS)):
+            return None, None
+        method = str(p.target) if p.op == "call_method" else ("permute" if p.target is torch.permute else "transpose")
+        return p, cv.permute_dims(method, rank, tuple(self.const(v) for v in p.args[1:]), batch_first=False)
+
+    def heads(self, fxn: fx.Node, x: str, src: tuple[int, ...], out: tuple[int, ...]) -> bool:
         """A reshape that splits the neuron axis (the last) into (heads, per head): attention's
         reshape into heads, a ``heads`` node (:mod:`nestir.opdefs.heads`). Into (K, heads, per
         head) with a permute that brings K first and only pieces taken of it (``q, k, v =
@@ -946,15 +950,9 @@ class _Builder:
             return True
         if len(out) != len(src) + 2 or out[:-3] != src[:-1] or math.prod(out[-3:]) != src[-1] or out[-3] < 2:
             return False
-        users = list(fxn.users)
-        p = users[0] if len(users) == 1 else None
-        if p is None or not ((p.op == "call_method" and p.target in cv.PERMUTE_METHODS and not p.kwargs)
-                             or (p.op == "call_function" and p.target in cv.PERMUTE_FUNCS)):
+        p, dims = self.only_permute(fxn, len(out))
+        if p is None:
             return False
-        if dims is None:
-            method = str(p.target) if p.op == "call_method" else ("permute" if p.target is torch.permute
-                                                                   else "transpose")
-            dims = cv.permute_dims(method, len(out), tuple(self.const(v) for v in p.args[1:]), batch_first=False)
         kpos = len(out) - 3
         if dims is None or dims[0] != kpos or not p.users or not all(_takes_piece(u) for u in p.users):
             return False
