@@ -554,8 +554,7 @@ class _Builder:
             if isinstance(a, fx.Node) and self.env[a][0] == "batch":
                 # read it from a model input (frozen anyway) rather than freeze the value it came from
                 src, size = self.env[a][1]
-                ins = [n.name for n in self.graph.inputs if (n.shape or (None,))[0] == size]
-                inputs.append(ins[0] if ins else src)
+                inputs.append(self.batch_input(size) or src)
                 return ("__batch__", len(inputs) - 1)
             return self.const(a)
 
@@ -794,13 +793,14 @@ class _Builder:
         ph, nw, pw)``, the permutes shifted past them), the elements keep their order and the
         neuron axis stays a whole dim: the earlier reshape and permutes are rewritten in place."""
         chain, n = [], self.graph[x]
-        users = self.graph.user_map()
-        while n.op == "permute" and n.attrs["dims"][0] == 0 and len(users.get(n.name, [])) == (1 if chain else 0):
+        while n.op == "permute" and n.attrs["dims"][0] == 0:
             chain.append(n)
             n = self.graph[n.inputs[0]]
         first = n
-        if first.op != "reshape" or not first.attrs.get("rebatch") or "keep" in first.attrs or \
-                len(users.get(first.name, [])) != (1 if chain else 0):
+        if first.op != "reshape" or not first.attrs.get("rebatch") or "keep" in first.attrs:
+            return False
+        users = self.graph.user_map()  # (only now: it walks the whole graph) nothing else reads the chain:
+        if any(len(users.get(m.name, [])) != (i > 0) for i, m in enumerate([*chain, first])):  # x: no user yet
             return False
         src_node = self.graph[first.inputs[0]]
         src, a, rest = src_node.shape, src_node.axis, tuple(first.attrs["rest"])
@@ -860,7 +860,8 @@ class _Builder:
                        for a in self.sizes_of(fxn)[1:])
 
     def made(self, node: Node, inputs: list[str], shape: tuple[int, ...], fxn: fx.Node) -> str:
-        """Add a node the frontend made up while converting ``fxn`` (its output ``shape``)."""
+        """Add a node the frontend made up while converting ``fxn`` (its output ``shape``, its
+        source line ``fxn``'s)."""
         node.inputs, node.source, node.shape = inputs, _source(fxn), tuple(shape)
         node.axis = self.axis(node, torch.empty(shape, device="meta"))
         node.name = self.graph.fresh_name(node.name)
@@ -883,25 +884,15 @@ class _Builder:
         if dims[0] != 2 or not p.users or not all(_takes_piece(u) for u in p.users):
             return False
         b, n, (k_n, h_n, d_n) = src[0], out[4], out[1:4]
+        c = h_n * d_n
+
+        def to_last(piece: str, k: int) -> str:  # (B, c, h, w) -> (B, c, N) -> (B, N, c)
+            flat = self.made(Node(f"{fxn.name}__{k}f", "reshape", attrs={"rest": (c, n), "keep": [1, 1]}), [piece],
+                             (b, c, n), fxn)
+            return self.made(Node(f"{fxn.name}__{k}t", "permute", attrs={"dims": [0, 2, 1]}), [flat], (b, n, c), fxn)
+
         rest = [d - (d > 2) for d in dims[1:]]  # the permute on (B, N, H, D), K taken out
-        split = (b, n, h_n, d_n)
-        names = []
-        for k in range(k_n):  # K channel ranges (the producer is cut into K pieces), each into heads
-            items: list[Any] = [None] * len(src)
-            items[1] = (k * h_n * d_n, (k + 1) * h_n * d_n, 1)
-            piece = self.made(Node(f"{fxn.name}__{k}", "index", attrs={"items": items}), [x],
-                              (b, h_n * d_n, *src[2:]), fxn)
-            flat = self.made(Node(f"{fxn.name}__{k}f", "reshape", attrs={"rest": (h_n * d_n, n), "keep": [1, 1]}),
-                             [piece], (b, h_n * d_n, n), fxn)
-            last = self.made(Node(f"{fxn.name}__{k}t", "permute", attrs={"dims": [0, 2, 1]}), [flat],
-                             (b, n, h_n * d_n), fxn)
-            head = self.made(Node(f"{fxn.name}__{k}h", "heads", attrs={"heads": h_n}), [last], split, fxn)
-            if rest != sorted(rest):
-                head = self.made(Node(f"{p.name}__{k}", "permute", attrs={"dims": rest}), [head],
-                                 tuple(split[d] for d in rest), fxn)
-            names.append(head)
-        self.env[fxn] = self.env[p] = ("tuple", names)  # the permute is done: its pieces are these
-        return True
+        return self.into_heads(fxn, p, x, 1, (b, c, *src[2:]), (k_n, h_n, d_n), rest, (b, n, h_n, d_n), to_last)
 
     def channels_first_merge(self, fxn: fx.Node, x: str, src: tuple[int, ...], out: tuple[int, ...]) -> bool:
         """Attention's output ``(B, H, D, N)`` (a permute of what it computed) reshaped into a
@@ -958,22 +949,27 @@ class _Builder:
             return False
         k_n, h_n, d_n = out[-3:]
         rest = [d - (d > kpos) for d in dims[1:]]
-        split = (*src[:-1], h_n, d_n)
+        return self.into_heads(fxn, p, x, a, (*src[:-1], h_n * d_n), (k_n, h_n, d_n), rest, (*src[:-1], h_n, d_n))
+
+    def into_heads(self, fxn: fx.Node, p: fx.Node, x: str, axis: int, piece: tuple[int, ...],
+                   khd: tuple[int, int, int], rest: list[int], split: tuple[int, ...],
+                   to_last: Any = None) -> bool:
+        """K channel ranges of ``x`` along ``axis`` (the producer is cut into K pieces), each of
+        shape ``piece``, made channels-last by ``to_last(name, k)`` where given, split into heads
+        (``split``) and permuted by ``rest`` like the permute ``p`` did: the pieces ``p`` gives."""
+        k_n, h_n, d_n = khd
         names = []
         for k in range(k_n):
-            items: list[Any] = [None] * len(src)
-            items[a] = (k * h_n * d_n, (k + 1) * h_n * d_n, 1)
-            piece = Node(self.graph.fresh_name(f"{fxn.name}__{k}"), "index", [x], {"items": items}, {},
-                         (*src[:-1], h_n * d_n), a, _source(fxn))
-            last = Node(self.graph.fresh_name(f"{fxn.name}__{k}h"), "heads", [piece.name], {"heads": h_n}, {}, split,
-                        None, _source(fxn))
-            self.graph.add(piece)
-            self.graph.add(last)
+            items: list[Any] = [None] * len(piece)
+            items[axis] = (k * h_n * d_n, (k + 1) * h_n * d_n, 1)
+            last = self.made(Node(f"{fxn.name}__{k}", "index", attrs={"items": items}), [x], piece, fxn)
+            if to_last is not None:
+                last = to_last(last, k)
+            last = self.made(Node(f"{fxn.name}__{k}h", "heads", attrs={"heads": h_n}), [last], split, fxn)
             if rest != sorted(rest):
-                last = Node(self.graph.fresh_name(f"{p.name}__{k}"), "permute", [last.name], {"dims": rest}, {},
-                            tuple(split[d] for d in rest), None, _source(p))
-                self.graph.add(last)
-            names.append(last.name)
+                last = self.made(Node(f"{p.name}__{k}", "permute", attrs={"dims": rest}), [last],
+                                 tuple(split[d] for d in rest), p)
+            names.append(last)
         self.env[fxn] = self.env[p] = ("tuple", names)  # the permute is done: its pieces are these
         return True
 
@@ -1108,12 +1104,15 @@ class _Builder:
         keep = 1 if method == "repeat" else -1
         if any(self.const(a) != keep for a in sizes[1:]):
             return False
-        _, size = self.env[first][1]
-        ins = [n.name for n in self.graph.inputs if (n.shape or (None,))[0] == size]
-        if not ins:
+        inp = self.batch_input(self.env[first][1][1])
+        if inp is None:
             return False
-        self.add(Node(fxn.name, "batch_expand"), fxn, [x, ins[0]])
+        self.add(Node(fxn.name, "batch_expand"), fxn, [x, inp])
         return True
+
+    def batch_input(self, size: int) -> str | None:
+        """A model input whose batch dim has ``size`` (the batch size is read from it at run time)."""
+        return next((n.name for n in self.graph.inputs if (n.shape or (None,))[0] == size), None)
 
     def same_tensor_type(self, fxn: fx.Node, x: str) -> bool:
         """The call's value has the dtype and device of its input ``x`` (a cast that does nothing)."""

@@ -61,6 +61,7 @@ class _Live:
 
     def __init__(self, graph: Graph) -> None:
         self.graph, self.info = graph, graph.groups()
+        self.owners = {m for g in self.info.groups.values() for m in (*g.producers, *g.per_neuron)}
         self.alive = {g.id: torch.ones(g.width, dtype=torch.bool) for g in self.info.groups.values()
                       if g.resizable and not g.mixing and not g.product and g.width > 1}
         changed = True
@@ -85,7 +86,7 @@ class _Live:
 
     def rows(self, n: Node) -> torch.Tensor | None:
         """Live output rows of a parametric node (None: all)."""
-        if not any(n.name in g.producers or n.name in g.per_neuron for g in self.info.groups.values()):
+        if n.name not in self.owners:
             return None  # its rows are no neurons (a linear that mixes token positions)
         r = self._segments(self.info.layouts.get(n.name))
         return r if r is not None and r.numel() == n.params["mask"].shape[0] else None
