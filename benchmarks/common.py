@@ -55,6 +55,20 @@ def machine() -> dict[str, object]:
             "torch": torch.__version__, "device": dev}
 
 
+def load_results(name: str, merge: str = "", fresh: bool = False) -> dict:
+    """The results file ``name`` under results/ (``{"models": {}}`` when absent or ``fresh``), with
+    the models of the comma-separated results files in ``merge`` merged into it."""
+    path = os.path.join(RESULTS, name)
+    results: dict = {"models": {}}
+    if os.path.isfile(path) and not fresh:
+        with open(path) as f:
+            results = json.load(f)
+    for extra in filter(None, merge.split(",")):
+        with open(os.path.join(RESULTS, extra)) as f:
+            results["models"].update(json.load(f)["models"])
+    return results
+
+
 def save(name: str, data: dict) -> str:
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, name)

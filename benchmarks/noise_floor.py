@@ -22,7 +22,6 @@ Results are saved after every network; a second call skips seeds already measure
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -37,7 +36,7 @@ from nestir.runs import RunSpec, dense_graph, prepare
 from nestir.synthesis import SynthConfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, machine, save  # noqa: E402
+from common import RESULTS, load_results, machine, save  # noqa: E402
 
 TEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "mnist")
 DENSE_EPOCHS = 40  # as the CLI's and the Pareto benchmark's dense reference
@@ -166,17 +165,11 @@ def main() -> None:
     args = ap.parse_args()
     if not os.path.isdir(TEST):
         sys.exit(f"the MNIST test files are not in {TEST}")
-    path = os.path.join(RESULTS, args.results)
-    results: dict = {"models": {}}
-    if os.path.isfile(path):
-        with open(path) as f:
-            results = json.load(f)
-    for extra in filter(None, args.merge.split(",")):
-        with open(os.path.join(RESULTS, extra)) as f:
-            results["models"].update(json.load(f)["models"])
+    results = load_results(args.results, args.merge)
     if args.merge:
         args.models = ""
-    results["machine"] = machine()
+    if args.models:  # a merge keeps the machine the runs were measured on
+        results["machine"] = machine()
     for model in filter(None, args.models.split(",")):
         for seed in (int(s) for s in args.seeds.split(",")):
             if len(results["models"].get(model, {}).get(str(seed), [])) >= args.dense + args.students:

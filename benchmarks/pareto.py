@@ -16,7 +16,6 @@ Results are saved after every run; a second call skips the runs already in resul
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -27,7 +26,7 @@ from nestir.runs import RunSpec, dense_reference, final_metrics, prepare
 from nestir.synthesis import SynthConfig, Synthesizer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import RESULTS, machine, save  # noqa: E402
+from common import RESULTS, load_results, machine, save  # noqa: E402
 
 TEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "mnist")
 DENSE_EPOCHS = 40
@@ -186,17 +185,11 @@ def main() -> None:
     ap.add_argument("--merge", default="",
                     help="comma-separated results files whose models are merged into --results (no runs)")
     args = ap.parse_args()
-    path = os.path.join(RESULTS, args.results)
-    results = {"models": {}}
-    if os.path.isfile(path) and not args.fresh:
-        with open(path) as f:
-            results = json.load(f)
-    for extra in filter(None, args.merge.split(",")):
-        with open(os.path.join(RESULTS, extra)) as f:
-            results["models"].update(json.load(f)["models"])
+    results = load_results(args.results, args.merge, args.fresh)
     if args.merge:
         args.models = ""
-    results["machine"] = machine()
+    if args.models:  # a merge or a redraw keeps the machine the runs were measured on
+        results["machine"] = machine()
     results["data"] = ("mnist5k per seed: 3,500 train / 1,000 validation / 500 audit; nothing trains on validation; "
                        "test: MNIST t10k (10,000 images), read once per point")
     methods = args.methods.split(",")
