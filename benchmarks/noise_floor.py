@@ -31,7 +31,7 @@ import time
 import torch
 
 from nestir.backends.train import Trainer, evaluate
-from nestir.recipe import SoftTargets, stint, train_teachers
+from nestir.recipe import SoftTargets, train_dense, train_teachers
 from nestir.runs import RunSpec, dense_graph, prepare
 from nestir.synthesis import SynthConfig
 
@@ -59,6 +59,7 @@ def _row(kind: str, index: int, s: dict, base: dict | None, wall: float) -> dict
         if base is not None:
             d = v["wrong"].double() - base[name]["wrong"].double()
             row[f"{name}_delta"] = float(d.mean())
+            # nestir.decide.paired's standard error without its prior discordant image: the raw spread
             row[f"{name}_paired_se"] = math.sqrt(max(float((d != 0).double().mean()) - float(d.mean()) ** 2, 0.0)
                                                  / d.numel())
     return row
@@ -84,11 +85,9 @@ def run_seed(model: str, seed: int, k: int, students: int, rows: list, save_rows
         t0 = time.perf_counter()
         torch.manual_seed(s)
         tr = Trainer(dense_graph(prep, spec), device=prep.device, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        gen = torch.Generator().manual_seed(s)
-        stint(tr, data.train, DENSE_EPOCHS, cfg.recipe(), gen, soft=soft, anneal=True)
-        tr.set_lr(cfg.lr)
-        stint(tr, data.train, cfg.final_epochs, cfg.recipe(), gen, soft=soft, anneal=True)
-        rows.append(_row("born-again", j + 1, _scores(tr.graph, prep), base, time.perf_counter() - t0))
+        g = train_dense(tr, data.train, DENSE_EPOCHS, cfg.final_epochs, cfg.recipe(), torch.Generator().manual_seed(s),
+                        soft=soft)
+        rows.append(_row("born-again", j + 1, _scores(g, prep), base, time.perf_counter() - t0))
         save_rows()
 
 
@@ -163,11 +162,11 @@ def main() -> None:
     ap.add_argument("--results", default="noise_floor.json")
     ap.add_argument("--merge", default="", help="comma-separated results files merged into --results (no runs)")
     args = ap.parse_args()
-    if not os.path.isdir(TEST):
-        sys.exit(f"the MNIST test files are not in {TEST}")
     results = load_results(args.results, args.merge)
     if args.merge:
         args.models = ""
+    if args.models and not os.path.isdir(TEST):
+        sys.exit(f"the MNIST test files are not in {TEST}")
     if args.models:  # a merge keeps the machine the runs were measured on
         results["machine"] = machine()
     for model in filter(None, args.models.split(",")):

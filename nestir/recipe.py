@@ -60,17 +60,20 @@ class SoftTargets:
 
 
 def train_dense(trainer: Trainer, data: Dataset, dense_epochs: int, final_epochs: int, recipe: Recipe,
-                gen: torch.Generator, *, label: str = "dense", reporter: Reporter | None = None) -> Graph:
-    """A dense network under the shared recipe, on labels only: ``dense_epochs`` (cosine-annealed)
-    then the final training every method gets (``final_epochs`` more, from the base learning
-    rate). Returns a copy of the trained graph."""
-    plain = dataclasses.replace(recipe, alpha=0.0)
+                gen: torch.Generator, *, label: str = "dense", reporter: Reporter | None = None,
+                soft: SoftTargets | None = None) -> Graph:
+    """A dense network under the shared recipe: ``dense_epochs`` (cosine-annealed) then the final
+    training every method gets (``final_epochs`` more, from the base learning rate). On labels
+    only, or also distilling from ``soft`` under the recipe's ``alpha`` (a born-again student).
+    Returns a copy of the trained graph."""
+    rec = recipe if soft is not None else dataclasses.replace(recipe, alpha=0.0)
     base = trainer.lr
     if dense_epochs:
-        stint(trainer, data, dense_epochs, plain, gen, anneal=True, label=f"{label} training", reporter=reporter)
+        stint(trainer, data, dense_epochs, rec, gen, soft=soft, anneal=True, label=f"{label} training",
+              reporter=reporter)
     if final_epochs:
         trainer.set_lr(base)
-        stint(trainer, data, final_epochs, plain, gen, anneal=True, label=f"{label} final training",
+        stint(trainer, data, final_epochs, rec, gen, soft=soft, anneal=True, label=f"{label} final training",
               reporter=reporter)
     return trainer.graph.copy()
 
