@@ -425,6 +425,12 @@ class Synthesizer:
                 self.checkpoint()
                 break
             k = st.cursor
+            small = self._smaller_than_dense(st.history[st.chain[k]["row"]])
+            if not small and not st.pending:  # this step and every less pruned one: nothing to keep
+                st.cursor = 0
+                self.rep.message(f"chain step {k} and every less pruned one have no fewer parameters and "
+                                 "FLOPs than the dense reference: the scan ends")
+                continue
             self.trainer = self._trainer(self._load_snapshot(k), c.lr)
             self._train(c.trial_epochs, f"trial refit of chain step {k}", anneal=True)
             row = self._record("select", f"chain step {k} after a {c.trial_epochs}-epoch trial refit", report=False)
@@ -433,6 +439,9 @@ class Synthesizer:
                 self._confirm(row)
                 if st.lo:  # the pending step is kept; this one only confirmed it
                     row["accepted"] = False
+            if not small:  # judged only to confirm the pending step; never kept itself
+                row["accepted"] = False
+                row["note"] += "; not kept: no fewer parameters and FLOPs than the dense reference"
             if not st.lo and row["accepted"]:
                 if k == 1 or self.reference is None:  # nothing less pruned left to confirm it (or no pairing)
                     st.lo = k
@@ -444,7 +453,8 @@ class Synthesizer:
             self.rep.step(row)
             trials = len(st.scan)  # past the budget the scan strides down faster (1, 2, 4, ...)
             stride = 1 if trials < c.max_trials else 2 ** (trials - c.max_trials + 1)
-            st.cursor = max(1, k - stride) if k > 1 else 0  # step 1 is always judged before the scan ends
+            # step 1 is always judged before the scan ends (unless it is no smaller than the dense reference)
+            st.cursor = max(1, k - stride) if k > 1 and small else 0
             self.checkpoint()
         if st.phase == "refit":
             self.trainer = self._trainer(self.best.copy(), c.lr)  # type: ignore[union-attr]
@@ -523,12 +533,24 @@ class Synthesizer:
         self.state.best_val = 1 - row["val_error"]
         self.state.best_row = row["step"]
 
+    def _smaller_than_dense(self, row: dict[str, Any]) -> bool:
+        """A network (its history row) with fewer parameters than the dense reference and no more
+        FLOPs: smaller and not slower. A grown network can have more FLOPs than the dense model
+        (more feature maps, fewer weights); the selection never keeps such a network. Without a
+        dense reference every network counts as smaller."""
+        if self.teacher is None:
+            return True
+        d = stats(self.teacher)
+        return row["params"] < d["params"] and row["flops"] <= d["flops"]
+
     def _no_bigger_than_dense(self) -> None:
-        """Nothing smaller passed, and the network kept is not smaller than the dense reference:
-        ship the dense reference instead (same accuracy by definition, no more parameters)."""
+        """Nothing smaller passed, and the network kept is not smaller than the dense reference
+        (no fewer parameters, or more FLOPs): ship the dense reference instead (same accuracy by
+        definition, no more parameters, no more FLOPs)."""
         if self.teacher is None or self.best is None or self.state.lo != 0:
             return
-        if stats(self.best)["params"] >= stats(self.teacher)["params"]:
+        s = stats(self.best)
+        if not self._smaller_than_dense({"params": s["params"], "flops": s["flops"]}):
             self.trainer = self._trainer(self.teacher.copy(), self.cfg.lr)
             row = self._record("select", "the dense reference: no smaller network passed the rule")
             self._keep_best(row)

@@ -322,6 +322,31 @@ def test_nothing_smaller_than_dense_passes_then_dense_ships(tmp_path):
     assert nestir_params(s.graph) == 266610 and not st.target_reached
 
 
+def test_a_network_with_more_flops_than_dense_is_never_kept(tmp_path):
+    """"Smaller" means fewer parameters and no more FLOPs than the dense reference: chain steps that
+    are not (here every one: the reference is sparser than any of them) are not even trial-refit,
+    and the chain's start, no smaller either, gives way to the dense reference."""
+    from nestir.edit import set_mask
+    from nestir.runs import dense_reference
+
+    prep = small_prep()
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "method": "prune", "final_epochs": 0,
+                         "max_prune_steps": 2, "prune_fraction": 0.5, "tolerance": 0.5, "confidence": 0.0,
+                         "chain_slack": 1.0, "scan_slack": 1.0})
+    ref = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)["teacher"]
+    start = ref.copy()
+    g = torch.Generator().manual_seed(0)
+    for n in ref.parametric():  # a reference with 10% of the weights: sparser than the chain's last step
+        set_mask(ref, n.name, n.params["mask"] & (torch.rand(n.params["mask"].shape, generator=g) < 0.1))
+    s = Synthesizer(start, prep.splits, cfg, str(tmp_path), teacher=ref)
+    assert not s._smaller_than_dense({"params": 10**9, "flops": 0})
+    assert not s._smaller_than_dense({"params": 1, "flops": 10**12})
+    st = s.run()
+    probes = [r for r in st.history if r["phase"] == "select"]
+    assert len(probes) == 1 and "dense reference" in probes[0]["note"]  # no trial refit ran
+    assert nestir_params(s.graph) == nestir_params(ref) and not st.target_reached
+
+
 @pytest.mark.parametrize("fallback", [True, False, "point_ok"])
 def test_growth_short_of_dense_prunes_the_dense_reference(tmp_path, fallback):
     """A grown network that fails the paired rule against the dense reference: by default the
