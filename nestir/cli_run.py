@@ -152,9 +152,10 @@ def _run(args: argparse.Namespace, method: str) -> int:
             "model": spec.model, "method": method, "data": spec.data, "test_data": spec.test_data,
             "seed": spec.seed,
             "final": final_metrics(synth.graph, prep, synth.dev, val_error=synth.selection.get("val_error")),
-            "phases": state.history, "rule": state.rule, "target_accuracy": state.target,
-            "target_reached": state.target_reached, "growth_stopped": state.growth_stopped,
-            "wall_seconds": round(state.wall, 2), "device": str(synth.dev), "config": synth.cfg.to_dict(),
+            "phases": state.history, "rule": state.rule, "resolution": synth.resolution,
+            "target_accuracy": state.target, "target_reached": state.target_reached,
+            "growth_stopped": state.growth_stopped, "wall_seconds": round(state.wall, 2), "device": str(synth.dev),
+            "config": synth.cfg.to_dict(),
             # this invocation, from the loaded data and model to the report: the dense reference too
             "command_seconds": round(time.perf_counter() - t0, 2),
         }

@@ -213,6 +213,7 @@ class Synthesizer:
         self.best: Graph | None = None
         self.candidate: Graph | None = None  # the pending selection step's trial-refit network
         self._wrong = torch.zeros(0, dtype=torch.bool)  # per-image errors of the last network judged
+        self._se = 0.0  # the standard error of the last paired verdict
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.teacher = teacher.to(self.dev) if teacher is not None else None
         self.final_teacher = ((final_teacher.to(self.dev) if final_teacher is not None else self.teacher)
@@ -272,6 +273,7 @@ class Synthesizer:
         self._wrong = ev.wrong  # the per-image errors just judged (the selection pools them)
         if self.reference is not None:
             v = paired(ev.wrong, self.reference, z=self.cfg.confidence, tolerance=self.cfg.tolerance)
+            self._se = v.se
             return ev.error, v.accept, v.point_ok, v.describe()
         ok = 1 - ev.error >= self.state.target
         return ev.error, ok, ok, ""
@@ -420,6 +422,13 @@ class Synthesizer:
             self.checkpoint()
         while st.phase == "select":
             if st.lo or st.cursor < 1:
+                res = self.resolution
+                if res is not None:
+                    self.rep.message(
+                        f"the selection judged {res['judged']} chain steps on {res['val_images']:,} validation images: "
+                        f"a decision's standard error was {100 * res['median_se']:.2f} pts (median), so a step passed "
+                        f"only when measured at most {100 * res['passes_at_most']:+.2f} pts from the dense reference; "
+                        "more validation images (--val-fraction) narrow this")
                 self._no_bigger_than_dense()
                 st.phase = "refit"
                 self.checkpoint()
@@ -500,7 +509,7 @@ class Synthesizer:
         (:func:`nestir.decide.pooled`). Without a paired reference each step is judged alone."""
         if self.reference is None:
             return
-        self.state.scan.append({"index": k, "row": row["step"], "wrong": self._wrong.cpu()})
+        self.state.scan.append({"index": k, "row": row["step"], "wrong": self._wrong.cpu(), "se": self._se})
         judged = [e["wrong"] for e in reversed(self.state.scan)]  # k first, then k+1, ...
         best, size = None, 0
         for j in range(1, len(judged) + 1):
@@ -608,6 +617,23 @@ class Synthesizer:
         except Exception as ex:
             raise NestirError(f"the pruning chain's '{path}' does not hold a valid network ({ex})") from None
         return g
+
+    @property
+    def resolution(self) -> dict[str, Any] | None:
+        """What the validation images could resolve in the selection's paired decisions (None
+        without a paired reference or before any chain step was judged): the median standard
+        error and the largest measured difference from the reference that still passed the bound."""
+        ses = sorted(e["se"] for e in self.state.scan if e.get("se") is not None)
+        if self.reference is None or not ses:
+            return None
+        se = ses[len(ses) // 2]
+        c = self.cfg
+        return {"judged": len(ses), "val_images": int(self.reference.numel()), "median_se": se,
+                "z": c.confidence, "tolerance": c.tolerance, "passes_at_most": c.tolerance - c.confidence * se,
+                "how": "each chain step the selection judged was compared with the dense reference on the same "
+                       "validation images; it passed when its error difference plus z standard errors was within "
+                       "the tolerance, i.e. when the measured difference was at most passes_at_most. The standard "
+                       "error falls as 1/sqrt(validation images)"}
 
     @property
     def selection(self) -> dict[str, Any]:

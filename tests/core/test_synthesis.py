@@ -109,6 +109,10 @@ def test_cli_synthesize_writes_the_contract(tmp_path, capsys):
     est = report["final"]["error_estimate"]
     assert est["ci95"][0] <= est["error"] <= est["ci95"][1] and est["n"] == 500 and "audit" in est["method"]
     assert "paired" in report["rule"] and report["seed"] == 0
+    res = report["resolution"]  # what the validation images could resolve in the selection
+    if res is not None:  # (None when the chain had no step to judge)
+        assert res["val_images"] == 1000 and res["judged"] >= 1 and 0 < res["median_se"] < 0.1
+        assert abs(res["passes_at_most"] - (res["tolerance"] - res["z"] * res["median_se"])) < 1e-12
     assert report["phases"] and {"phase", "params", "flops", "val_error"} <= set(report["phases"][0])
     assert 0 < report["wall_seconds"] <= report["command_seconds"]
     for f in ("model.onnx", "model.pt", "history.csv", "history.png", "first_layer.png"):
@@ -273,6 +277,10 @@ def test_chain_then_selection_keeps_the_smallest_passing_network(tmp_path):
         i = probes.index(accepted[0])
         assert i == len(probes) - 1 or (i == len(probes) - 2 and "confirmed with chain step" in kept["note"])
     assert len(st.scan) == len(probes) and [e["index"] for e in st.scan] == list(range(6, 6 - len(probes), -1))
+    res = s.resolution  # the median standard error of the selection's paired verdicts
+    ses = sorted(e["se"] for e in st.scan)
+    assert res["judged"] == len(probes) and res["val_images"] == len(prep.splits.val)
+    assert res["median_se"] == ses[len(ses) // 2] and res["passes_at_most"] == 0.2 - res["z"] * res["median_se"]
     assert st.phase == "done" and not (tmp_path / "chain").exists()
 
 
