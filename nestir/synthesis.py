@@ -437,8 +437,8 @@ class Synthesizer:
             small = self._smaller_than_dense(st.history[st.chain[k]["row"]])
             if not small and not st.pending:  # this step and every less pruned one: nothing to keep
                 st.cursor = 0
-                self.rep.message(f"chain step {k} and every less pruned one have no fewer parameters and "
-                                 "FLOPs than the dense reference: the scan ends")
+                self.rep.message(f"chain step {k} and every less pruned one are not smaller than the dense "
+                                 "reference (no fewer parameters, or more FLOPs): the scan ends")
                 continue
             self.trainer = self._trainer(self._load_snapshot(k), c.lr)
             self._train(c.trial_epochs, f"trial refit of chain step {k}", anneal=True)
@@ -450,7 +450,7 @@ class Synthesizer:
                     row["accepted"] = False
             if not small:  # judged only to confirm the pending step; never kept itself
                 row["accepted"] = False
-                row["note"] += "; not kept: no fewer parameters and FLOPs than the dense reference"
+                row["note"] += "; never kept: not smaller than the dense reference (parameters or FLOPs)"
             if not st.lo and row["accepted"]:
                 if k == 1 or self.reference is None:  # nothing less pruned left to confirm it (or no pairing)
                     st.lo = k
