@@ -57,7 +57,8 @@ def machine() -> dict[str, object]:
 
 def load_results(name: str, merge: str = "", fresh: bool = False) -> dict:
     """The results file ``name`` under results/ (``{"models": {}}`` when absent or ``fresh``), with
-    the models of the comma-separated results files in ``merge`` merged into it."""
+    the seeds of every model in the comma-separated results files in ``merge`` merged into it (a
+    seed in both is taken from the merged file; the file's other seeds stay)."""
     path = os.path.join(RESULTS, name)
     results: dict = {"models": {}}
     if os.path.isfile(path) and not fresh:
@@ -65,7 +66,8 @@ def load_results(name: str, merge: str = "", fresh: bool = False) -> dict:
             results = json.load(f)
     for extra in filter(None, merge.split(",")):
         with open(os.path.join(RESULTS, extra)) as f:
-            results["models"].update(json.load(f)["models"])
+            for model, seeds in json.load(f)["models"].items():
+                results["models"].setdefault(model, {}).update(seeds)
     return results
 
 

@@ -183,7 +183,7 @@ def main() -> None:
     ap.add_argument("--results", default="pareto.json",
                     help="results file under results/ (separate files let models run in parallel)")
     ap.add_argument("--merge", default="",
-                    help="comma-separated results files whose models are merged into --results (no runs)")
+                    help="comma-separated results files whose seeds are merged into --results (no runs)")
     args = ap.parse_args()
     results = load_results(args.results, args.merge, args.fresh)
     if args.merge:

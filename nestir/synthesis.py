@@ -214,6 +214,7 @@ class Synthesizer:
         self.candidate: Graph | None = None  # the pending selection step's trial-refit network
         self._wrong = torch.zeros(0, dtype=torch.bool)  # per-image errors of the last network judged
         self._se = 0.0  # the standard error of the last paired verdict
+        self._dense_size: tuple[int, int] | None = None  # the dense reference's (params, flops)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.teacher = teacher.to(self.dev) if teacher is not None else None
         self.final_teacher = ((final_teacher.to(self.dev) if final_teacher is not None else self.teacher)
@@ -549,8 +550,11 @@ class Synthesizer:
         dense reference every network counts as smaller."""
         if self.teacher is None:
             return True
-        d = stats(self.teacher)
-        return row["params"] < d["params"] and row["flops"] <= d["flops"]
+        if self._dense_size is None:  # the reference never changes: measured once
+            d = stats(self.teacher)
+            self._dense_size = (d["params"], d["flops"])
+        params, flops = self._dense_size
+        return row["params"] < params and row["flops"] <= flops
 
     def _no_bigger_than_dense(self) -> None:
         """Nothing smaller passed, and the network kept is not smaller than the dense reference
@@ -558,8 +562,7 @@ class Synthesizer:
         definition, no more parameters, no more FLOPs)."""
         if self.teacher is None or self.best is None or self.state.lo != 0:
             return
-        s = stats(self.best)
-        if not self._smaller_than_dense({"params": s["params"], "flops": s["flops"]}):
+        if not self._smaller_than_dense(stats(self.best)):
             self.trainer = self._trainer(self.teacher.copy(), self.cfg.lr)
             row = self._record("select", "the dense reference: no smaller network passed the rule")
             self._keep_best(row)
