@@ -372,6 +372,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-params", dest="max_params", type=int, help="size budget S (live parameters)")
+    p.add_argument("--max-flops", dest="max_flops", type=int,
+                   help="growth stops once a network has this many FLOPs (default: the dense reference's)")
     p.add_argument("--target-accuracy", dest="target_accuracy", type=float,
                    help="target validation accuracy A (default: no worse than the dense reference, by a paired "
                         "comparison on the validation images)")

@@ -49,6 +49,7 @@ class SynthConfig:
 
     method: str = "nest"  # "nest": grow, shift, prune; "prune": pruning only, from the dense reference
     max_params: int = 0  # S; 0: the dense architecture's size (zoo) or 2x the model's
+    max_flops: int = 0  # growth's FLOPs budget; 0: the dense reference's FLOPs (none without a reference)
     target_accuracy: float = 0.0  # A on the validation split; 0: decide by paired comparison with the dense reference
     initial_epochs: int = 3
     epochs: int = 2  # training after each growth step
@@ -115,7 +116,8 @@ class SynthConfig:
             if not (math.isfinite(v) and v > 0):
                 raise NestirError(f"{name.replace('_', '-')} must be a positive number, got {v}")
         for name in ("initial_epochs", "epochs", "shift_epochs", "prune_epochs", "final_epochs", "trial_epochs",
-                     "max_growth_steps", "max_prune_steps", "recover_epochs", "grow_neurons", "grow_maps"):
+                     "max_growth_steps", "max_prune_steps", "recover_epochs", "grow_neurons", "grow_maps",
+                     "max_flops"):
             if getattr(self, name) < 0:
                 raise NestirError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("initial_epochs", "epochs", "shift_epochs", "prune_epochs", "final_epochs", "trial_epochs",
@@ -358,6 +360,11 @@ class Synthesizer:
                 st.growth_stopped = "target accuracy reached"
             elif row["params"] >= c.max_params:
                 st.growth_stopped = "size budget reached"
+            elif self._flops_budget() and row["flops"] >= self._flops_budget():
+                # a convnet's growth adds feature maps, cheap in parameters and dear in FLOPs: past the
+                # dense reference's FLOPs it builds what the selection may not keep (measured: LeNet-5
+                # grew to 2.5x the dense FLOPs at 0.9x its parameters)
+                st.growth_stopped = "FLOPs budget reached"
             elif c.growth_patience and self._plateau(c.growth_patience):
                 st.growth_stopped = f"validation error has not improved for {c.growth_patience} growth steps"
             elif st.step >= c.max_growth_steps:
@@ -550,11 +557,23 @@ class Synthesizer:
         dense reference every network counts as smaller."""
         if self.teacher is None:
             return True
-        if self._dense_size is None:  # the reference never changes: measured once
+        params, flops = self._dense_stats()
+        return row["params"] < params and row["flops"] <= flops
+
+    def _dense_stats(self) -> tuple[int, int]:
+        """The dense reference's (params, flops); the reference never changes: measured once."""
+        assert self.teacher is not None
+        if self._dense_size is None:
             d = stats(self.teacher)
             self._dense_size = (d["params"], d["flops"])
-        params, flops = self._dense_size
-        return row["params"] < params and row["flops"] <= flops
+        return self._dense_size
+
+    def _flops_budget(self) -> int:
+        """Growth stops once a network has this many FLOPs (0: no budget): ``max_flops``, or by
+        default the dense reference's FLOPs, the most the selection may keep."""
+        if self.cfg.max_flops:
+            return self.cfg.max_flops
+        return self._dense_stats()[1] if self.teacher is not None else 0
 
     def _no_bigger_than_dense(self) -> None:
         """Nothing smaller passed, and the network kept is not smaller than the dense reference

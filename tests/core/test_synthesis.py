@@ -355,6 +355,40 @@ def test_a_network_with_more_flops_than_dense_is_never_kept(tmp_path):
     assert nestir_params(s.graph) == nestir_params(ref) and not st.target_reached
 
 
+@pytest.mark.parametrize("budget", ["dense", "option"])
+def test_growth_stops_at_the_flops_budget(tmp_path, budget):
+    """Growth stops once a network has the dense reference's FLOPs (or ``max_flops``'s), before
+    its step limit and its parameter budget: past it, it would build what the selection may not
+    keep. Without a reference and without the option there is no FLOPs budget."""
+    from nestir.edit import set_mask
+    from nestir.runs import dense_reference
+    from nestir.stats import stats
+
+    prep = small_prep()
+    seed_flops = stats(prep.graph)["flops"]
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "max_params": 10**7, "max_growth_steps": 4, "growth_patience": 0,
+                         "max_prune_steps": 0, "final_epochs": 0, "shift_epochs": 0, "recover_epochs": 0,
+                         "max_flops": int(1.3 * seed_flops) if budget == "option" else 0})
+    teacher = None
+    if budget == "dense":  # a sparse reference: ~1.5x the seed's FLOPs, less than its first growth step adds
+        teacher = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=0)["teacher"]
+        keep = 1.5 * seed_flops / stats(teacher)["flops"]
+        g = torch.Generator().manual_seed(0)
+        for n in teacher.parametric():
+            set_mask(teacher, n.name, n.params["mask"] & (torch.rand(n.params["mask"].shape, generator=g) < keep))
+    limit = int(1.3 * seed_flops) if budget == "option" else stats(teacher)["flops"]
+    assert seed_flops < limit
+    st = Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path), teacher=teacher).run()
+    grown = [r for r in st.history if r["phase"] == "grow"]
+    assert st.growth_stopped == "FLOPs budget reached"
+    assert 1 <= len(grown) < 4 and grown[-1]["flops"] >= limit
+    assert all(r["flops"] < limit for r in grown[:-1])
+
+    free = Synthesizer(prep.graph, prep.splits, SynthConfig(**{**cfg.to_dict(), "max_flops": 0}),
+                       str(tmp_path / "free"))
+    assert free._flops_budget() == 0
+
+
 @pytest.mark.parametrize("fallback", [True, False, "point_ok"])
 def test_growth_short_of_dense_prunes_the_dense_reference(tmp_path, fallback):
     """A grown network that fails the paired rule against the dense reference: by default the
