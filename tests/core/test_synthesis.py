@@ -192,7 +192,7 @@ def nestir_params(g):
 
 def test_bad_options_are_refused_before_work():
     for bad in ({"prune_fraction": 2.0}, {"lr": float("nan")}, {"batch_size": 0}, {"epochs": -1},
-                {"method": "magic"}, {"confidence": -1.0}, {"distill": 1.5}):
+                {"method": "magic"}, {"confidence": -1.0}, {"distill": 1.5}, {"max_flops": -1}):
         with pytest.raises(NestirError):
             SynthConfig(**bad).check()
 
