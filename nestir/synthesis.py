@@ -354,13 +354,14 @@ class Synthesizer:
                 st.phase = "grow"
                 self._record("seed")
             self.checkpoint()
+        flops_budget = self._flops_budget() if st.phase == "grow" else 0
         while st.phase == "grow":
             row = st.history[-1]
             if row.get("point_ok", row["accepted"]):  # the point estimate meets the target
                 st.growth_stopped = "target accuracy reached"
             elif row["params"] >= c.max_params:
                 st.growth_stopped = "size budget reached"
-            elif self._flops_budget() and row["flops"] >= self._flops_budget():
+            elif flops_budget and row["flops"] >= flops_budget:
                 # a convnet's growth adds feature maps, cheap in parameters and dear in FLOPs: past the
                 # dense reference's FLOPs it builds what the selection may not keep (measured: LeNet-5
                 # grew to 2.5x the dense FLOPs at 0.9x its parameters)

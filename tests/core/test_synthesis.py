@@ -366,9 +366,10 @@ def test_growth_stops_at_the_flops_budget(tmp_path, budget):
 
     prep = small_prep()
     seed_flops = stats(prep.graph)["flops"]
+    option = int(1.3 * seed_flops) if budget == "option" else 0
     cfg = SynthConfig(**{**prep.defaults, **FAST, "max_params": 10**7, "max_growth_steps": 4, "growth_patience": 0,
                          "max_prune_steps": 0, "final_epochs": 0, "shift_epochs": 0, "recover_epochs": 0,
-                         "max_flops": int(1.3 * seed_flops) if budget == "option" else 0})
+                         "max_flops": option})
     teacher = None
     if budget == "dense":  # a sparse reference: ~1.5x the seed's FLOPs, less than its first growth step adds
         teacher = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=0)["teacher"]
@@ -376,7 +377,7 @@ def test_growth_stops_at_the_flops_budget(tmp_path, budget):
         g = torch.Generator().manual_seed(0)
         for n in teacher.parametric():
             set_mask(teacher, n.name, n.params["mask"] & (torch.rand(n.params["mask"].shape, generator=g) < keep))
-    limit = int(1.3 * seed_flops) if budget == "option" else stats(teacher)["flops"]
+    limit = option or stats(teacher)["flops"]
     assert seed_flops < limit
     st = Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path), teacher=teacher).run()
     grown = [r for r in st.history if r["phase"] == "grow"]
