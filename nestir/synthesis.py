@@ -427,7 +427,7 @@ class Synthesizer:
             row = self._record("prune", _summary(infos) or "nothing left to prune")
             row["accepted"] = False  # a chain step decides nothing: the selection judges it after a refit
             row["note"] = "chain (before refit): " + row["note"]
-            self._snapshot(row["step"], removed=bool(_summary(infos)))
+            self._snapshot(row["step"], removed=_removed(infos) > 0)
             self.checkpoint()
         while st.phase == "select":
             if st.lo or st.cursor < 1:
@@ -769,6 +769,12 @@ def clear_chain(out: str) -> None:
             os.remove(os.path.join(d, name))
     if not os.listdir(d):
         os.rmdir(d)
+
+
+def _removed(infos: dict[str, Any]) -> int:
+    """How many connections, neurons and positions a pruning pipeline removed (a step that reports
+    ``magnitude-prune(connections=0, neurons=0)`` removed nothing: the chain ends there)."""
+    return sum(v for info in infos.values() for v in info.values() if isinstance(v, int) and not isinstance(v, bool))
 
 
 def _summary(infos: dict[str, Any]) -> str:

@@ -99,13 +99,20 @@ class MagnitudePrune(Pass):
             for n in names:
                 drop[n] = graph[n].params["mask"] & (mags[n] < self.threshold)
         elif self.scope == "global":
-            live = torch.cat([mags[n][graph[n].params["mask"]] for n in names])
-            k = math.floor(self.fraction * live.numel())
+            # the k smallest live magnitudes, picked by index: a threshold compared against would miss
+            # weights that decayed to denormal floats (with torch.set_flush_denormal(True), as training
+            # on the CPU sets it, kthvalue reports such a cut as 0.0 while no denormal is <= 0.0)
+            live = torch.cat([mags[n].masked_fill(~graph[n].params["mask"], float("inf")).flatten() for n in names])
+            k = math.floor(self.fraction * sum(int(graph[n].params["mask"].sum()) for n in names))
             if k == 0:
                 return 0
-            cut = torch.kthvalue(live.cpu(), k).values.item()
+            flat = torch.zeros(live.numel(), dtype=torch.bool, device=live.device)
+            flat[torch.topk(live, k, largest=False).indices] = True
+            start = 0
             for n in names:
-                drop[n] = graph[n].params["mask"] & (mags[n] <= cut)
+                m = graph[n].params["mask"]
+                drop[n] = flat[start:start + m.numel()].view_as(m) & m
+                start += m.numel()
         else:
             for n in names:
                 m = graph[n].params["mask"]

@@ -17,7 +17,6 @@ import pytest
 from harness import TINY_MLP_FILE as MLP
 
 import nestir
-from nestir.cli import main
 
 OPTIONS = ["--quiet", "--data", "digits", "--dense-epochs", "1", "--initial-epochs", "1", "--epochs", "1",
            "--prune-epochs", "1", "--shift-epochs", "1", "--max-growth-steps", "2", "--max-prune-steps", "3",
@@ -46,7 +45,11 @@ def reference(tmp_path_factory):
     (base / "mlp.py").write_text(MLP)
     spec = f"{base / 'mlp.py'}:make"
     out = base / "reference"
-    assert main(["synthesize", spec, "--out", str(out), *OPTIONS]) == 0
+    # made the way the killed runs are made (a fresh process, one thread): runs reproduce per machine
+    # and thread count, and pytest's own process may run with another
+    proc = cli("synthesize", spec, "--out", str(out), *OPTIONS)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
     return spec, out
 
 

@@ -435,3 +435,20 @@ def test_soft_targets_average_the_teachers_logits():
     torch.testing.assert_close(got, want)
     with pytest.raises(NestirError, match="teachers"):
         SynthConfig(teachers=0).check()
+
+
+def test_a_chain_step_that_removes_nothing_ends_the_chain(tmp_path):
+    from nestir.runs import dense_reference
+
+    prep = small_prep()
+    # a fraction so small that a step removes no connection: the chain ends after its first step
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "method": "prune", "final_epochs": 0,
+                         "max_prune_steps": 5, "prune_fraction": 1e-9, "prune_flops": 0.0, "prune_scope": "global"})
+    dense = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)
+    msgs = []
+    rep = StopWhen(lambda row: False)
+    rep.message = msgs.append
+    st = Synthesizer(dense["teacher"].copy(), prep.splits, cfg, str(tmp_path), teacher=dense["teacher"],
+                     reporter=rep).run()
+    assert [r["phase"] for r in st.history].count("prune") == 1
+    assert any("nothing left to prune" in m for m in msgs)

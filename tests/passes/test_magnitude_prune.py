@@ -102,3 +102,27 @@ def test_neuron_fraction_removes_whole_groups_of_a_grouped_conv():
     assert g["c1"].params["weight"].shape[0] == 8 and g["c2"].params["weight"].shape[0] == 16
     assert g["c3"].params["weight"].shape[1] == 16
     assert res.info["neurons"] >= 8 + 16
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_global_scope_prunes_denormal_weights_first(flush):
+    # late in training many weights decay to denormal floats; with flush-to-zero on (as CPU training
+    # sets it) a threshold taken from kthvalue reads 0.0 and no denormal compares below it
+    torch.manual_seed(0)
+    g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
+    tiny = {}
+    for n in g.parametric():
+        w = n.params["weight"]
+        t = torch.rand(w.shape) < 0.3
+        w[t] = 5e-43 * torch.sign(torch.randn(int(t.sum())))
+        tiny[n.name] = t
+    live = sum(int(n.params["mask"].sum()) for n in g.parametric())
+    old = torch.is_flush_denormal_enabled() if hasattr(torch, "is_flush_denormal_enabled") else False
+    torch.set_flush_denormal(flush)
+    try:
+        res = get("magnitude-prune", fraction=0.2, scope="global").run(g, PassContext())
+    finally:
+        torch.set_flush_denormal(old)
+    assert res.info["connections"] == int(0.2 * live)
+    for n in g.parametric():  # every connection removed was one of the denormal ones
+        assert bool(tiny[n.name][~n.params["mask"]].all()), n.name
