@@ -214,7 +214,8 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
         report = {
             "model": type(model).__name__, "method": cfg.method, "data": "user loaders", "test_data": None,
             "seed": seed, "final": _measure(synth.graph, synth, splits.val, synth.selection.get("val_error")),
-            "baseline": baseline, "phases": state.history, "rule": state.rule, "resolution": synth.resolution,
+            "baseline": baseline, "phases": state.history, "kept_step": synth.selection.get("step"),
+            "rule": state.rule, "resolution": synth.resolution,
             "target_accuracy": state.target,
             "target_reached": state.target_reached, "growth_stopped": state.growth_stopped,
             "wall_seconds": round(time.perf_counter() - t0, 2), "device": str(synth.dev), "config": cfg.to_dict(),

@@ -72,7 +72,8 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
     return RunSpec(model=args.model, data=args.data, test_data=args.test_data, val_fraction=args.val_fraction,
                    seed_density=args.seed_density, device=args.device, input_shape=args.input_shape,
                    seed=args.seed if args.seed is not None else 0,
-                   audit_fraction=getattr(args, "audit_fraction", 0.1))
+                   audit_fraction=getattr(args, "audit_fraction", 0.1), max_val=getattr(args, "max_val", 10_000),
+                   max_audit=getattr(args, "max_audit", 5_000))
 
 
 def _config(args: argparse.Namespace, defaults: dict[str, Any], method: str) -> SynthConfig:
@@ -152,7 +153,8 @@ def _run(args: argparse.Namespace, method: str) -> int:
             "model": spec.model, "method": method, "data": spec.data, "test_data": spec.test_data,
             "seed": spec.seed,
             "final": final_metrics(synth.graph, prep, synth.dev, val_error=synth.selection.get("val_error")),
-            "phases": state.history, "rule": state.rule, "resolution": synth.resolution,
+            "phases": state.history, "kept_step": synth.selection.get("step"), "rule": state.rule,
+            "resolution": synth.resolution,
             "target_accuracy": state.target, "target_reached": state.target_reached,
             "growth_stopped": state.growth_stopped, "wall_seconds": round(state.wall, 2), "device": str(synth.dev),
             "config": synth.cfg.to_dict(),
@@ -291,7 +293,7 @@ def _read_run(out: str, args: argparse.Namespace, method: str) -> tuple[RunSpec,
         raw = meta["spec"]
         if not isinstance(raw, dict) or set(raw) - set(RunSpec.__dataclass_fields__):
             raise ValueError("unexpected fields in 'spec'")
-        spec = RunSpec(**raw)
+        spec = RunSpec(**{"max_val": 0, "max_audit": 0, **raw})  # a run from before the caps: none
         if not isinstance(spec.model, str) or not isinstance(spec.data, str):
             raise ValueError("'model' and 'data' must be strings")
         if meta.get("config", {}).get("method", method) != method:
@@ -364,6 +366,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audit-fraction", type=float, default=0.1,
                    help="audit split of --data, read once at the end by no decision: the unbiased error "
                         "estimate (default 0.1; 0: none)")
+    p.add_argument("--max-val", type=int, default=10_000,
+                   help="at most this many validation images (default 10,000: a paired decision then resolves "
+                        "about 0.1 points; 0: no cap)")
+    p.add_argument("--max-audit", type=int, default=5_000,
+                   help="at most this many audit images (default 5,000; 0: no cap)")
     p.add_argument("--seed-density", type=float, help="make the model a sparse seed at this connection density")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     p.add_argument("--out", help="run directory")
@@ -416,6 +423,10 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partial-area", dest="partial_area", type=float,
                    help="partial-area-mask fraction per pruning step (convs; default 0: off)")
     p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--epoch-samples", dest="epoch_samples", type=int,
+                   help="an epoch is a pass over the training split or a random draw of this many of its samples, "
+                        "whichever is fewer (default 12,000; 0: always a full pass): budgets in epochs then cost "
+                        "the same on any larger data set")
     p.add_argument("--lr", type=float)
     p.add_argument("--augment", action="store_true", default=None, help="random affine distortion of training images")
     p.add_argument("--seed", type=int, help="random seed (data split, seed masks, growth)")

@@ -167,8 +167,11 @@ def split(d: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]
     return s.train, s.val
 
 
-def split3(d: Dataset, val_fraction: float, audit_fraction: float, seed: int) -> Splits:
-    """Seeded shuffled train / validation / audit splits (``audit_fraction`` 0: no audit split)."""
+def split3(d: Dataset, val_fraction: float, audit_fraction: float, seed: int, *, max_val: int = 0,
+           max_audit: int = 0) -> Splits:
+    """Seeded shuffled train / validation / audit splits (``audit_fraction`` 0: no audit split).
+    ``max_val`` / ``max_audit`` (0: no cap) cap those splits' sizes: on large data a fraction
+    would take more images than a decision needs from the training split."""
     if not 0 < val_fraction < 1:
         raise DataError(f"validation fraction must be in (0, 1), got {val_fraction}")
     if not 0 <= audit_fraction < 1 or val_fraction + audit_fraction >= 1:
@@ -178,8 +181,12 @@ def split3(d: Dataset, val_fraction: float, audit_fraction: float, seed: int) ->
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     k = max(1, int(round(n * val_fraction)))
     a = int(round(n * audit_fraction))
+    if max_val > 0:
+        k = min(k, max_val)
     if audit_fraction > 0:
         a = max(1, a)
+        if max_audit > 0:
+            a = min(a, max_audit)
     if n - k - a < 1:
         raise DataError(f"data set '{d.name}' has {n} samples: too few to split off validation and audit data")
     va, au, tr = perm[:k], perm[k:k + a], perm[k + a:]

@@ -40,24 +40,53 @@ def write_models(out: str, graph: Graph, extra: dict[str, Any] | None = None) ->
     graph.to_onnx(os.path.join(out, "model.onnx"))
 
 
-def plot_history(path: str, rows: list[dict[str, Any]], title: str) -> None:
+# the synthesis flow's phases as a reader of history.png knows them (report.json's phase names)
+PHASE_LABELS = {"seed": "growth", "grow": "growth", "shift": "shift", "dense": "pruning chain",
+                "prune": "pruning chain", "select": "selection (trial refits)"}
+PHASE_COLORS = {"growth": "#dff0d8", "shift": "#fcf8e3", "pruning chain": "#f2dede",
+                "selection (trial refits)": "#d9edf7"}
+
+
+def phase_spans(rows: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
+    """(label, first step, last step) of each run of consecutive rows in one phase of the flow."""
+    spans: list[tuple[str, int, int]] = []
+    for r in rows:
+        label = PHASE_LABELS.get(r["phase"], r["phase"])
+        if spans and spans[-1][0] == label:
+            spans[-1] = (label, spans[-1][1], r["step"])
+        else:
+            spans.append((label, r["step"], r["step"]))
+    return spans
+
+
+def plot_history(path: str, rows: list[dict[str, Any]], title: str, kept: int | None = None) -> None:
+    """Parameters and validation error per step, the phases shaded and named, the network kept
+    marked (``kept``: its step)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [r["params"] for r in rows], "o-", color="tab:blue", label="parameters")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    named: set[str] = set()
+    for label, a, b in phase_spans(rows):
+        ax.axvspan(a - 0.5, b + 0.5, color=PHASE_COLORS.get(label, "#eeeeee"), zorder=0,
+                   label=None if label in named else label)
+        named.add(label)
+    ax.plot(steps, [r["params"] for r in rows], "o-", color="tab:blue", ms=3, label="parameters")
     ax.set_xlabel("step")
     ax.set_ylabel("live parameters", color="tab:blue")
     ax.set_yscale("log")
-    for r in rows:
-        if r["phase"] == "shift":
-            ax.axvline(r["step"], color="gray", ls=":", lw=1)
     ax2 = ax.twinx()
-    ax2.plot(steps, [100 * r["val_error"] for r in rows], "s-", color="tab:red", label="validation error")
+    ax2.plot(steps, [100 * r["val_error"] for r in rows], "s-", color="tab:red", ms=3, label="validation error")
     ax2.set_ylabel("validation error (%)", color="tab:red")
+    hit = [r for r in rows if r["step"] == kept]
+    if hit:
+        r = hit[0]
+        ax.plot([r["step"]], [r["params"]], marker="*", ms=16, color="gold", mec="black", zorder=5, ls="none",
+                label=f"kept: {r['params']:,} params")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -75,6 +75,8 @@ class SynthConfig:
     prune_scope: str = "global"  # magnitude-prune: across layers, or "layer" (the same fraction of each)
     partial_area: float = 0.0  # partial-area-mask fraction per pruning step (convs; 0: off, the default)
     batch_size: int = 64
+    epoch_samples: int = 12_000  # an epoch: a pass over train, or a random draw of this many samples when it
+    # holds more (0: always a full pass); every budget in epochs is then one in samples on large data
     lr: float = 2e-3
     prune_lr: float = 1e-3
     augment: bool = False
@@ -100,7 +102,8 @@ class SynthConfig:
         return cls(**{**METHOD_DEFAULTS.get(method, {}), "method": method, **kw})
 
     def recipe(self) -> Recipe:
-        return Recipe(batch_size=self.batch_size, augment=self.augment, anneal=self.anneal, alpha=self.distill,
+        return Recipe(batch_size=self.batch_size, epoch_samples=self.epoch_samples, augment=self.augment,
+                      anneal=self.anneal, alpha=self.distill,
                       temperature=self.temperature)
 
     def check(self) -> None:
@@ -132,6 +135,8 @@ class SynthConfig:
         ta = self.target_accuracy
         if ta != 0 and not (math.isfinite(ta) and 0 < ta <= 1):
             raise NestirError(f"target-accuracy must be in (0, 1] (default 0: the paired rule), got {ta}")
+        if self.epoch_samples < 0:
+            raise NestirError(f"epoch-samples must be >= 0 (0: every epoch a full pass), got {self.epoch_samples}")
         if self.batch_size < 1:
             raise NestirError(f"batch-size must be >= 1, got {self.batch_size}")
         if not (math.isfinite(self.confidence) and self.confidence >= 0):
@@ -698,7 +703,7 @@ class Synthesizer:
         if ck.get("sha256") != digest_tree({k: v for k, v in ck.items() if k != "sha256"}):
             raise NestirError(f"checkpoint '{path}' failed its integrity check (SHA-256 mismatch); start a new run")
         try:
-            cfg = SynthConfig(**ck["config"])
+            cfg = SynthConfig(**{"epoch_samples": 0, **ck["config"]})  # older runs: full passes
             g = graph_from_state(ck["graph"])
             g.verify()
             teacher = graph_from_state(ck["teacher"]) if ck.get("teacher") is not None else None

@@ -1,0 +1,57 @@
+import torch
+
+import nestir
+from nestir.backends.train import Trainer
+from nestir.data import Dataset
+from nestir.recipe import Recipe, SoftTargets, stint
+from nestir.zoo import LeNet300100
+
+
+class Counting(Trainer):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.seen: list[torch.Tensor] = []
+        self.soft_seen: list[torch.Tensor | None] = []
+
+    def epoch(self, x, y, batch_size=128, *, generator=None, progress=None, soft=None):
+        self.seen.append(y.clone())
+        self.soft_seen.append(soft)
+        return 0.0
+
+
+def data(n: int) -> Dataset:
+    return Dataset(torch.rand(n, 1, 28, 28), torch.arange(n) % 10, "d")
+
+
+def test_an_epoch_of_large_data_is_a_fresh_draw_of_epoch_samples():
+    g = nestir.trace(LeNet300100(), torch.zeros(2, 1, 28, 28))
+    d = Dataset(torch.rand(100, 1, 28, 28), torch.arange(100), "d")  # labels name the samples
+    t = Counting(g)
+    stint(t, d, 3, Recipe(epoch_samples=30), torch.Generator().manual_seed(0))
+    assert [len(s) for s in t.seen] == [30, 30, 30]
+    assert all(len(set(s.tolist())) == 30 for s in t.seen)  # without replacement within an epoch
+    assert len({tuple(sorted(s.tolist())) for s in t.seen}) == 3  # a fresh draw each epoch
+
+
+def test_small_data_and_zero_keep_full_passes():
+    g = nestir.trace(LeNet300100(), torch.zeros(2, 1, 28, 28))
+    d = data(40)
+    for rec in (Recipe(epoch_samples=40), Recipe(epoch_samples=1000), Recipe(epoch_samples=0)):
+        t = Counting(g.copy())
+        stint(t, d, 2, rec, torch.Generator().manual_seed(0))
+        assert all(torch.equal(s, d.y) for s in t.seen)  # the split itself, in order (the trainer shuffles)
+
+
+def test_soft_targets_follow_the_drawn_samples():
+    g = nestir.trace(LeNet300100(), torch.zeros(2, 1, 28, 28))
+    d = Dataset(torch.rand(50, 1, 28, 28), torch.arange(50) % 10, "d")
+    soft = SoftTargets(g, d, torch.device("cpu"))
+    full = soft.on(d.x, False)
+    t = Counting(g.copy())
+    gen = torch.Generator().manual_seed(1)
+    stint(t, d, 2, Recipe(epoch_samples=20, alpha=0.5), gen, soft=soft)
+    # replay the draws: each epoch's soft targets are the teacher's logits of exactly its samples
+    gen = torch.Generator().manual_seed(1)
+    for s in t.soft_seen:
+        idx = torch.randperm(50, generator=gen)[:20]
+        torch.testing.assert_close(s, full[idx])
