@@ -391,11 +391,13 @@ class Synthesizer:
             row = self._record("shift", "leaky ReLU -> ReLU" + (f", {extra} recovery epochs" if extra else ""))
             got = (f"validation metric {1 - row['val_error']:.6g}" if self.metric is not None
                    else f"validation error {row['val_error']:.2%}")
-            short = not row["accepted"] and not row.get("point_ok", False)
+            short = not row["accepted"]
             if short and self.teacher is not None and self.reference is not None and c.fallback_dense:
-                # growth fell short of the dense reference, even at the point estimate: pruning starts
-                # from the reference itself, under the same rule (a network within the tolerance at
-                # the point estimate, only short of the bound, is pruned itself, as below)
+                # growth fell short of the dense reference: pruning starts from the reference itself,
+                # under the same rule. (Before 2026-12-06 a network within the tolerance at the point
+                # estimate, only short of the bound, was pruned itself and became the reference: the
+                # bar fell by up to the tolerance, and on full MNIST a LeNet-5 grown to +0.20 points
+                # became the yardstick of every later decision.)
                 st.target_reached = False
                 row["note"] += "; not accepted: pruning starts from the dense reference instead"
                 self.rep.message(f"growth fell short of the dense reference ({st.growth_stopped}; {got}): "

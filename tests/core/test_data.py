@@ -76,3 +76,16 @@ def test_npz_that_is_not_an_archive(tmp_path):
     for path in (bad, npy):
         with pytest.raises(DataError, match="not an npz archive"):
             load(f"npz:{path}")
+
+
+def test_split_caps_validation_and_audit_and_leaves_small_data_alone():
+    from nestir.data import Dataset, split3
+
+    d = Dataset(torch.rand(1000, 1, 4, 4), torch.arange(1000) % 10, "d")
+    s = split3(d, 0.2, 0.1, 0, max_val=50, max_audit=30)
+    assert (len(s.val), len(s.audit), len(s.train)) == (50, 30, 920)
+    ids = torch.cat([s.train.x, s.val.x, s.audit.x]).flatten(1)[:, 0]
+    assert len(set(ids.tolist())) == 1000  # disjoint, and every sample is somewhere
+    # caps above the fractions change nothing: the same splits as without caps (mnist5k's runs)
+    a, b = split3(d, 0.2, 0.1, 0, max_val=10_000, max_audit=5_000), split3(d, 0.2, 0.1, 0)
+    assert torch.equal(a.val.x, b.val.x) and torch.equal(a.audit.x, b.audit.x) and torch.equal(a.train.x, b.train.x)
