@@ -72,8 +72,8 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
     return RunSpec(model=args.model, data=args.data, test_data=args.test_data, val_fraction=args.val_fraction,
                    seed_density=args.seed_density, device=args.device, input_shape=args.input_shape,
                    seed=args.seed if args.seed is not None else 0,
-                   audit_fraction=getattr(args, "audit_fraction", 0.1), max_val=getattr(args, "max_val", 10_000),
-                   max_audit=getattr(args, "max_audit", 5_000))
+                   audit_fraction=getattr(args, "audit_fraction", 0.1),
+                   **{k: getattr(args, k) for k in ("max_val", "max_audit") if getattr(args, k, None) is not None})
 
 
 def _config(args: argparse.Namespace, defaults: dict[str, Any], method: str) -> SynthConfig:
@@ -366,10 +366,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audit-fraction", type=float, default=0.1,
                    help="audit split of --data, read once at the end by no decision: the unbiased error "
                         "estimate (default 0.1; 0: none)")
-    p.add_argument("--max-val", type=int, default=10_000,
+    p.add_argument("--max-val", type=int,
                    help="at most this many validation images (default 10,000: a paired decision then resolves "
                         "about 0.1 points; 0: no cap)")
-    p.add_argument("--max-audit", type=int, default=5_000,
+    p.add_argument("--max-audit", type=int,
                    help="at most this many audit images (default 5,000; 0: no cap)")
     p.add_argument("--seed-density", type=float, help="make the model a sparse seed at this connection density")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available)")

@@ -75,7 +75,7 @@ class SynthConfig:
     prune_scope: str = "global"  # magnitude-prune: across layers, or "layer" (the same fraction of each)
     partial_area: float = 0.0  # partial-area-mask fraction per pruning step (convs; 0: off, the default)
     batch_size: int = 64
-    epoch_samples: int = 12_000  # an epoch: a pass over train, or a random draw of this many samples when it
+    epoch_samples: int = Recipe.epoch_samples  # an epoch: a pass over train, or a random draw of this many when it
     # holds more (0: always a full pass); every budget in epochs is then one in samples on large data
     lr: float = 2e-3
     prune_lr: float = 1e-3
