@@ -81,7 +81,7 @@ def build_model(g: Graph, opset: int = 18) -> onnx.ModelProto:
     return model
 
 
-def _export_via_torch(g: Graph, path: str, opset: int) -> None:
+def _export_via_torch(g: Graph, path: str, opset: int, sparse_storage: str = "auto") -> None:
     module = lower_torch(g, compact=False)
     xs = tuple(torch.zeros(2, *(n.shape or ())[1:]) for n in g.inputs)
     names = ["input"] if len(xs) == 1 else [n.name for n in g.inputs]
@@ -103,7 +103,7 @@ def _export_via_torch(g: Graph, path: str, opset: int) -> None:
                             f"{str(e).splitlines()[0]}") from e
     model = prog.model_proto  # type: ignore[union-attr]
     model.ir_version = min(model.ir_version, 10)
-    _save(model, path)
+    _save(model, path, sparse_storage)
 
 
 def _sdpa_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
@@ -142,7 +142,41 @@ def _math_attention(module: torch.fx.GraphModule) -> Iterator[None]:
         module.recompile()
 
 
-def _save(model: onnx.ModelProto, path: str) -> None:
+# a weight is stored sparse (values + int64 linear indices: 12 bytes a non-zero instead of 4 bytes a
+# weight) when that takes at most this fraction of its dense bytes, i.e. at density <= 1/4
+SPARSE_STORAGE_MAX_RATIO = 0.75
+SPARSE_STORAGE_MIN_ELEMENTS = 256  # small tensors (biases, scales) stay dense
+
+
+def store_sparse(model: onnx.ModelProto) -> int:
+    """Move the float initializers that are mostly zeros (pruned weights) to the graph's
+    ``sparse_initializer`` (ONNX ``SparseTensorProto``): the file then grows with the non-zero
+    weights. onnxruntime densifies them when it loads the model, so inference runs as before and
+    only the file and its load differ. Returns how many initializers moved."""
+    keep, moved = [], 0
+    for t in model.graph.initializer:
+        if t.data_type != TensorProto.FLOAT or np.prod(t.dims) < SPARSE_STORAGE_MIN_ELEMENTS:
+            keep.append(t)
+            continue
+        arr = numpy_helper.to_array(t)
+        flat = arr.reshape(-1)
+        idx = np.flatnonzero(flat)
+        if 12 * idx.size > SPARSE_STORAGE_MAX_RATIO * 4 * flat.size:
+            keep.append(t)
+            continue
+        values = numpy_helper.from_array(flat[idx].astype(np.float32), t.name)
+        indices = numpy_helper.from_array(idx.astype(np.int64), t.name + "_indices")
+        model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, list(arr.shape)))
+        moved += 1
+    if moved:
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+    return moved
+
+
+def _save(model: onnx.ModelProto, path: str, sparse_storage: str = "auto") -> None:
+    if sparse_storage == "auto":
+        store_sparse(model)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
@@ -152,9 +186,17 @@ def _save(model: onnx.ModelProto, path: str) -> None:
     atomic_write(path, lambda tmp: onnx.save(model, tmp))
 
 
-def lower_onnx(graph: Graph, path: str, *, compact: bool = True, opset: int = 18) -> None:
-    """Write ``graph`` as an ONNX file (input ``input``, dynamic batch, checker-valid)."""
+def lower_onnx(graph: Graph, path: str, *, compact: bool = True, opset: int = 18,
+               sparse_storage: str = "auto") -> None:
+    """Write ``graph`` as an ONNX file (input ``input``, dynamic batch, checker-valid).
+
+    ``sparse_storage``: ``"auto"`` stores each weight that is at least three quarters zeros as an
+    ONNX sparse initializer (the file follows the non-zero weights; onnxruntime densifies it at
+    load), ``"never"`` stores every weight dense (for consumers that do not read sparse
+    initializers)."""
+    if sparse_storage not in ("auto", "never"):
+        raise LoweringError(f"sparse_storage must be 'auto' or 'never', got {sparse_storage!r}")
     g = prepare(graph, compact)
     if any(n.op == "opaque" for n in g):
-        return _export_via_torch(g, path, opset)
-    _save(build_model(g, opset), path)
+        return _export_via_torch(g, path, opset, sparse_storage)
+    _save(build_model(g, opset), path, sparse_storage)

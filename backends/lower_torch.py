@@ -59,8 +59,13 @@ def prepare(graph: Graph, compact: bool) -> Graph:
 
 
 class _Lowering(TorchLowering):
-    def __init__(self, g: Graph, sparse: str) -> None:
-        self.fg, self.root, self.g, self.sparse = fx.Graph(), nn.Module(), g, sparse
+    def __init__(self, g: Graph, sparse: str, masks: bool = False) -> None:
+        self.fg, self.root, self.g, self.sparse, self.masks = fx.Graph(), nn.Module(), g, sparse, masks
+
+    def module(self, node: Node, mod: nn.Module, args: Any, kwargs: dict | None = None) -> Any:
+        if self.masks:
+            keep_mask(node, mod)
+        return super().module(node, mod, args, kwargs)
 
     def linear(self, weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> nn.Module:
         """Dense, or CSR where ``sparse`` asks for it (``auto``: large, sparse and timed faster here)."""
@@ -79,6 +84,35 @@ class _Lowering(TorchLowering):
         return PartialAreaConv(weight, bias, node.params["area"], a["stride"], a["padding"], a["dilation"])
 
 
+def keep_mask(node: Node, mod: nn.Module) -> None:
+    """Attach ``node``'s connectivity mask to ``mod``'s weight the way ``torch.nn.utils.prune``
+    does (``weight_orig``, ``weight_mask`` and a pre-forward hook): the pruned connections stay
+    zero under any optimizer. Layers that store only their live weights (CSR) need none."""
+    from torch.nn.utils import prune
+
+    mask = node.params.get("mask")
+    weight = getattr(mod, "weight", None)
+    if mask is None or not isinstance(weight, nn.Parameter):
+        return
+    if tuple(mask.shape) != tuple(weight.shape):
+        raise LoweringError(f"node '{node.name}' ({node.describe()}): its mask {tuple(mask.shape)} does not match "
+                            f"the lowered weight {tuple(weight.shape)}, so masks=True cannot keep it; lower with "
+                            "masks=False (pruned weights are zero, but training may make them non-zero)")
+    prune.custom_from_mask(mod, "weight", mask.to(weight.device, torch.bool).to(weight.dtype))
+
+
+def remove_masks(module: nn.Module) -> nn.Module:
+    """Make the masks of a ``to_torch(masks=True)`` module permanent: each masked weight becomes a
+    plain parameter holding its zeros (``torch.nn.utils.prune.remove``); returns ``module``."""
+    from torch.nn.utils import prune
+
+    for m in module.modules():
+        for hook in list(getattr(m, "_forward_pre_hooks", {}).values()):
+            if isinstance(hook, prune.BasePruningMethod):
+                prune.remove(m, hook._tensor_name)
+    return module
+
+
 def _emit(n: Node, low: _Lowering, env: dict[str, Any]) -> Any:
     args = [env[i] for i in n.inputs]
     if n.op == "input":
@@ -88,16 +122,19 @@ def _emit(n: Node, low: _Lowering, env: dict[str, Any]) -> Any:
     return opdef(n.op).to_torch(low, n, args)
 
 
-def lower_torch(graph: Graph, *, compact: bool = True, sparse: str = "never") -> fx.GraphModule:
+def lower_torch(graph: Graph, *, compact: bool = True, sparse: str = "never", masks: bool = False) -> fx.GraphModule:
     """A plain ``torch.fx.GraphModule`` computing the same function as ``graph`` (eval mode).
 
     Masks are baked into the weights; with ``compact`` neurons without live inputs/outputs are
     physically removed first. ``sparse``: ``"never"`` (dense layers), ``"auto"`` (for large linear
-    layers at density <= 20%, whichever of dense and CSR weights times faster here), ``"always"``."""
+    layers at density <= 20%, whichever of dense and CSR weights times faster here), ``"always"``.
+    ``masks``: also keep each weight's mask on its layer, ``torch.nn.utils.prune``-style
+    (``weight_orig`` * ``weight_mask``), so that fine-tuning with any optimizer keeps the pruned
+    connections at zero; :func:`remove_masks` makes them permanent."""
     if sparse not in ("never", "auto", "always"):
         raise LoweringError(f"sparse must be 'never', 'auto' or 'always', got {sparse!r}")
     g = prepare(graph, compact)
-    low = _Lowering(g, sparse)
+    low = _Lowering(g, sparse, masks)
     env: dict[str, Any] = {}
     for n in g:
         try:

@@ -5,7 +5,8 @@ Models are pruned structurally here (magnitude-prune with neuron_fraction + dead
 elimination, no retraining: latency does not depend on the weights' values) to about 1/20 of
 their parameters (LeNets) or by channels (the residual CNN).
 
-Run: python benchmarks/latency.py  -> results/latency.json, results/latency.md"""
+Run: python benchmarks/latency.py  -> results/latency.json, results/latency.md
+     python benchmarks/latency.py --storage-only  (the ONNX storage table alone, merged in)"""
 
 from __future__ import annotations
 
@@ -137,7 +138,69 @@ def csr() -> dict:
     return out
 
 
+def storage(d: str) -> dict:
+    """Unstructured sparsity in the ONNX file: the default file (weights at most a quarter non-zero
+    stored as ONNX sparse initializers) vs every weight stored dense, by density: file size,
+    session creation (load) time and inference latency in onnxruntime, outputs compared."""
+    out: dict = {}
+    x = torch.rand(256, 1, 28, 28)
+    for name in ("lenet-300-100", "lenet-5"):
+        torch.manual_seed(0)
+        g0 = nestir.trace(ZOO[name].factory(), x[:2])
+        for density in (0.5, 0.2, 0.1, 0.05, 0.02):
+            g = nestir.apply(g0, [f"magnitude-prune:fraction={1 - density},scope=global"])
+            paths = {"sparse_storage": os.path.join(d, f"{name}-{density}-s.onnx"),
+                     "dense_storage": os.path.join(d, f"{name}-{density}-d.onnx")}
+            g.to_onnx(paths["sparse_storage"])
+            g.to_onnx(paths["dense_storage"], sparse_storage="never")
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = 1
+            load = interleaved({k: (lambda p=p, so=so: ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]))
+                                for k, p in paths.items()}, repeats=15, warmup=2)
+            sess = {k: ort.InferenceSession(p, so, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+            xb = x.numpy()
+            outs = {k: s.run(None, {"input": xb})[0] for k, s in sess.items()}
+            run = interleaved({k: (lambda s=s, xb=xb: s.run(None, {"input": xb})) for k, s in sess.items()}, repeats=30)
+            size = {k: os.path.getsize(p) for k, p in paths.items()}
+            out[f"{name}|{density}"] = {
+                "params": nestir.stats(g)["params"], "bytes": size,
+                "size_ratio": size["sparse_storage"] / size["dense_storage"], "load_s": load,
+                "inference_s_batch256_1thread": run,
+                "max_abs_diff": float(np.abs(outs["sparse_storage"] - outs["dense_storage"]).max())}
+    return out
+
+
+def storage_table(st: dict) -> list[str]:
+    lines = ["| model, density | file: sparse / dense storage | size ratio | load (ms): sparse / dense | "
+             "inference b=256, 1 thread (ms): sparse / dense | max |diff| |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for k, r in st.items():
+        b, ld, inf = r["bytes"], r["load_s"], r["inference_s_batch256_1thread"]
+        lines.append(f"| {k.replace('|', ', ')} | {b['sparse_storage'] / 1e3:.0f} KB / "
+                     f"{b['dense_storage'] / 1e3:.0f} KB | {r['size_ratio']:.2f} | "
+                     f"{1e3 * ld['sparse_storage']:.1f} / {1e3 * ld['dense_storage']:.1f} | "
+                     f"{1e3 * inf['sparse_storage']:.2f} / {1e3 * inf['dense_storage']:.2f} | "
+                     f"{r['max_abs_diff']:.1e} |")
+    return lines
+
+
 def main() -> None:
+    if "--storage-only" in sys.argv:  # only the ONNX storage table, merged into the saved results
+        from common import load_results
+
+        results = load_results("latency.json")
+        with tempfile.TemporaryDirectory() as d:
+            results["onnx_sparse_storage"] = storage(d)
+        save("latency.json", results)
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latency.md")
+        with open(path) as f:
+            md = f.read().split("\n\nONNX storage")[0].rstrip("\n")
+        md += "\n\nONNX storage of unstructured sparsity (magnitude-prune, global, no retraining):\n\n"
+        md += "\n".join(storage_table(results["onnx_sparse_storage"]))
+        with open(path, "w") as f:
+            f.write(md + "\n")
+        print(md)
+        return
     torch.manual_seed(0)
     results: dict = {"machine": machine(), "onnxruntime": ort.__version__}
     with tempfile.TemporaryDirectory() as d:
@@ -154,6 +217,7 @@ def main() -> None:
         small = prune_to(g.copy(), [(xr, yr)], 0.25, ["magnitude-prune:neuron_fraction=0.2", "eliminate-dead-neurons"])
         results["resnet-cifar (channels)"] = case("resnet", g, small, (3, 32, 32), d)
         results["partial_area_lenet5"] = partial_area(d)
+        results["onnx_sparse_storage"] = storage(d)
     results["csr_linear_784x300_batch256"] = csr()
     save("latency.json", results)
     lines = ["| model | params × | FLOPs × | dense-equiv. FLOPs × | speed-up b=1 (1t/2t) | "
@@ -174,7 +238,9 @@ def main() -> None:
               f"{1e3 * pa['torch_latency_s_batch256']['torch_partial_area']:.2f} ms vs "
               f"{1e3 * pa['torch_latency_s_batch256']['torch_plain_conv']:.2f} ms.", "",
               "CSR vs dense 784x300 linear (torch, batch 256): " + ", ".join(
-                  f"density {k}: {v['csr_speedup']:.2f}x" for k, v in results["csr_linear_784x300_batch256"].items())]
+                  f"density {k}: {v['csr_speedup']:.2f}x" for k, v in results["csr_linear_784x300_batch256"].items()),
+              "", "ONNX storage of unstructured sparsity (magnitude-prune, global, no retraining):", "",
+              *storage_table(results["onnx_sparse_storage"])]
     md = "\n".join(lines)
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latency.md"), "w") as f:
         f.write(md + "\n")

@@ -45,7 +45,8 @@ SETTINGS = {
 }
 DATA, SLACK, TARGETS = SETTINGS["mnist5k"]  # main() sets these from --data
 LABELS = {"dense": "dense", "prune": "pruning only", "nest": "NeST", "nest-nodistill": "NeST, no distillation",
-          "prune-t50": "pruning only, tolerance 0.5 pts", "nest-t50": "NeST, tolerance 0.5 pts"}
+          "prune-t50": "pruning only, tolerance 0.5 pts", "nest-t50": "NeST, tolerance 0.5 pts",
+          "prune-e24": "pruning only, 24,000 samples an epoch", "nest-e24": "NeST, 24,000 samples an epoch"}
 
 
 def point(m: dict, wall: float, dense: dict | None) -> dict:
@@ -85,6 +86,8 @@ def run_seed(model: str, seed: int, methods: list[str], done: dict, save_point) 
             c.distill = 0.0
         if method.endswith("-t50"):  # a looser operating point of the same rule
             c.tolerance = 0.005
+        if method.endswith("-e24"):  # twice the default sample budget per epoch
+            c.epoch_samples = 24000
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
             s = Synthesizer(start, prep.splits, c, out, teacher=dense["teacher"], ensemble=dense["ensemble"])

@@ -26,7 +26,8 @@ from nestir.data import load_idx  # noqa: E402
 def onnx_test_error(path: str, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     """(test error, non-zero weights of the ONNX file's initializers)."""
     m = onnx.load(path)
-    arrays = (numpy_helper.to_array(t) for t in m.graph.initializer)
+    arrays = [numpy_helper.to_array(t) for t in m.graph.initializer]
+    arrays += [numpy_helper.to_array(t.values) for t in m.graph.sparse_initializer]  # pruned weights
     nonzero = sum(int(np.count_nonzero(w)) for w in arrays if w.dtype.kind == "f")
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1

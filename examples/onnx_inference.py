@@ -15,8 +15,11 @@ from nestir.data import load_idx
 path = sys.argv[1] if len(sys.argv) > 1 else "runs/quickstart/model.onnx"
 model = onnx.load(path)
 onnx.checker.check_model(model)
-size = sum(int(np.count_nonzero(onnx.numpy_helper.to_array(t))) for t in model.graph.initializer)
-print(f"{path}: {size} non-zero initializer values")
+# pruned weights are stored as sparse initializers (values and indices), the rest dense
+dense = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer]
+sparse = [onnx.numpy_helper.to_array(t.values) for t in model.graph.sparse_initializer]
+size = sum(int(np.count_nonzero(a)) for a in dense + sparse)
+print(f"{path}: {size} non-zero initializer values ({len(sparse)} weights stored sparse)")
 
 test = load_idx(sys.argv[2] if len(sys.argv) > 2 else "../shared/data/mnist", "test")
 sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

@@ -66,9 +66,9 @@ def main() -> None:
                                trial_epochs=5, max_growth_steps=2)
     if dist.is_main():
         b, f = result.report["baseline"], result.report["final"]
-        print(f"dense {b['params']} params, top-2 error {b['val_error']:.2%} -> kept {f['params']} params "
-              f"({b['params'] / f['params']:.1f}x fewer), top-2 error {f['val_error']:.2%} (selection) / "
-              f"{f['val_error_after_final_training']:.2%} (after the final training)")
+        print(f"dense {b['params']} params, top-2 accuracy {b['val_metric']:.2%} -> kept {f['params']} params "
+              f"({b['params'] / f['params']:.1f}x fewer), top-2 accuracy {f['val_metric']:.2%} (selection) / "
+              f"{f['val_metric_after_final_training']:.2%} (after the final training)")
         module = result.to_torch()
         nonzero = sum(int((p != 0).sum()) for p in module.parameters())
         print(f"compact module: {nonzero} non-zero parameters; wrote {args.out}/model.onnx and report.json")

@@ -71,8 +71,26 @@ def synthesize(model: Any, example_inputs: Any, *, train: Any, val: Any, loss: A
                        max_params=max_params, device=device, out=out, **options)
 
 
+def load(path: str) -> Graph:
+    """A saved model (a run's ``model.pt``, or any file :func:`nestir.serialize.save_graph`
+    wrote), verified; loading never executes code. ``nestir.load(p).to_torch()`` is the module,
+    ``.to_torch(masks=True)`` one whose pruned weights stay zero under fine-tuning."""
+    from .checks import require_path
+    from .serialize import load_graph
+
+    path = require_path(path, "nestir.load")
+    return load_graph(path)[0]
+
+
+def remove_masks(module: Any) -> Any:
+    """Make the masks of a ``to_torch(masks=True)`` module permanent (plain weights with zeros)."""
+    from .backends.lower_torch import remove_masks as _remove
+
+    return _remove(module)
+
+
 __all__ = [
     "ArgumentError", "DataError", "EditError", "Graph", "LoweringError", "ModelFileError", "NestirError", "Node",
     "OutputError", "PassError", "ShapeError", "TraceError", "VerifyError", "apply", "opaque_nodes", "stats", "trace",
-    "synthesize", "verify", "StructureSteps", "prune_schedule", "nest_schedule",
+    "synthesize", "verify", "StructureSteps", "prune_schedule", "nest_schedule", "load", "remove_masks",
 ]

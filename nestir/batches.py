@@ -19,11 +19,21 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 Check = Callable[[list[Batch], int], None]
 
 
+def describe_batch(item: Any) -> str:
+    """What a loader gave instead of an ``(inputs, targets)`` pair, in words."""
+    if isinstance(item, dict):
+        return f"a dict with keys {sorted(map(str, item))[:6]} (return (inputs, targets) pairs, e.g. (b['x'], b['y']))"
+    if isinstance(item, (tuple, list)):
+        kinds = ", ".join(type(v).__name__ for v in item[:4])
+        return f"a {type(item).__name__} of {len(item)} items ({kinds}{', ...' if len(item) > 4 else ''})"
+    return f"an item of type {type(item).__name__}"
+
+
 def _pair(item: Any) -> Batch:
     if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)
             and isinstance(item[1], torch.Tensor)):
         raise PassError("data must be an (inputs, targets) pair of tensors or an iterable of such pairs, "
-                        f"got an item of type {type(item).__name__}")
+                        f"got {describe_batch(item)}")
     return item[0], item[1]
 
 

@@ -88,6 +88,16 @@ def check_batches(batches: Sequence[tuple[Any, Any]], graph: Graph, loss: Any = 
                             f"(labels 0..{classes - 1})")
 
 
+def require_single_output(graph: Graph, where: str) -> None:
+    """Training needs one output tensor (logits, or a prediction): a model that returns a tuple or
+    a dict is refused with what to do."""
+    n = len(graph.output.inputs)
+    if n != 1:
+        raise ArgumentError(f"{where}: the model returns {n} values (a tuple, list or dict); nestir trains a model "
+                            "with one output tensor. Wrap it so that forward returns the tensor the loss reads, "
+                            "e.g. forward(x) = model(x)[0]")
+
+
 def check_seed(seed: Any, where: str) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ArgumentError(f"{where}: seed must be an integer, got {seed!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +24,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def traced(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .frontend import trace
 
+    if args.model.endswith(".pt") and os.path.isfile(args.model):  # a saved model (a run's model.pt)
+        from .serialize import load_graph
+
+        g, _ = load_graph(args.model)
+        return g, tuple((g.inputs[0].shape or ())[1:]) if g.inputs else ()
     model, shape = load_model(args.model)
     if args.input_shape:
         shape = parse_shape(args.input_shape)

@@ -12,8 +12,9 @@ from typing import Any
 from . import dist
 from .errors import NestirError
 from .loading import is_data_factory
+from .rundir import check_out_dir, clean_temp_files, clear_run
 from .runs import RunSpec, dense_reference, final_metrics, prepare, write_outputs
-from .synthesis import SynthConfig, Synthesizer, clear_chain
+from .synthesis import SynthConfig, Synthesizer
 
 
 class RichReporter:
@@ -46,9 +47,10 @@ class RichReporter:
             self.progress.update(self.task, completed=done, loss=loss)
 
     def step(self, row: dict[str, Any]) -> None:
+        judged = (f"val metric {row['val_metric']:.5g}" if "val_metric" in row
+                  else f"val error {100 * row['val_error']:5.2f}%")
         self.console.print(f"[bold]{row['phase']:>6}[/] step {row['step']:>3}  params {row['params']:>8}  "
-                           f"FLOPs {row['flops']:>9}  val error {100 * row['val_error']:5.2f}%  "
-                           f"[dim]{row.get('note', '')}[/]")
+                           f"FLOPs {row['flops']:>9}  {judged}  [dim]{row.get('note', '')}[/]")
 
     def message(self, text: str) -> None:
         self.console.print(f"[yellow]{text}[/]")
@@ -57,14 +59,17 @@ class RichReporter:
         from rich.table import Table
 
         t = Table(title=f"nestir: {report['model']} on {report['data']}")
-        for col in ("", "params", "FLOPs", "val error (selection)", "audit error (unbiased)", "test error"):
+        metric = any(r and r.get("val_error") is None for r in (report.get("baseline"), report.get("final")))
+        judged = f"val {report.get('metric', 'metric')}" if metric else "val error (selection)"
+        for col in ("", "params", "FLOPs", judged, "audit error (unbiased)", "test error"):
             t.add_column(col, justify="right")
         for key in ("baseline", "final"):
             r = report.get(key)
             if r:
                 te = "-" if r.get("test_error") is None else f"{100 * r['test_error']:.2f}%"
                 au = "-" if r.get("audit_error") is None else f"{100 * r['audit_error']:.2f}%"
-                t.add_row(key, str(r["params"]), str(r["flops"]), f"{100 * r['val_error']:.2f}%", au, te)
+                v = f"{r['val_metric']:.5g}" if r.get("val_error") is None else f"{100 * r['val_error']:.2f}%"
+                t.add_row(key, str(r["params"]), str(r["flops"]), v, au, te)
         type(self.console)(quiet=self.console.quiet).print(t)  # the table goes to stdout
 
 
@@ -91,18 +96,20 @@ def _run(args: argparse.Namespace, method: str) -> int:
     reference is trained first under the same recipe; it is the baseline of the report, the
     teacher that growth, shift, pruning and refit distil from, and the reference every
     keep-or-reject decision is compared with."""
-    if not args.resume and args.data and is_data_factory(args.data):
+    if args.dense_epochs < 0:
+        raise NestirError(f"--dense-epochs must be >= 0 (0: the model is trained already), got {args.dense_epochs}")
+    if args.data and is_data_factory(args.data):
         return _run_on_loaders(args, method)
     resumed_baseline = None
     out = args.resume or args.out or (_default_out(args.model, method) if args.model else None)
     if args.resume:
         spec, resumed_baseline = _read_run(out, args, method)
-        _clean_temp_files(out)
+        clean_temp_files(out)
     else:
         if args.model is None:
             raise NestirError(f"{args.cmd} needs a MODEL (or --resume DIR)")
         spec = _run_spec(args)
-        _check_out_dir(out)
+        check_out_dir(out)
         if os.path.isfile(os.path.join(out, "checkpoint.pt")) or os.path.isfile(os.path.join(out, "run.json")):
             if not args.force:
                 raise NestirError(f"'{out}' already holds a run: --resume {out} to continue it, --force to start over")
@@ -126,7 +133,7 @@ def _run(args: argparse.Namespace, method: str) -> int:
                 raise NestirError(f"the budget --max-params {cfg.max_params} is smaller than the seed "
                                   f"({seed_params} params): raise it or start from a smaller seed")
             if args.force and dist.is_main():
-                _clear_run(out)  # nothing of the old run may pass for the new one's
+                clear_run(out)  # nothing of the old run may pass for the new one's
             if dist.is_main():
                 os.makedirs(out, exist_ok=True)
             dense = dense_reference(prep, spec, cfg, dense_epochs=args.dense_epochs, reporter=rep)
@@ -156,6 +163,7 @@ def _run(args: argparse.Namespace, method: str) -> int:
             "phases": state.history, "kept_step": synth.selection.get("step"), "rule": state.rule,
             "resolution": synth.resolution,
             "target_accuracy": state.target, "target_reached": state.target_reached,
+            "target": synth.target_report(),
             "growth_stopped": state.growth_stopped, "wall_seconds": round(state.wall, 2), "device": str(synth.dev),
             "config": synth.cfg.to_dict(),
             # this invocation, from the loaded data and model to the report: the dense reference too
@@ -179,27 +187,22 @@ def _run_on_loaders(args: argparse.Namespace, method: str) -> int:
     import torch
 
     from .api import synthesize
-    from .loading import load_loaders, load_model, parse_shape
 
     if args.model is None:
-        raise NestirError(f"{args.cmd} needs a MODEL")
-    out = args.out or _default_out(args.model, method)
-    _check_out_dir(out)
-    if os.path.isfile(os.path.join(out, "report.json")) and not args.force:
-        raise NestirError(f"'{out}' already holds a run: --force to start over")
-    model, shape = load_model(args.model)
-    if getattr(args, "input_shape", None):
-        shape = parse_shape(args.input_shape)
-    train, val, test = load_loaders(args.data)
-    if shape is None:  # from the first training batch
-        first = next(iter(train), None)
-        if not (isinstance(first, (tuple, list)) and len(first) == 2 and isinstance(first[0], torch.Tensor)):
-            raise NestirError(f"--data {args.data}: the train loader gives no (inputs, targets) batch")
-        shape = tuple(first[0].shape[1:])
+        raise NestirError(f"{args.cmd} needs a MODEL (a run on your loaders resumes with the same MODEL and --data)")
+    out = args.resume or args.out or _default_out(args.model, method)
+    check_out_dir(out)
+    model, shape, train, val, test = _model_and_loaders(args)
     cfg = _config(args, {}, method)
     options = {k: v for k, v in cfg.to_dict().items() if k != "max_params"}
+    if args.batch_size is None:
+        del options["batch_size"]  # the loader's own batch size
     if args.seed_density is not None:
         options["seed_density"] = args.seed_density
+    if args.resume:
+        options["resume"] = True
+    if args.force:
+        options["force"] = True
     t0 = time.perf_counter()
     with RichReporter(args.quiet or not dist.is_main()) as rep:
         r = synthesize(model, torch.zeros(1, *shape), train=train, val=val, max_params=cfg.max_params or None,
@@ -220,6 +223,29 @@ def _run_on_loaders(args: argparse.Namespace, method: str) -> int:
     return 0
 
 
+def _model_and_loaders(args: argparse.Namespace) -> tuple[Any, tuple[int, ...], Any, Any, Any]:
+    """MODEL and ``--data file.py:factory``: the module, its per-sample input shape (``--input-shape``,
+    the model's own, or the first training batch's) and the (train, val, test) loaders."""
+    import torch
+
+    from .batches import describe_batch
+    from .loading import load_loaders, load_model, parse_shape
+
+    model, shape = load_model(args.model)
+    if getattr(args, "input_shape", None):
+        shape = parse_shape(args.input_shape)
+    train, val, test = load_loaders(args.data)
+    if shape is None:  # from the first training batch
+        first = next(iter(train), None)
+        if first is None:
+            raise NestirError(f"--data {args.data}: the train loader gives no batch (it is empty)")
+        if not (isinstance(first, (tuple, list)) and len(first) == 2 and isinstance(first[0], torch.Tensor)):
+            raise NestirError(f"--data {args.data}: the train loader must give (inputs, targets) pairs of tensors, "
+                              f"got {describe_batch(first)}")
+        shape = tuple(first[0].shape[1:])
+    return model, shape, train, val, test
+
+
 def _check_storable(prep: Any, cmd: str) -> None:
     """Before any training: the run directory must be able to hold the model (no opaque nodes)."""
     from .serialize import check_storable
@@ -227,39 +253,6 @@ def _check_storable(prep: Any, cmd: str) -> None:
     check_storable(prep.graph, f"{cmd} cannot train '{prep.graph.name}' (its run directory cannot store code)",
                    "Fix: write those ops with layers nestir knows, or train from Python (nestir.trace, "
                    "nestir.apply, then Graph.to_torch() or Graph.to_onnx(), which keep the calls).")
-
-
-RUN_FILES = ("checkpoint.pt", "run.json", "report.json", "model.onnx", "model.pt", "history.csv", "history.png",
-             "first_layer.png")
-
-
-def _check_out_dir(out: str) -> None:
-    """Refuse an output path that cannot become a run directory, before any work starts."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise NestirError(f"--out '{out}' is a file, not a directory")
-    probe = out
-    while not os.path.exists(probe):
-        probe = os.path.dirname(os.path.abspath(probe))
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise NestirError(f"--out '{out}': '{probe}' is not writable")
-
-
-def _clear_run(out: str) -> None:
-    for name in RUN_FILES:
-        path = os.path.join(out, name)
-        if os.path.isfile(path):
-            os.remove(path)
-    _clean_temp_files(out)
-    clear_chain(out)
-
-
-def _clean_temp_files(out: str) -> None:
-    """Remove what interrupted atomic writes left behind (``*.tmp`` beside the run's files)."""
-    for d in (out, os.path.join(out, "chain")):
-        if os.path.isdir(d):
-            for name in os.listdir(d):
-                if name.endswith(".tmp"):
-                    os.remove(os.path.join(d, name))
 
 
 def _match_checkpoint(out: str, spec: RunSpec, meta: dict[str, Any],
@@ -286,6 +279,9 @@ def _read_run(out: str, args: argparse.Namespace, method: str) -> tuple[RunSpec,
 
     path = os.path.join(out, "run.json")
     if not os.path.isfile(path):
+        if os.path.isfile(os.path.join(out, "checkpoint.pt")):  # a run on the user's own loaders
+            raise NestirError(f"'{out}' holds a run on your own loaders: resume it with the same MODEL and "
+                              f"--data: nestir {args.cmd} MODEL --data file.py:factory --resume {out}")
         raise NestirError(f"nothing to resume in '{out}': run.json is missing")
     try:
         with open(path) as f:
@@ -320,40 +316,83 @@ def cmd_prune_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    """A pass pipeline on a model, scored with gradients from the first ``--batches`` training
+    batches (built-in data, or your loaders); ``--epochs`` of training after it. Every option and
+    pass spec is checked before anything is read or written."""
+    from .passes import resolve
     from .pipeline import apply
     from .stats import stats
 
-    spec = _run_spec(args)
-    prep = prepare(spec, dense=True)
-    _check_storable(prep, args.cmd)
     if not args.passes:
         raise NestirError("apply needs at least one --pass NAME[:key=value,...]")
+    for name, v in (("--batch-size", args.batch_size), ("--batches", args.batches)):
+        if v < 1:
+            raise NestirError(f"{name} must be >= 1, got {v}")
+    if args.epochs < 0:
+        raise NestirError(f"--epochs must be >= 0, got {args.epochs}")
+    resolve(args.passes)  # a bad pass name or option is refused here, before any work
     out = args.out or "runs/apply"
-    if dist.is_main():
-        os.makedirs(out, exist_ok=True)
-    before = stats(prep.graph)
-    n = min(prep.train.x.shape[0], args.batches * args.batch_size)
+    check_out_dir(out)
+    if is_data_factory(args.data):
+        graph, train, device, evaluate_on = _apply_inputs_from_loaders(args)
+    else:
+        spec = _run_spec(args)
+        prep = prepare(spec, dense=True)
+        _check_storable(prep, args.cmd)
+        graph, train, device = prep.graph, prep.train, prep.device
+        evaluate_on = prep
+    before = stats(graph)
+    n = min(train.x.shape[0], args.batches * args.batch_size)
     # under torchrun each rank scores its share of every batch; the passes sum over the ranks
     data = []
     for i in range(0, n, args.batch_size):
-        xb, yb = prep.train.x[i:i + args.batch_size], prep.train.y[i:i + args.batch_size]
+        xb, yb = train.x[i:i + args.batch_size], train.y[i:i + args.batch_size]
         part = dist.shard(xb.shape[0])
         data.append((xb[part], yb[part]))
-    g = apply(prep.graph, args.passes, data, device=spec.device, seed=args.seed)
+    g = apply(graph, args.passes, data, device=device, seed=args.seed)
     if args.epochs:
         from .backends.train import Trainer
 
-        t = Trainer(g, device=prep.device, lr=args.lr)
+        t = Trainer(g, device=device, lr=args.lr)
         for _ in range(args.epochs):
-            t.epoch(prep.train.x.to(prep.device), prep.train.y.to(prep.device), args.batch_size)
-    after = final_metrics(g, prep, prep.device)
-    report = {"model": spec.model, "data": spec.data, "passes": args.passes,
+            t.epoch(train.x.to(device), train.y.to(device), args.batch_size)
+    if isinstance(evaluate_on, dict):  # your loaders: size and validation error
+        from .backends.train import evaluate
+
+        s = stats(g)
+        val = evaluate_on["val"]
+        after = {"params": s["params"], "flops": s["flops"],
+                 "val_error": evaluate(g, val.x, val.y, device=device).error}
+    else:
+        after = final_metrics(g, evaluate_on, device)
+    report = {"model": args.model, "data": args.data, "passes": args.passes,
               "before": {"params": before["params"], "flops": before["flops"]}, "final": after, "phases": []}
     if not dist.is_main():
         return 0
-    write_outputs(out, g, report, f"apply on {spec.model}", plots=False)
+    write_outputs(out, g, report, f"apply on {args.model}", plots=False)
     print(json.dumps({"before": report["before"], "after": after}, indent=2))
     return 0
+
+
+def _apply_inputs_from_loaders(args: argparse.Namespace) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """``apply --data file.py:factory``: the model traced at the loaders' input shape, the train
+    loader read into memory (checked like synthesize's), the val loader for the error after."""
+    import torch
+
+    from .api import collect_loader
+    from .backends.device import resolve_device
+    from .checks import require_single_output
+    from .edit import connect_all
+    from .frontend import trace
+
+    model, shape, train_loader, val_loader, _ = _model_and_loaders(args)
+    torch.manual_seed(args.seed)
+    graph = trace(model, torch.zeros(2, *shape), name=args.model)
+    require_single_output(graph, "apply")
+    connect_all(graph)
+    train = collect_loader(train_loader, "train", graph, None)
+    val = collect_loader(val_loader, "val", graph, None)
+    return graph, train, resolve_device(args.device), {"val": val}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -384,6 +423,11 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-accuracy", dest="target_accuracy", type=float,
                    help="target validation accuracy A (default: no worse than the dense reference, by a paired "
                         "comparison on the validation images)")
+    p.add_argument("--target-params", dest="target_params", type=int,
+                   help="a size target: prune until a network has at most this many parameters and keep the least "
+                        "pruned one within it; its accuracy against the dense reference is reported, not judged")
+    p.add_argument("--target-flops", dest="target_flops", type=int,
+                   help="a size target in FLOPs (with or without --target-params)")
     p.add_argument("--tolerance", type=float,
                    help="error allowed above the dense reference, as a fraction (default 0.0025)")
     p.add_argument("--confidence", type=float,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,13 +20,16 @@ class Dataset:
     x: torch.Tensor  # float32 (N, C, H, W) in [0, 1]
     y: torch.Tensor  # int64 (N,)
     name: str
+    # a user's loader read again for each training epoch (its own augmentation and order): returns
+    # a fresh (x, y) on the CPU; None for data held in memory (x, y are then every epoch's data)
+    reread: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def classes(self) -> int:
         return int(self.y.max()) + 1 if self.y.numel() else 0
 
     def to(self, device: torch.device | str) -> Dataset:
-        return Dataset(self.x.to(device), self.y.to(device), self.name)
+        return Dataset(self.x.to(device), self.y.to(device), self.name, self.reread)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])

@@ -122,6 +122,17 @@ def shard(n: int) -> slice:
     return slice(start, start + base + (1 if r < extra else 0))
 
 
+def gather_object(obj: object) -> list[object]:
+    """Every rank's Python object (picklable), in rank order, on every rank."""
+    if not active():
+        return [obj]
+    import torch.distributed as dist
+
+    box: list[object] = [None] * world()
+    dist.all_gather_object(box, obj)
+    return box
+
+
 def broadcast_object(obj: object, src: int = 0) -> object:
     """Rank ``src``'s Python object (picklable) on every rank."""
     if not active():

@@ -219,13 +219,15 @@ class Graph:
         """Raise :class:`~nestir.errors.VerifyError` when an invariant is broken (:func:`nestir.verify`)."""
         _provider("verify")(self)
 
-    def to_torch(self, *, compact: bool = True, sparse: str = "never") -> torch.nn.Module:
-        """The compact PyTorch module (``nestir.backends.lower_torch``)."""
-        return _provider("to_torch")(self, compact=compact, sparse=sparse)
+    def to_torch(self, *, compact: bool = True, sparse: str = "never", masks: bool = False) -> torch.nn.Module:
+        """The compact PyTorch module (``nestir.backends.lower_torch``). ``masks=True``: pruned
+        weights stay zero under fine-tuning (``nestir.remove_masks`` makes them permanent)."""
+        return _provider("to_torch")(self, compact=compact, sparse=sparse, masks=masks)
 
-    def to_onnx(self, path: str, *, compact: bool = True, opset: int = 18) -> None:
-        """Write the compact model as an ONNX file (``nestir.backends.lower_onnx``)."""
-        _provider("to_onnx")(self, path, compact=compact, opset=opset)
+    def to_onnx(self, path: str, *, compact: bool = True, opset: int = 18, sparse_storage: str = "auto") -> None:
+        """Write the compact model as an ONNX file (``nestir.backends.lower_onnx``); mostly-zero
+        weights are stored as sparse initializers unless ``sparse_storage="never"``."""
+        _provider("to_onnx")(self, path, compact=compact, opset=opset, sparse_storage=sparse_storage)
 
     def summary(self) -> str:
         """A per-layer table of neurons, connections, parameters and FLOPs."""

@@ -97,14 +97,18 @@ def stint(trainer: Trainer, data: Dataset, epochs: int, recipe: Recipe, gen: tor
     loss = float("nan")
     trainer.distill = (recipe.alpha if soft is not None else 0.0, recipe.temperature)
     n = len(data)
-    draw = 0 < recipe.epoch_samples < n
+    draw = 0 < recipe.epoch_samples < n and data.reread is None
     for e in range(epochs):
         if anneal and recipe.anneal:
             trainer.set_lr(base * (0.1 + 0.45 * (1 + math.cos(math.pi * e / max(1, epochs)))))
         idx = torch.randperm(n, generator=gen)[:recipe.epoch_samples].to(data.x.device) if draw else None
-        x, y = (data.x, data.y) if idx is None else (data.x.index_select(0, idx), data.y.index_select(0, idx))
+        fresh = data.reread is not None  # a user's loader: one pass of it per epoch (its augmentation, its order)
+        if fresh:
+            x, y = (t.to(data.x.device) for t in data.reread())  # type: ignore[misc]
+        else:
+            x, y = (data.x, data.y) if idx is None else (data.x.index_select(0, idx), data.y.index_select(0, idx))
         x = affine_augment(x, gen) if recipe.augment else x
-        s = soft.on(x, recipe.augment, idx) if soft is not None and recipe.alpha > 0 else None
+        s = soft.on(x, recipe.augment or fresh, idx) if soft is not None and recipe.alpha > 0 else None
         loss = trainer.epoch(x, y, recipe.batch_size, generator=gen, soft=s)
         if reporter is not None:
             reporter.epoch(e + 1, epochs, loss)

@@ -59,7 +59,8 @@ def phase_spans(rows: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
     return spans
 
 
-def plot_history(path: str, rows: list[dict[str, Any]], title: str, kept: int | None = None) -> None:
+def plot_history(path: str, rows: list[dict[str, Any]], title: str, kept: int | None = None,
+                 metric: str | None = None) -> None:
     """Parameters and validation error per step, the phases shaded and named, the network kept
     marked (``kept``: its step)."""
     import matplotlib
@@ -79,8 +80,12 @@ def plot_history(path: str, rows: list[dict[str, Any]], title: str, kept: int | 
     ax.set_ylabel("live parameters", color="tab:blue")
     ax.set_yscale("log")
     ax2 = ax.twinx()
-    ax2.plot(steps, [100 * r["val_error"] for r in rows], "s-", color="tab:red", ms=3, label="validation error")
-    ax2.set_ylabel("validation error (%)", color="tab:red")
+    if all("val_metric" in r for r in rows):  # a custom metric (or the negative loss): the metric itself
+        ax2.plot(steps, [r["val_metric"] for r in rows], "s-", color="tab:red", ms=3, label="validation metric")
+        ax2.set_ylabel(f"validation {metric or 'metric'} (higher is better)", color="tab:red")
+    else:
+        ax2.plot(steps, [100 * r["val_error"] for r in rows], "s-", color="tab:red", ms=3, label="validation error")
+        ax2.set_ylabel("validation error (%)", color="tab:red")
     hit = [r for r in rows if r["step"] == kept]
     if hit:
         r = hit[0]

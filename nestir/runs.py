@@ -215,7 +215,8 @@ def write_outputs(out: str, graph: Graph, report: dict[str, Any], title: str, pl
     write_models(out, graph, {"report": {k: v for k, v in report.items() if k in ("model", "data")}})
     write_history(os.path.join(out, "history.csv"), report.get("phases", []))
     if plots and report.get("phases"):
-        plot_history(os.path.join(out, "history.png"), report["phases"], title, kept=report.get("kept_step"))
+        plot_history(os.path.join(out, "history.png"), report["phases"], title, kept=report.get("kept_step"),
+                     metric=report.get("metric"))
         plot_first_layer(os.path.join(out, "first_layer.png"), graph)
     write_json(os.path.join(out, "report.json"), report)
 

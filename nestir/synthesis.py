@@ -22,11 +22,12 @@ from .backends.train import Trainer, evaluate
 from .data import Splits
 from .decide import paired, pooled
 from .edit import set_mask
-from .errors import NestirError
+from .errors import ArgumentError, NestirError
 from .graph import Graph
 from .passes import resolve
 from .passinfra import MAX_COUNT, PassContext, PassManager
 from .recipe import Recipe, Reporter, SoftTargets, stint
+from .rundir import clear_chain
 from .serialize import atomic_save, digest_tree, graph_from_state, graph_state
 from .stats import stats
 
@@ -92,6 +93,10 @@ class SynthConfig:
     confidence: float = 1.0  # z of the one-sided bound in the paired acceptance rule
     tolerance: float = 0.0025  # accepted error above the dense reference (fraction), at that bound
     fallback_dense: bool = True  # grown network worse than dense beyond the tolerance: prune the dense reference
+    # a size target (0: none): the chain prunes until a network has at most this many parameters /
+    # FLOPs, and the selection keeps the least pruned one within it (its accuracy is reported, not judged)
+    target_params: int = 0
+    target_flops: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -109,52 +114,52 @@ class SynthConfig:
     def check(self) -> None:
         """Refuse options that cannot work before any work starts."""
         if self.method not in ("nest", "prune"):
-            raise NestirError(f"method must be 'nest' or 'prune', got {self.method!r}")
+            raise ArgumentError(f"method must be 'nest' or 'prune', got {self.method!r}")
         for name in ("prune_fraction", "prune_neurons", "prune_flops", "partial_area", "distill"):
             v = getattr(self, name)
             if not (0 <= v < 1):
-                raise NestirError(f"{name.replace('_', '-')} must be in [0, 1), got {v}")
+                raise ArgumentError(f"{name.replace('_', '-')} must be in [0, 1), got {v}")
         for name in ("lr", "prune_lr", "temperature"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
-                raise NestirError(f"{name.replace('_', '-')} must be a positive number, got {v}")
+                raise ArgumentError(f"{name.replace('_', '-')} must be a positive number, got {v}")
         for name in ("initial_epochs", "epochs", "shift_epochs", "prune_epochs", "final_epochs", "trial_epochs",
                      "max_growth_steps", "max_prune_steps", "recover_epochs", "grow_neurons", "grow_maps",
-                     "max_flops"):
+                     "max_flops", "target_params", "target_flops"):
             if getattr(self, name) < 0:
-                raise NestirError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                raise ArgumentError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("initial_epochs", "epochs", "shift_epochs", "prune_epochs", "final_epochs", "trial_epochs",
                      "recover_epochs"):
             if getattr(self, name) > MAX_EPOCHS:
-                raise NestirError(f"{name.replace('_', '-')} {getattr(self, name)} is out of range "
+                raise ArgumentError(f"{name.replace('_', '-')} {getattr(self, name)} is out of range "
                                   f"(at most {MAX_EPOCHS:,})")
         for name in ("grow_neurons", "grow_maps"):  # else refused only after the dense reference trained
             if getattr(self, name) > MAX_COUNT:
-                raise NestirError(f"{name.replace('_', '-')} {getattr(self, name)} is out of range (at most "
+                raise ArgumentError(f"{name.replace('_', '-')} {getattr(self, name)} is out of range (at most "
                                   f"{MAX_COUNT:,} per layer and step)")
         ta = self.target_accuracy
         if ta != 0 and not (math.isfinite(ta) and 0 < ta <= 1):
-            raise NestirError(f"target-accuracy must be in (0, 1] (default 0: the paired rule), got {ta}")
+            raise ArgumentError(f"target-accuracy must be in (0, 1] (default 0: the paired rule), got {ta}")
         if self.epoch_samples < 0:
-            raise NestirError(f"epoch-samples must be >= 0 (0: every epoch a full pass), got {self.epoch_samples}")
+            raise ArgumentError(f"epoch-samples must be >= 0 (0: every epoch a full pass), got {self.epoch_samples}")
         if self.batch_size < 1:
-            raise NestirError(f"batch-size must be >= 1, got {self.batch_size}")
+            raise ArgumentError(f"batch-size must be >= 1, got {self.batch_size}")
         if not (math.isfinite(self.confidence) and self.confidence >= 0):
-            raise NestirError(f"confidence must be a z-value >= 0, got {self.confidence}")
+            raise ArgumentError(f"confidence must be a z-value >= 0, got {self.confidence}")
         if not (math.isfinite(self.tolerance) and 0 <= self.tolerance < 1):
-            raise NestirError(f"tolerance must be in [0, 1), got {self.tolerance}")
+            raise ArgumentError(f"tolerance must be in [0, 1), got {self.tolerance}")
         if not (math.isfinite(self.max_compression) and self.max_compression >= 1):
-            raise NestirError(f"max-compression must be >= 1, got {self.max_compression}")
+            raise ArgumentError(f"max-compression must be >= 1, got {self.max_compression}")
         if not (math.isfinite(self.chain_slack) and 0 < self.chain_slack <= 1):
-            raise NestirError(f"chain-slack must be in (0, 1], got {self.chain_slack}")
+            raise ArgumentError(f"chain-slack must be in (0, 1], got {self.chain_slack}")
         if not (math.isfinite(self.scan_slack) and 0 < self.scan_slack <= 1):
-            raise NestirError(f"scan-slack must be in (0, 1], got {self.scan_slack}")
+            raise ArgumentError(f"scan-slack must be in (0, 1], got {self.scan_slack}")
         if not 1 <= self.teachers <= MAX_TEACHERS:
-            raise NestirError(f"teachers must be between 1 and {MAX_TEACHERS}, got {self.teachers}")
+            raise ArgumentError(f"teachers must be between 1 and {MAX_TEACHERS}, got {self.teachers}")
         if self.max_trials < 1:
-            raise NestirError(f"max-trials must be >= 1, got {self.max_trials}")
+            raise ArgumentError(f"max-trials must be >= 1, got {self.max_trials}")
         if self.prune_scope not in ("layer", "global"):
-            raise NestirError(f"prune-scope must be 'layer' or 'global', got {self.prune_scope!r}")
+            raise ArgumentError(f"prune-scope must be 'layer' or 'global', got {self.prune_scope!r}")
 
 
 class _Silent:
@@ -188,6 +193,7 @@ class RunState:
     pending: int = 0  # selection: a chain index that passed, awaiting confirmation by the next one judged
     growth_stopped: str = ""
     rule: str = ""  # how steps are accepted, in words
+    asked: float | None = None  # the target as asked (target may only fall below it with --no-fallback-dense)
     wall: float = 0.0
 
 
@@ -246,6 +252,8 @@ class Synthesizer:
             if not 0 < cfg.target_accuracy <= 1:
                 raise NestirError(f"target accuracy must be in (0, 1], got {cfg.target_accuracy}")
             self.state.rule = f"validation accuracy >= {cfg.target_accuracy:.2%}"
+        if self.reference is None:
+            self.state.asked = self.state.target  # a value to keep: it is never lowered silently
         if cfg.method == "prune" and self.teacher is None:
             raise NestirError("pruning only needs the trained dense reference as its starting point")
         if cfg.max_params and stats(graph)["params"] > cfg.max_params and cfg.method == "nest" and not resuming:
@@ -292,6 +300,8 @@ class Synthesizer:
         row = {"step": len(self.state.history), "phase": phase, "params": s["params"], "flops": s["flops"],
                "val_error": err, "accepted": ok, "point_ok": point_ok, "epochs": self.state.epochs,
                "seconds": round(self.state.wall + self._lap(), 2), "note": "; ".join(x for x in (note, how) if x)}
+        if self.metric is not None:  # val_error is 1 - metric: the metric itself, for plots and reports
+            row["val_metric"] = 1 - err
         self.state.history.append(row)
         if report:
             self.rep.step(row)
@@ -376,6 +386,10 @@ class Synthesizer:
             elif st.step >= c.max_growth_steps:
                 st.growth_stopped = "growth step limit reached"
             if st.growth_stopped:
+                if st.step == 0 and st.growth_stopped in ("FLOPs budget reached", "size budget reached"):
+                    self.rep.message(f"growth stopped before its first step ({st.growth_stopped}): the seed is already "
+                                     "as large as the budget, so NeST only prunes it. To grow, start from a sparse "
+                                     "seed (--seed-density 0.1, or seed_density=0.1 in nestir.synthesize)")
                 st.phase = "shift"
                 self.checkpoint()
                 break
@@ -392,24 +406,28 @@ class Synthesizer:
             got = (f"validation metric {1 - row['val_error']:.6g}" if self.metric is not None
                    else f"validation error {row['val_error']:.2%}")
             short = not row["accepted"]
-            if short and self.teacher is not None and self.reference is not None and c.fallback_dense:
-                # growth fell short of the dense reference: pruning starts from the reference itself,
-                # under the same rule. (Before 2026-12-06 a network within the tolerance at the point
-                # estimate, only short of the bound, was pruned itself and became the reference: the
-                # bar fell by up to the tolerance, and on full MNIST a LeNet-5 grown to +0.20 points
-                # became the yardstick of every later decision.)
+            if short and self.teacher is not None and c.fallback_dense:
+                # growth fell short of the target: pruning starts from the dense reference, under the
+                # same rule and the same target, for any rule (paired, target accuracy, custom metric).
+                # (Before 2026-12-06 a network within the tolerance at the point estimate, only short
+                # of the bound, was pruned itself and became the reference: the bar fell by up to the
+                # tolerance; with a custom metric or target the target itself was lowered.)
                 st.target_reached = False
                 row["note"] += "; not accepted: pruning starts from the dense reference instead"
-                self.rep.message(f"growth fell short of the dense reference ({st.growth_stopped}; {got}): "
+                self.rep.message(f"growth fell short of the target ({st.growth_stopped}; {got}): "
                                  "pruning starts from the dense reference instead (--no-fallback-dense: "
                                  "prune the grown network)")
                 self.trainer = self._trainer(self.teacher.copy(), c.lr)
                 row = self._record("dense", "the trained dense reference: the pruning chain starts here")
+                if not row["accepted"]:
+                    self.rep.message(f"the dense reference itself does not reach the target ({self.state.rule}): "
+                                     "no network can be kept for it; the target is kept as asked")
             elif not row["accepted"]:
                 st.target_reached = False
                 row["note"] += "; not accepted: this network becomes the reference"
                 self.rep.message(f"the target was not reached after growth ({st.growth_stopped}; {got}): "
-                                 "pruning keeps this network's accuracy instead")
+                                 "pruning keeps this network's accuracy instead (--no-fallback-dense); the "
+                                 "report's target says to what")
                 # the reference becomes this network: pruning must not get worse than it
                 if self.reference is not None:
                     self.reference = evaluate(self.graph, self.data.val.x, self.data.val.y, device=self.dev).wrong
@@ -424,8 +442,9 @@ class Synthesizer:
             stop = self._chain_stop()
             if stop:
                 st.phase, st.lo, st.cursor = "select", 0, self._scan_start()
-                self.rep.message(f"pruning chain of {len(st.chain) - 1} steps ended ({stop}); "
-                                 "selecting the smallest network that passes after a trial refit")
+                self.rep.message(f"pruning chain of {len(st.chain) - 1} steps ended ({stop}); " + (
+                    "keeping the least pruned network within the size target" if self._size_target() else
+                    "selecting the smallest network that passes after a trial refit"))
                 self.checkpoint()
                 break
             infos = self._apply(self.pruning_pipeline())
@@ -436,6 +455,8 @@ class Synthesizer:
             row["note"] = "chain (before refit): " + row["note"]
             self._snapshot(row["step"], removed=_removed(infos) > 0)
             self.checkpoint()
+        if st.phase == "select" and self._size_target():
+            self._select_for_size()
         while st.phase == "select":
             if st.lo or st.cursor < 1:
                 res = self.resolution
@@ -494,6 +515,26 @@ class Synthesizer:
             self.checkpoint()
             clear_chain(self.out)  # the chain is no longer needed once the run is done
         return st
+
+    def _select_for_size(self) -> None:
+        """A size target: keep the least pruned chain network within it (after its trial refit),
+        the most accurate one a monotone error curve allows; the row notes how it compares with
+        the dense reference under the run's rule, which does not decide here."""
+        st, c = self.state, self.cfg
+        fits = [i for i, e in enumerate(st.chain) if self._fits(st.history[e["row"]])]
+        k = fits[0] if fits else len(st.chain) - 1
+        if not fits:
+            self.rep.message("the pruning chain ended before any network met the size target: its smallest network "
+                             "is kept")
+        self.trainer = self._trainer(self._load_snapshot(k), c.lr)
+        self._train(c.trial_epochs, f"trial refit of chain step {k}", anneal=True)
+        row = self._record("select", f"chain step {k}: the least pruned network within the size target, after a "
+                                     f"{c.trial_epochs}-epoch trial refit")
+        row["point_ok"], row["accepted"] = row.get("point_ok", row["accepted"]), bool(fits)
+        self._keep_best(row)
+        st.lo, st.target_reached = k, bool(fits)
+        st.phase = "refit"
+        self.checkpoint()
 
     def _confirm(self, row: dict[str, Any]) -> None:
         """The pending step passed on its own (or pooled with more pruned steps); keep it only when
@@ -597,12 +638,25 @@ class Synthesizer:
             self.rep.message("no network smaller than the dense reference passed the rule: "
                              "the dense reference is kept")
 
+    def _size_target(self) -> bool:
+        return bool(self.cfg.target_params or self.cfg.target_flops)
+
+    def _fits(self, row: dict[str, Any]) -> bool:
+        """Within the size target (``target_params`` / ``target_flops``)."""
+        c = self.cfg
+        return ((not c.target_params or row["params"] <= c.target_params)
+                and (not c.target_flops or row["flops"] <= c.target_flops))
+
     def _chain_stop(self) -> str:
         """Why the pruning chain ends now ("" while it goes on)."""
         st, c = self.state, self.cfg
         rows = [st.history[e["row"]] for e in st.chain]
         if st.step >= c.max_prune_steps:
             return f"{c.max_prune_steps} steps"
+        if self._size_target():  # prune until the size target is met, whatever the accuracy
+            if len(st.chain) > 1 and not st.chain[-1]["removed"]:
+                return "nothing left to prune"
+            return "the size target is met" if self._fits(rows[-1]) else ""
         if rows[0]["params"] >= c.max_compression * rows[-1]["params"]:
             return f"{c.max_compression:g}x fewer parameters than its start"
         if len(st.chain) > 1 and not st.chain[-1]["removed"]:
@@ -665,6 +719,39 @@ class Synthesizer:
                        "the tolerance, i.e. when the measured difference was at most passes_at_most. The standard "
                        "error falls as 1/sqrt(validation images)"}
 
+    def target_report(self) -> dict[str, Any]:
+        """What was asked, what the kept network reached on the validation split (its selection
+        estimate), and why the two differ when they do: the report's ``target``."""
+        st = self.state
+        kept = 1 - float(self.selection.get("val_error", 1.0))
+        out: dict[str, Any] = {"rule": st.rule, "asked": st.asked, "used": st.target if st.asked is not None else None,
+                               "kept": kept, "met": bool(self.selection.get("accepted", False)), "why": ""}
+        dense = self.score(self.teacher, self.data.val) if self.teacher is not None else None
+        out["dense_reference"] = dense
+        c = self.cfg
+        if self._size_target():  # the size decides; the accuracy is what it costs
+            kept_row = self.selection
+            out["asked"] = {"params": c.target_params or None, "flops": c.target_flops or None}
+            out["size"] = {"params": kept_row.get("params"), "flops": kept_row.get("flops")}
+            out["met"] = self._fits(kept_row) if kept_row else False
+            out["accuracy_vs_dense"] = (None if dense is None else kept - dense)
+            out["why"] = "" if out["met"] else "the pruning chain ended before a network met the size target"
+            return out
+        if st.asked is None:  # the paired rule: no value, a comparison with the dense reference
+            out["asked"] = "no less accurate than the dense reference (paired comparison on the validation images)"
+            if not st.target_reached:
+                out["why"] = "no network smaller than the dense reference passed the rule: the dense reference is kept"
+            return out
+        out["met"] = kept >= st.asked
+        if st.target < st.asked:
+            out["why"] = (f"lowered to {st.target:.6g} because growth fell short and --no-fallback-dense kept the "
+                          "grown network")
+        elif not out["met"] and dense is not None and dense < st.asked:
+            out["why"] = f"the dense reference itself reaches only {dense:.6g} on the validation split"
+        elif not out["met"]:
+            out["why"] = "no network passed the rule"
+        return out
+
     @property
     def selection(self) -> dict[str, Any]:
         """The history row of the kept network: its validation error is the selection estimate."""
@@ -696,8 +783,10 @@ class Synthesizer:
         dist.barrier()
 
     @classmethod
-    def resume(cls, out: str, splits: Splits, device: str | None = None,
-               reporter: Reporter | None = None) -> Synthesizer:
+    def resume(cls, out: str, splits: Splits, device: str | None = None, reporter: Reporter | None = None,
+               loss: Any = None, metric: Any = None) -> Synthesizer:
+        """Continue the run in ``out``; ``loss`` and ``metric`` are the run's own (code is not
+        stored in a checkpoint): the caller passes them again."""
         path = os.path.join(out, "checkpoint.pt")
         ck = _read(path, f"nothing to resume: '{path}' does not exist", "checkpoint")
         if not isinstance(ck, dict) or ck.get("format") != "nestir-checkpoint":
@@ -715,8 +804,12 @@ class Synthesizer:
             raise
         except Exception as e:
             raise NestirError(f"checkpoint '{path}' does not hold a valid run ({type(e).__name__}: {e})") from None
+        target = (ck.get("state") or {}).get("target")
+        if metric is not None and not isinstance(target, (int, float)):
+            raise NestirError(f"checkpoint '{path}' holds no metric target; start a new run")
         self = cls(g, splits, cfg, out, device, reporter, teacher=teacher, final_teacher=final_teacher,
-                   ensemble=ensemble, resuming=True, meta=ck.get("meta") or {})
+                   ensemble=ensemble, resuming=True, meta=ck.get("meta") or {}, loss=loss, metric=metric,
+                   metric_target=float(target) if metric is not None else None)
         known = {f.name for f in dataclasses.fields(RunState)}
         state = {k: v for k, v in ck["state"].items() if k in known}
         if state.get("phase") == "select" and "cursor" not in ck["state"]:  # an older run's binary search
@@ -764,18 +857,6 @@ def score(graph: Graph, data: Any, *, metric: Any = None, loss: Any = None, devi
             n += xb.shape[0]
     total, n = dist.sum_float(total, n)
     return total / max(1, n)
-
-
-def clear_chain(out: str) -> None:
-    """Remove the pruning chain's snapshot files (and the folder when nothing else is in it)."""
-    d = os.path.join(out, "chain")
-    if not dist.is_main() or not os.path.isdir(d):
-        return
-    for name in os.listdir(d):
-        if name.endswith((".pt", ".tmp")):
-            os.remove(os.path.join(d, name))
-    if not os.listdir(d):
-        os.rmdir(d)
 
 
 def _removed(infos: dict[str, Any]) -> int:

@@ -67,7 +67,24 @@ def main() -> None:
     verb, out = sys.argv[1], sys.argv[2]
     assert dist.init_from_env("cpu") and dist.world() == 2
     r = dist.rank()
-    if verb == "apply":
+    if verb == "shards":  # the data sets nestir.shards.union makes of differently sharded loaders
+        from torch.utils.data import DistributedSampler
+
+        from nestir.api import collect_loader
+
+        gen = torch.Generator().manual_seed(5)
+        x, y = torch.rand(397, 1, 8, 8, generator=gen), torch.randint(0, 10, (397,), generator=gen)
+        ds, g = TensorDataset(x, y), graph()
+        made = {
+            "plain": DataLoader(ds, batch_size=64),
+            "plain_shuffled": DataLoader(ds, batch_size=64, shuffle=True,
+                                         generator=torch.Generator().manual_seed(r)),
+            "sampler": DataLoader(ds, batch_size=64, sampler=DistributedSampler(ds, shuffle=False)),
+            "sampler_shuffled": DataLoader(ds, batch_size=64, sampler=DistributedSampler(ds, shuffle=True)),
+        }
+        torch.save({k: (d.x, d.y) for k, d in ((k, collect_loader(v, k, g, None)) for k, v in made.items())},
+                   os.path.join(out, f"rank{r}.pt"))
+    elif verb == "apply":
         g = graph()
         mine = shard(batches())
         st = collect(g, mine, bridges=BRIDGES)

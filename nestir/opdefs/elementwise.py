@@ -34,8 +34,10 @@ ACT_FUNCS: dict[Any, str] = {
     F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.leaky_relu: "leaky_relu", F.gelu: "gelu",
     F.silu: "silu", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
     F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.elu: "elu", torch.relu_: "relu",
+    F.relu_: "relu", torch.sigmoid_: "sigmoid", torch.tanh_: "tanh",  # torch's in-place aliases
 }
-ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh",
+               "tanh_": "tanh"}
 _TORCH_ACT = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
               "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid}
 BINOP = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}

@@ -37,7 +37,11 @@ class Pool(_Spatial):
 
     name = "pool"
     modules = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
-    functions = (F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d)
+    # torch's own aliases (torch.max_pool2d ...) are the same ops: their default stride is [] (the kernel)
+    functions = (F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, torch.max_pool1d, torch.max_pool2d,
+                 torch.avg_pool1d)
+    _MAX = {F.max_pool1d: 1, F.max_pool2d: 2, torch.max_pool1d: 1, torch.max_pool2d: 2}
+    _AVG = {F.avg_pool1d: 1, F.avg_pool2d: 2, torch.avg_pool1d: 1}
 
     def from_module(self, name: str, mod: nn.Module) -> Node | None:
         m: Any = mod
@@ -54,14 +58,13 @@ class Pool(_Spatial):
         t = fxn.target
         if kw is None:
             return None
-        if t is F.max_pool2d or t is F.max_pool1d:
+        stride = kw.get("stride") or None  # [] in torch's aliases: the kernel size
+        if t in self._MAX:
             if kw.get("return_indices"):
                 return None
-            nd = 2 if t is F.max_pool2d else 1
-            return pool_node(name, "max", nd, kw["kernel_size"], kw.get("stride"), kw.get("padding", 0),
+            return pool_node(name, "max", self._MAX[t], kw["kernel_size"], stride, kw.get("padding", 0),
                              kw.get("dilation", 1), kw.get("ceil_mode", False), True, None)
-        nd = 2 if t is F.avg_pool2d else 1
-        return pool_node(name, "avg", nd, kw["kernel_size"], kw.get("stride"), kw.get("padding", 0), 1,
+        return pool_node(name, "avg", self._AVG[t], kw["kernel_size"], stride, kw.get("padding", 0), 1,
                          kw.get("ceil_mode", False), kw.get("count_include_pad", True), kw.get("divisor_override"))
 
     def evaluate(self, node: Node, args: Sequence[Any], p: dict[str, torch.Tensor], training: bool) -> Any:

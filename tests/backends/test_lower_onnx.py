@@ -134,3 +134,27 @@ def test_batch_arithmetic_in_an_opaque_call_stays_dynamic():
         np.testing.assert_allclose(run_ir(g, x), ref, atol=1e-6)
         np.testing.assert_allclose(g.to_torch()(x).detach().numpy(), ref, atol=1e-6)
         np.testing.assert_allclose(run_onnx(g, x), ref, atol=1e-5)
+
+
+def test_pruned_weights_are_stored_sparse_and_the_file_follows_the_non_zero_weights(tmp_path):
+    import onnxruntime as ort
+
+    from nestir.zoo import LeNet5
+
+    torch.manual_seed(0)
+    g = nestir.trace(LeNet5(), torch.rand(2, 1, 28, 28))
+    g = nestir.apply(g, ["magnitude-prune:fraction=0.95,scope=global"])  # 5% of the weights left
+    sparse, dense = tmp_path / "s.onnx", tmp_path / "d.onnx"
+    g.to_onnx(str(sparse))
+    g.to_onnx(str(dense), sparse_storage="never")
+    assert sparse.stat().st_size <= dense.stat().st_size / 3
+    m = onnx.load(str(sparse))
+    onnx.checker.check_model(m)
+    assert len(m.graph.sparse_initializer) >= 2
+    x = np.random.default_rng(0).random((6, 1, 28, 28), dtype=np.float32)
+    outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+            for p in (sparse, dense)]
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
+    np.testing.assert_allclose(outs[0], run_ir(g, torch.from_numpy(x)), atol=1e-5)
+    with pytest.raises(nestir.LoweringError, match="sparse_storage"):
+        g.to_onnx(str(dense), sparse_storage="csr")

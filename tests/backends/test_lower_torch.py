@@ -80,3 +80,41 @@ def test_opaque_module_call_keeps_its_constant_arguments_and_keywords():
     g = nestir.trace(m, x)
     assert [n.name for n in g if n.op == "opaque"] == ["gate"]
     np.testing.assert_allclose(run_torch(g, x), m(x).detach().numpy(), atol=1e-5)
+
+
+def _pruned_lenet5():
+    from nestir.zoo import LeNet5
+
+    torch.manual_seed(0)
+    g = nestir.trace(LeNet5(), torch.rand(2, 1, 28, 28))
+    return nestir.apply(g, ["magnitude-prune:fraction=0.8"])
+
+
+def _nonzero(module) -> int:
+    return sum(int((m.weight != 0).sum()) for m in module.modules() if isinstance(m, (torch.nn.Linear,
+                                                                                      torch.nn.Conv2d)))
+
+
+def test_masks_keep_pruned_weights_zero_under_fine_tuning_and_can_be_made_permanent():
+    g = _pruned_lenet5()
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    plain, masked = g.to_torch(), g.to_torch(masks=True)
+    np.testing.assert_allclose(masked(x).detach().numpy(), plain(x).detach().numpy(), atol=1e-6)
+    before = _nonzero(masked)
+    assert before == _nonzero(plain) and before < 0.3 * sum(p.numel() for p in plain.parameters())
+    names = dict(masked.named_buffers())
+    assert any(k.endswith("weight_mask") for k in names)  # torch.nn.utils.prune's layout
+    for module in (plain, masked):
+        module.train()
+        opt = torch.optim.AdamW(module.parameters(), lr=1e-2, weight_decay=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(module(x), y).backward()
+            opt.step()
+    assert _nonzero(plain) > 2 * before  # without masks, fine-tuning refills the pruned weights
+    assert _nonzero(masked) <= before  # with them, the zeros stay zero
+    out = masked(x)
+    nestir.remove_masks(masked)
+    assert not any(k.endswith("weight_mask") for k, _ in masked.named_buffers())
+    assert _nonzero(masked) <= before
+    np.testing.assert_allclose(masked(x).detach().numpy(), out.detach().numpy(), atol=1e-5)

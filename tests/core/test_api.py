@@ -58,8 +58,10 @@ def test_custom_loss_and_metric_for_regression_targets():
     assert "metric" in r.report["rule"] and r.report["metric"] == "neg_mse"
     kept = r.report["final"]
     assert kept["params"] <= r.report["baseline"]["params"]
-    # with a custom metric val_error is 1 - metric: the kept network keeps the target on val
-    assert 1 - kept["val_error"] >= -50.0
+    # with a custom metric the report gives the metric itself: the kept network keeps the target on val
+    assert kept["val_error"] is None and kept["val_metric"] >= -50.0
+    assert r.report["target"]["asked"] == -50.0 and r.report["target"]["met"]
+    assert all("val_metric" in row for row in r.report["phases"])
 
 
 @pytest.mark.parametrize("call, err, words", [
@@ -96,3 +98,128 @@ def test_regression_loss_without_a_metric_keeps_the_validation_loss():
     assert kept["val_metric"] < 0 and base["val_metric"] < 0  # minus a mean squared error
     out = r.to_torch()(x[:5])
     assert out.shape == (5, 3)
+
+
+class Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(64, 10)
+
+    def forward(self, x):
+        y = self.a(x.flatten(1))
+        return y, torch.relu(y)
+
+
+class Recording:
+    """A reporter that records whether any training phase started."""
+
+    def __init__(self) -> None:
+        self.phases: list[str] = []
+
+    def phase(self, name, total=None):
+        self.phases.append(name)
+
+    def epoch(self, done, total, loss):
+        pass
+
+    def step(self, row):
+        pass
+
+    def message(self, text):
+        pass
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"max_params": 100}, "smaller than the seed"),
+    ({"seed_density": 0}, "seed_density"),
+    ({"seed_density": 1.5}, "seed_density"),
+    ({"loss": nn.CrossEntropyLoss(reduction="none")}, "one number"),
+    ({"model": Pair()}, "returns 2 values"),
+    ({"batch_size": 0}, "batch-size"),
+])
+def test_options_are_refused_before_any_training_and_nothing_is_written(tmp_path, kw, words):
+    tr, va, ex = loaders()
+    rep, out = Recording(), tmp_path / "run"
+    model = kw.pop("model", MLP())
+    with pytest.raises(nestir.ArgumentError, match=words):
+        nestir.synthesize(model, ex, train=tr, val=va, out=str(out), reporter=rep, **kw)
+    assert rep.phases == [] and not out.exists()
+
+
+def test_out_naming_a_file_is_an_argument_error(tmp_path):
+    tr, va, ex = loaders()
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(nestir.ArgumentError, match="is a file"):
+        nestir.synthesize(MLP(), ex, train=tr, val=va, out=str(f))
+
+
+def test_a_target_the_dense_reference_misses_is_kept_as_asked_and_the_report_says_why():
+    tr, va, ex = loaders()
+    r = nestir.synthesize(MLP(), ex, train=tr, val=va, target=0.999, seed_density=0.3, **FAST)
+    t = r.report["target"]
+    assert t["asked"] == t["used"] == r.report["target_accuracy"] == 0.999  # never lowered
+    assert not t["met"] and "dense reference itself" in t["why"] and t["dense_reference"] < 0.999
+    assert not r.report["target_reached"]
+
+
+def test_a_regression_target_is_never_lowered():
+    d = load("digits")
+    tr, va, ex = loaders(d.y.float())
+
+    def mse(o, t):
+        return torch.mean((o.squeeze(1) - t) ** 2)
+
+    def neg_mse(o, t):
+        return -mse(o, t)
+
+    r = nestir.synthesize(MLP(1), ex, train=tr, val=va, loss=mse, metric=neg_mse, target=-0.01, seed_density=0.3,
+                          **FAST)
+    t = r.report["target"]
+    assert t["asked"] == t["used"] == -0.01 and not t["met"] and t["why"]
+    assert r.report["final"]["val_error"] is None
+
+
+def test_a_size_target_keeps_a_network_within_it_and_reports_its_accuracy_against_dense():
+    tr, va, ex = loaders()
+    dense = nestir.stats(nestir.trace(MLP(), ex))["params"]
+    r = nestir.synthesize(MLP(), ex, train=tr, val=va, method="prune", target_params=dense // 6,
+                          **{**FAST, "max_prune_steps": 30})
+    t = r.report["target"]
+    assert r.report["final"]["params"] <= dense // 6 == t["asked"]["params"]
+    assert t["met"] and t["size"]["params"] == r.report["final"]["params"]
+    assert isinstance(t["accuracy_vs_dense"], float) and t["dense_reference"] > 0.5
+    # the least pruned chain network within the target: the chain step before it did not fit
+    chain = [row for row in r.report["phases"] if row["phase"] in ("dense", "prune")]
+    fitting = [row for row in chain if row["params"] <= dense // 6]
+    assert fitting and r.report["final"]["params"] == fitting[0]["params"]
+    assert all(row["params"] > dense // 6 for row in chain[:chain.index(fitting[0])])
+
+
+class Counting(torch.utils.data.Dataset):
+    """Digits with fresh random noise on every read (an augmentation), counting the reads."""
+
+    def __init__(self, x, y):
+        self.x, self.y, self.reads = x, y, 0
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return (self.x[i] + 0.01 * torch.randn_like(self.x[i])).clamp(0, 1), self.y[i]
+
+
+def test_training_reads_the_train_loader_each_epoch_at_its_batch_size():
+    d = load("digits")
+    train = Counting(d.x[:600], d.y[:600])
+    tr = DataLoader(train, batch_size=32, shuffle=True)
+    va = DataLoader(TensorDataset(d.x[1200:], d.y[1200:]), batch_size=200)
+    r = nestir.synthesize(MLP(), torch.zeros(1, *d.x.shape[1:]), train=tr, val=va, method="prune", **FAST)
+    assert r.report["config"]["batch_size"] == 32
+    epochs = FAST["dense_epochs"] + 2 * FAST["final_epochs"]  # at least: dense, its final training, the final training
+    assert train.reads >= 600 * (1 + epochs)
+    before = train.reads
+    nestir.synthesize(MLP(), torch.zeros(1, *d.x.shape[1:]), train=tr, val=va, method="prune", loader_epochs=False,
+                      **FAST)
+    assert train.reads - before == 600  # read once

@@ -71,3 +71,19 @@ def test_two_rank_synthesis_ends_with_identical_graphs(tmp_path):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["final"]["params"] == r0["params"] <= report["baseline"]["params"]
     assert (tmp_path / "run" / "model.onnx").exists()
+
+
+def test_every_sample_counts_once_however_the_loaders_are_sharded(tmp_path):
+    torchrun("shards", tmp_path)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    gen = torch.Generator().manual_seed(5)
+    x, y = torch.rand(397, 1, 8, 8, generator=gen), torch.randint(0, 10, (397,), generator=gen)
+    for kind in r0:
+        assert torch.equal(r0[kind][0], r1[kind][0]) and torch.equal(r0[kind][1], r1[kind][1]), kind  # ranks agree
+        got_x, got_y = r0[kind]
+        assert got_x.shape[0] == 397, kind  # not doubled, no padding sample
+        if kind in ("plain", "sampler"):  # an unshuffled source comes back in its own order
+            assert torch.equal(got_x, x) and torch.equal(got_y, y), kind
+        else:  # the same samples
+            key = lambda t: sorted(map(tuple, t.flatten(1).tolist()))  # noqa: E731
+            assert key(got_x) == key(x), kind

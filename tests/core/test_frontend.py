@@ -1039,3 +1039,26 @@ def test_channels_folded_into_the_batch_and_back_keep_their_neurons() -> None:
     ref = run_ir(pruned, y)
     np.testing.assert_allclose(run_onnx(pruned, y), ref, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(pruned.to_torch()(y).detach().numpy(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_aliases_of_known_functions_are_recognised():
+    class Aliases(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            y = torch.max_pool2d(torch.relu_(self.conv(x)), 2)
+            z = torch.avg_pool1d(y.flatten(2), 3)
+            w = torch.max_pool1d(F.relu_(z), 2, 2)
+            return torch.tanh_(w.sigmoid_()).flatten(1)
+
+    torch.manual_seed(0)
+    m, x = Aliases(), torch.rand(2, 1, 12, 12)
+    g = nestir.trace(m, x)
+    assert not nestir.opaque_nodes(g)
+    assert [n.op for n in g].count("pool") == 3
+    with torch.no_grad():
+        ref = m(x.clone()).numpy()
+    np.testing.assert_allclose(run_ir(g, x), ref, atol=1e-6)
+    np.testing.assert_allclose(run_onnx(g, x), ref, atol=1e-5)

@@ -121,3 +121,19 @@ def test_bytes_do_not_depend_on_which_equal_strings_are_one_object(tmp_path):
     atomic_save({"name": "mlp.py:make", "extra": {"model": "".join(["mlp.py:", "make"])}, "w": torch.ones(2)},
                 str(tmp_path / "b.pt"))
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def test_nestir_load_opens_a_saved_model_and_inspect_reads_it(tmp_path, capsys):
+    from nestir.cli import main
+
+    torch.manual_seed(0)
+    g = nestir.trace(LeNet5(), torch.rand(2, 1, 28, 28))
+    path = tmp_path / "model.pt"
+    save_graph(g, str(path))
+    h = nestir.load(str(path))
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.allclose(h.to_torch()(x), g.to_torch()(x), atol=1e-6)
+    assert main(["inspect", str(path)]) == 0
+    assert "IR nodes" in capsys.readouterr().out
+    with pytest.raises(ModelFileError, match="does not exist"):
+        nestir.load(str(tmp_path / "missing.pt"))

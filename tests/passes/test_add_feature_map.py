@@ -106,3 +106,15 @@ def test_a_layer_reading_the_same_channels_twice_gains_columns_in_both_places():
     assert out["c1"].params["weight"].shape[0] == 6 and w.shape[1] == 12
     assert bool(w[:6, 4:6].abs().sum() > 0) and bool(w[:6, 10:12].abs().sum() > 0)  # columns in both places
     np.testing.assert_allclose(run_onnx(out, x), run_ir(out, x), atol=1e-5)
+
+
+def test_grows_a_conv1d_model():
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 62, 2))
+    g = nestir.trace(model, torch.rand(2, 1, 64))
+    x, y = torch.rand(64, 1, 64), torch.randint(0, 2, (64,))
+    h = nestir.apply(g, ["add-feature-map:count=2"], [(x, y)])
+    conv = next(n for n in h.parametric() if n.op == "conv")
+    assert conv.params["weight"].shape[0] == 10 and nestir.stats(h)["params"] > nestir.stats(g)["params"]
