@@ -1,6 +1,6 @@
 """Device backends: execution and training of the IR, gradient statistics, lowering."""
 
-from .device import default_device, resolve_device
-from .executor import IRModule
+from nestir.backends.device import default_device, resolve_device
+from nestir.ir.interpreter import IRModule
 
 __all__ = ["IRModule", "default_device", "resolve_device"]

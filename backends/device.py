@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nestir.errors import ArgumentError
+from nestir.ir.errors import ArgumentError
 
 
 def default_device() -> torch.device:

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from nestir import dist
-from nestir.graph import Graph
-
-from .executor import IRModule
+from nestir.backends import dist
+from nestir.ir.graph import Graph
+from nestir.ir.interpreter import IRModule
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -1,5 +1,5 @@
 """Lowering to ONNX: each IR op becomes ONNX nodes directly, with compact dense initializers, as
-its op definition says (:meth:`nestir.opdefs.OpDef.to_onnx`); this module walks the graph.
+its op definition says (:meth:`nestir.ir.opdefs.OpDef.to_onnx`); this module walks the graph.
 
 Graphs with opaque nodes go through ``torch.onnx.export`` of the torch lowering instead."""
 
@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from nestir.errors import LoweringError
-from nestir.graph import Graph, Node
-from nestir.opdefs import opdef
-from nestir.serialize import atomic_write
-
-from .lower_torch import lower_torch, prepare
+from nestir.backends.lower_torch import lower_torch, prepare
+from nestir.ir.errors import LoweringError
+from nestir.ir.graph import Graph, Node
+from nestir.ir.opdefs import opdef
+from nestir.ir.serialize import atomic_write
 
 IR_VERSION = 8  # onnxruntime rejects the IR version newer onnx writes by default
 

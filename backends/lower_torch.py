@@ -1,5 +1,5 @@
 """Lowering to PyTorch: a compact torch.fx GraphModule of standard layers, masks baked in. Each
-node lowers as its op definition says (:meth:`nestir.opdefs.OpDef.to_torch`); this module walks
+node lowers as its op definition says (:meth:`nestir.ir.opdefs.OpDef.to_torch`); this module walks
 the graph and supplies the layers it chooses (dense or CSR linear, partial-area conv)."""
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from nestir.errors import LoweringError
-from nestir.graph import Graph, Node
-from nestir.opdefs import TorchLowering, opdef
-
-from .modules import CSRLinear, PartialAreaConv
+from nestir.backends.modules import CSRLinear, PartialAreaConv
+from nestir.ir.errors import LoweringError
+from nestir.ir.graph import Graph, Node
+from nestir.ir.opdefs import TorchLowering, opdef
 
 # CSR is a candidate only for large, sparse layers; "auto" then times both on this machine.
 # benchmarks/latency.py (784x300, batch 256): CSR lost at 50% and 20% density in every run, and
@@ -49,7 +48,7 @@ def prepare(graph: Graph, compact: bool) -> Graph:
     the live pixels)."""
     g = graph.copy().to("cpu")
     if compact:
-        from nestir.compact import eliminate_dead_neurons, fuse_pieces, narrow_dead_inputs
+        from nestir.ir.compact import eliminate_dead_neurons, fuse_pieces, narrow_dead_inputs
 
         eliminate_dead_neurons(g)
         while fuse_pieces(g):  # nested cuts fuse from the inside out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from nestir.ops import partial_area_conv
+from nestir.ir.ops import partial_area_conv
 
 
 class PartialAreaConv(nn.Module):

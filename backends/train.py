@@ -1,7 +1,7 @@
 """Training and evaluation of an IR graph on a device; optimizer state follows structural edits.
 
 Under an initialised ``torch.distributed`` process group (torchrun) every rank holds the same
-batches and computes its share of each one (:func:`nestir.dist.shard`): gradients are summed over
+batches and computes its share of each one (:func:`nestir.backends.dist.shard`): gradients are summed over
 the ranks before each optimizer step, so the update is the one-process update of the whole batch,
 and rank 0's BatchNorm statistics and weights are broadcast after every epoch (as DDP broadcasts
 buffers). Evaluation splits the images between the ranks and gathers the per-image results."""
@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from nestir import dist
-from nestir.edit import replay
-from nestir.graph import Graph
-
-from .device import resolve_device
-from .executor import IRModule, param_key
+from nestir.backends import dist
+from nestir.backends.device import resolve_device
+from nestir.ir.edit import replay
+from nestir.ir.graph import Graph
+from nestir.ir.interpreter import IRModule, param_key
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Progress = Callable[[int, int, float], None]

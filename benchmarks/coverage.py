@@ -181,7 +181,7 @@ def one(key: str, growth: bool = True) -> dict:
     import torch
 
     import nestir
-    from nestir.backends.executor import IRModule
+    from nestir.ir.interpreter import IRModule
 
     torch.set_num_threads(THREADS)
     row: dict = {"model": key}

@@ -25,11 +25,11 @@ import time
 import torch
 
 import nestir
-from nestir.backends.executor import IRModule
 from nestir.backends.gradstats import collect
+from nestir.driver.synthesis import sparsify_seed
+from nestir.driver.zoo import ZOO
+from nestir.ir.interpreter import IRModule
 from nestir.passes.bridge_neuron import eligible
-from nestir.synthesis import sparsify_seed
-from nestir.zoo import ZOO
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, interleaved, machine, save, training_step  # noqa: E402

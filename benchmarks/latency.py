@@ -20,8 +20,8 @@ import torch
 
 import nestir
 from nestir.backends.modules import CSRLinear
-from nestir.passinfra import PassContext, PassManager, resolve
-from nestir.zoo import ZOO
+from nestir.driver.zoo import ZOO
+from nestir.passinfra.base import PassContext, PassManager, resolve
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import interleaved, machine, save  # noqa: E402
@@ -87,8 +87,8 @@ def case(name: str, g_dense: nestir.Graph, g_small: nestir.Graph, shape: tuple[i
 
 def synthesized(name: str) -> tuple[nestir.Graph, nestir.Graph]:
     """The dense model and a NeST synthesis of it (default settings, mnist5k)."""
-    from nestir.runs import RunSpec, dense_reference, prepare
-    from nestir.synthesis import SynthConfig, Synthesizer
+    from nestir.driver.runs import RunSpec, dense_reference, prepare
+    from nestir.driver.synthesis import SynthConfig, Synthesizer
 
     spec = RunSpec(model=name)
     prep = prepare(spec)

@@ -29,8 +29,8 @@ def child(loader_epochs: bool) -> dict:
     from torch.utils.data import DataLoader, Dataset
 
     import nestir
-    from nestir.data import load_idx
-    from nestir.zoo import ZOO
+    from nestir.driver.data import load_idx
+    from nestir.driver.zoo import ZOO
 
     class Shifted(Dataset):
         def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -4,7 +4,7 @@ Issue 8 compares one shipped network's MNIST test error with one dense baseline'
 allowed). Both are single training runs, so even a network exactly as good as the dense model
 misses that bar some of the time. This benchmark measures how often, per split seed:
 
-- ``K`` dense networks of the shared recipe (:func:`nestir.recipe.train_teachers`: the first is
+- ``K`` dense networks of the shared recipe (:func:`nestir.driver.recipe.train_teachers`: the first is
   the run's dense baseline, bit for bit the one ``nestir synthesize --seed S`` reports), and
 - ``D`` born-again students: the dense architecture again (no compression at all), trained under
   the same budget while distilling from the baseline, as every synthesis stint does.
@@ -31,9 +31,9 @@ import time
 import torch
 
 from nestir.backends.train import Trainer, evaluate
-from nestir.recipe import SoftTargets, train_dense, train_teachers
-from nestir.runs import RunSpec, dense_graph, prepare
-from nestir.synthesis import SynthConfig
+from nestir.driver.recipe import SoftTargets, train_dense, train_teachers
+from nestir.driver.runs import RunSpec, dense_graph, prepare
+from nestir.driver.synthesis import SynthConfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, load_results, machine, save  # noqa: E402
@@ -59,7 +59,7 @@ def _row(kind: str, index: int, s: dict, base: dict | None, wall: float) -> dict
         if base is not None:
             d = v["wrong"].double() - base[name]["wrong"].double()
             row[f"{name}_delta"] = float(d.mean())
-            # nestir.decide.paired's standard error without its prior discordant image: the raw spread
+            # nestir.driver.decide.paired's standard error without its prior discordant image: the raw spread
             row[f"{name}_paired_se"] = math.sqrt(max(float((d != 0).double().mean()) - float(d.mean()) ** 2, 0.0)
                                                  / d.numel())
     return row

@@ -25,9 +25,9 @@ import time
 
 import torch
 
-from nestir.runs import RunSpec, dense_reference, final_metrics, prepare
-from nestir.serialize import atomic_save, graph_from_state, graph_state
-from nestir.synthesis import SynthConfig, Synthesizer
+from nestir.driver.runs import RunSpec, dense_reference, final_metrics, prepare
+from nestir.driver.synthesis import SynthConfig, Synthesizer
+from nestir.ir.serialize import atomic_save, graph_from_state, graph_state
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import RESULTS, load_results, machine, save  # noqa: E402
@@ -176,7 +176,7 @@ def plot(results: dict, path: str) -> None:
     models = list(results["models"])
     fig, axes = plt.subplots(len(models), 2, figsize=(10, 4 * len(models)), squeeze=False)
     colors = {"dense": "black", "prune": "tab:orange", "nest": "tab:blue", "nest-nodistill": "tab:green",
-              "prune-t50": "tab:red", "nest-t50": "tab:purple"}
+              "prune-t50": "tab:red", "nest-t50": "tab:purple", "prune-e24": "tab:brown", "nest-e24": "tab:cyan"}
     for i, model in enumerate(models):
         for j, key in enumerate(("params", "flops")):
             ax = axes[i][j]

@@ -22,13 +22,13 @@ import time
 import torch
 
 from nestir.backends.train import Trainer, evaluate
+from nestir.driver.recipe import SoftTargets, stint
+from nestir.driver.runs import RunSpec, dense_reference, prepare
+from nestir.driver.synthesis import SynthConfig
+from nestir.ir.serialize import graph_from_state, graph_state
+from nestir.ir.stats import stats
 from nestir.passes import resolve
-from nestir.passinfra import PassContext, PassManager
-from nestir.recipe import SoftTargets, stint
-from nestir.runs import RunSpec, dense_reference, prepare
-from nestir.serialize import graph_from_state, graph_state
-from nestir.stats import stats
-from nestir.synthesis import SynthConfig
+from nestir.passinfra.base import PassContext, PassManager
 
 FULL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "mnist")
 

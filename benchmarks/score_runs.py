@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nestir.data import load_idx  # noqa: E402
+from nestir.driver.data import load_idx  # noqa: E402
 
 
 def onnx_test_error(path: str, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:

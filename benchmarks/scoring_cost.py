@@ -12,12 +12,12 @@ import time
 import torch
 
 import nestir
-from nestir.backends.executor import IRModule
 from nestir.backends.gradstats import collect
+from nestir.driver.zoo import ZOO
+from nestir.ir.interpreter import IRModule
 from nestir.passes.bridge_neuron import eligible
 from nestir.passes.split_neuron import SplitNeuron, site
-from nestir.passinfra import PassContext
-from nestir.zoo import ZOO
+from nestir.passinfra.base import PassContext
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import interleaved, machine, save, training_step  # noqa: E402

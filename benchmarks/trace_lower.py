@@ -13,7 +13,7 @@ import time
 import torch
 
 import nestir
-from nestir.zoo import ZOO
+from nestir.driver.zoo import ZOO
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from nestir.data import load_idx
+from nestir.driver.data import load_idx
 
 path = sys.argv[1] if len(sys.argv) > 1 else "runs/quickstart/model.onnx"
 model = onnx.load(path)

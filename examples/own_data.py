@@ -20,7 +20,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import nestir
-from nestir import dist
+from nestir.backends import dist
 
 
 class DigitsCNN(nn.Module):

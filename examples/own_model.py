@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import nestir
 from nestir.backends.train import Trainer, evaluate
-from nestir.data import load, split
+from nestir.driver.data import load, split
 
 
 class Block(nn.Module):

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 from hypothesis import given, settings
 
-from nestir.edit import set_mask
+from nestir.ir.edit import set_mask
 from nestir.passes import Pass, PassResult, register
 from nestir.testing import check_pass, graphs
 

@@ -4,8 +4,8 @@
 """
 
 import nestir
-from nestir.runs import RunSpec, dense_reference, final_metrics, prepare
-from nestir.synthesis import SynthConfig, Synthesizer
+from nestir.driver.runs import RunSpec, dense_reference, final_metrics, prepare
+from nestir.driver.synthesis import SynthConfig, Synthesizer
 
 # A sparse seed (784-30-20-10, half the connections, leaky ReLU); mnist5k split into
 # train / validation (every decision) / audit (read once at the end); defaults.

@@ -2,9 +2,7 @@
 this package registers the built-in passes: name lookups (``get``, ``parse``, ``resolve``) go
 through it, so the pass infrastructure below never imports the passes built on it."""
 
-from nestir.passinfra import Pass, PassContext, PassManager, PassResult, get, parse, register, registered, resolve
-
-from . import (  # noqa: F401  (registration)
+from nestir.passes import (  # noqa: F401  (registration)
     add_feature_map,
     bridge_neuron,
     eliminate_dead_neurons,
@@ -14,5 +12,6 @@ from . import (  # noqa: F401  (registration)
     shift_activation,
     split_neuron,
 )
+from nestir.passinfra.base import Pass, PassContext, PassManager, PassResult, get, parse, register, registered, resolve
 
 __all__ = ["Pass", "PassContext", "PassManager", "PassResult", "get", "parse", "register", "registered", "resolve"]

@@ -9,13 +9,13 @@ from typing import ClassVar
 import torch
 from torch.func import functional_call, vmap
 
-from nestir import dist
-from nestir.backends.executor import IRModule, param_key
-from nestir.edit import add_neurons, add_units, remove_neurons
-from nestir.errors import PassError
-from nestir.graph import Graph
-from nestir.groups import Group, GroupInfo
-from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
+from nestir.backends import dist
+from nestir.ir.edit import add_neurons, add_units, remove_neurons
+from nestir.ir.errors import PassError
+from nestir.ir.graph import Graph
+from nestir.ir.groups import Group, GroupInfo
+from nestir.ir.interpreter import IRModule, param_key
+from nestir.passinfra.base import Pass, PassContext, PassResult, name_list, register, select_layers
 
 
 def eligible(graph: Graph, info: GroupInfo) -> list[Group]:
@@ -59,9 +59,9 @@ class AddFeatureMap(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         data = ctx.require_data(self.name)
         groups = eligible(graph, graph.groups())
-        if self.layers:
-            wanted = set(name_list(self.layers))
-            groups = [g for g in groups if wanted & set(g.producers)]
+        wanted = select_layers(self.name, self.layers, graph)
+        if wanted is not None:
+            groups = [g for g in groups if set(wanted) & set(g.producers)]
         keys = [g.producers[0] for g in groups]
         gains: list[float] = []
         base: float | None = None  # the loss of the graph as it is: after each channel, the best candidate's
@@ -72,7 +72,7 @@ class AddFeatureMap(Pass):
             gains.append(gain)
         info = graph.groups()
         heads = [t.conv for t in info.ties() if graph[t.conv].op == "attention"]
-        if self.layers:
+        if self.layers:  # (names checked by select_layers above)
             heads = [h for h in heads if set(graph[h].inputs) & set(name_list(self.layers))]
         for node in heads * self.count:
             gains.append(self._grow_head(graph, node, data, ctx))

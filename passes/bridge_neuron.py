@@ -9,11 +9,11 @@ from typing import ClassVar
 import torch
 
 from nestir.backends.gradstats import collect
-from nestir.edit import add_neurons, follow
-from nestir.errors import PassError
-from nestir.graph import Graph
-from nestir.groups import Group, GroupInfo
-from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
+from nestir.ir.edit import add_neurons, follow
+from nestir.ir.errors import PassError
+from nestir.ir.graph import Graph
+from nestir.ir.groups import Group, GroupInfo
+from nestir.passinfra.base import Pass, PassContext, PassResult, register, select_layers
 
 
 def eligible(graph: Graph, info: GroupInfo) -> list[Group]:
@@ -93,9 +93,9 @@ class BridgeNeuron(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         groups = eligible(graph, graph.groups())
-        if self.layers:
-            wanted = set(name_list(self.layers))
-            groups = [g for g in groups if wanted & set(g.producers)]
+        wanted = select_layers(self.name, self.layers, graph)
+        if wanted is not None:
+            groups = [g for g in groups if set(wanted) & set(g.producers)]
         if not groups or self.count == 0:
             return PassResult(graph, False, {"added": 0})
         keys = [tuple(g.producers) for g in groups]

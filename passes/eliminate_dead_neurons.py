@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from nestir.compact import eliminate_dead_neurons
-from nestir.graph import Graph
-from nestir.passinfra import Pass, PassContext, PassResult, register
+from nestir.ir.compact import eliminate_dead_neurons
+from nestir.ir.graph import Graph
+from nestir.passinfra.base import Pass, PassContext, PassResult, register
 
 
 @register

@@ -9,10 +9,10 @@ from typing import ClassVar
 import torch
 
 from nestir.backends.gradstats import collect
-from nestir.edit import activate
-from nestir.errors import PassError
-from nestir.graph import Graph
-from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
+from nestir.ir.edit import activate
+from nestir.ir.errors import PassError
+from nestir.ir.graph import Graph
+from nestir.passinfra.base import Pass, PassContext, PassResult, register, select_layers
 
 
 @register
@@ -49,11 +49,8 @@ class GrowConnection(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         names = [n.name for n in graph.parametric()]
-        if self.layers:
-            wanted = name_list(self.layers)
-            missing = [w for w in wanted if w not in names]
-            if missing:
-                raise PassError(f"grow-connection: no parametric node named {', '.join(missing)}")
+        wanted = select_layers(self.name, self.layers, graph)
+        if wanted is not None:
             names = wanted
         names = [n for n in names if not bool(graph[n].params["mask"].all())]
         if not names:

@@ -8,14 +8,14 @@ from typing import ClassVar
 
 import torch
 
-from nestir import dist
-from nestir.backends.executor import IRModule
-from nestir.edit import remove_neurons, remove_units, set_mask
-from nestir.errors import PassError
-from nestir.graph import Graph, Node
-from nestir.groups import GroupInfo, Tie
-from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
-from nestir.stats import weight_macs
+from nestir.backends import dist
+from nestir.ir.edit import remove_neurons, remove_units, set_mask
+from nestir.ir.errors import PassError
+from nestir.ir.graph import Graph, Node
+from nestir.ir.groups import GroupInfo, Tie
+from nestir.ir.interpreter import IRModule
+from nestir.ir.stats import weight_macs
+from nestir.passinfra.base import Pass, PassContext, PassResult, name_list, register, select_layers
 
 
 def effective_weight(graph: Graph, n: Node) -> torch.Tensor:
@@ -70,11 +70,8 @@ class MagnitudePrune(Pass):
     def _names(self, graph: Graph) -> list[str]:
         names = [n.name for n in graph.parametric()]
         skip = set(name_list(self.skip))
-        if self.layers:
-            wanted = name_list(self.layers)
-            bad = [w for w in wanted if w not in names]
-            if bad:
-                raise PassError(f"magnitude-prune: no parametric node named {', '.join(bad)}")
+        wanted = select_layers(self.name, self.layers, graph)
+        if wanted is not None:
             names = wanted
         return [n for n in names if n not in skip]
 

@@ -9,12 +9,12 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from nestir import dist
-from nestir.backends.executor import IRModule
-from nestir.edit import set_mask
-from nestir.errors import PassError
-from nestir.graph import Graph, Node
-from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
+from nestir.backends import dist
+from nestir.ir.edit import set_mask
+from nestir.ir.errors import PassError
+from nestir.ir.graph import Graph, Node
+from nestir.ir.interpreter import IRModule
+from nestir.passinfra.base import Pass, PassContext, PassResult, register, select_layers
 
 
 def contributions(n: Node, x: torch.Tensor) -> torch.Tensor:
@@ -49,8 +49,8 @@ class PartialAreaMask(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         convs = [n for n in graph.parametric() if n.op == "conv" and n.attrs["groups"] == 1]
-        if self.layers:
-            wanted = set(name_list(self.layers))
+        wanted = select_layers(self.name, self.layers, graph)
+        if wanted is not None:
             convs = [n for n in convs if n.name in wanted]
         if not convs or self.fraction == 0:
             return PassResult(graph, False, {"masked": 0})

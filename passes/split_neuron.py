@@ -8,16 +8,15 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from nestir import dist
-from nestir.backends.executor import IRModule
-from nestir.edit import add_neurons, follow
-from nestir.errors import PassError
-from nestir.graph import Graph, Node
-from nestir.groups import Group, GroupInfo
-from nestir.ops import activation
-from nestir.passinfra import Pass, PassContext, PassResult, name_list, register
-
-from .split_eigen import min_eigen
+from nestir.backends import dist
+from nestir.ir.edit import add_neurons, follow
+from nestir.ir.errors import PassError
+from nestir.ir.graph import Graph, Node
+from nestir.ir.groups import Group, GroupInfo
+from nestir.ir.interpreter import IRModule
+from nestir.ir.ops import activation
+from nestir.passes.split_eigen import min_eigen
+from nestir.passinfra.base import Pass, PassContext, PassResult, register, select_layers
 
 _PIECEWISE_LINEAR = {"relu", "leaky_relu", "relu6"}
 
@@ -84,8 +83,8 @@ class SplitNeuron(Pass):
         data = ctx.require_data(self.name)
         info = graph.groups()
         sites = [s for g in info.resizable() if (s := site(graph, info, g)) is not None]
-        if self.layers:
-            wanted = set(name_list(self.layers))
+        wanted = select_layers(self.name, self.layers, graph)
+        if wanted is not None:
             sites = [s for s in sites if s[0].name in wanted]
         if not sites or self.count == 0:
             return PassResult(graph, False, {"split": 0})

@@ -15,9 +15,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import nestir
-from nestir import dist
+from nestir.backends import dist
 from nestir.backends.gradstats import collect
-from nestir.serialize import digest_tree, graph_state
+from nestir.ir.serialize import digest_tree, graph_state
 
 PIPELINE = ["grow-connection:fraction=0.2", "bridge-neuron:count=2", "add-feature-map:count=1",
             "split-neuron:count=1", "partial-area-mask:fraction=0.2",
@@ -67,10 +67,10 @@ def main() -> None:
     verb, out = sys.argv[1], sys.argv[2]
     assert dist.init_from_env("cpu") and dist.world() == 2
     r = dist.rank()
-    if verb == "shards":  # the data sets nestir.shards.union makes of differently sharded loaders
+    if verb == "shards":  # the data sets nestir.driver.shards.union makes of differently sharded loaders
         from torch.utils.data import DistributedSampler
 
-        from nestir.api import collect_loader
+        from nestir.driver.api import collect_loader
 
         gen = torch.Generator().manual_seed(5)
         x, y = torch.rand(397, 1, 8, 8, generator=gen), torch.randint(0, 10, (397,), generator=gen)

@@ -18,8 +18,18 @@ Helpers: :func:`batch_for` (inputs and labels that fit a graph), :func:`sparsify
 :func:`run_ir` / :func:`run_torch` / :func:`run_onnx` (a graph's outputs three ways).
 Needs ``hypothesis`` (a dependency of nestir)."""
 
-from .check import PassContractError, check_pass, onnx_available, run_ir, run_onnx, run_torch
-from .strategies import MLP, SpecModel, batch_for, cnn_specs, graphs, mlp_specs, models, randomize, sparsify
+from nestir.testing.check import PassContractError, check_pass, onnx_available, run_ir, run_onnx, run_torch
+from nestir.testing.strategies import (
+    MLP,
+    SpecModel,
+    batch_for,
+    cnn_specs,
+    graphs,
+    mlp_specs,
+    models,
+    randomize,
+    sparsify,
+)
 
 __all__ = [
     "MLP", "PassContractError", "SpecModel", "batch_for", "check_pass", "cnn_specs", "graphs", "mlp_specs", "models",

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from nestir.contracts import EFFECTS, check_effect, live_state
-from nestir.contracts import where as where_of
-from nestir.errors import NestirError, PassContractError, PassError
-from nestir.graph import Graph
+from nestir.ir.errors import NestirError, PassContractError, PassError
+from nestir.ir.graph import Graph
 from nestir.passes import resolve
-from nestir.passinfra import Pass, PassContext, PassManager, PassResult
+from nestir.passinfra.base import Pass, PassContext, PassManager, PassResult
+from nestir.passinfra.contracts import EFFECTS, check_effect, live_state
+from nestir.passinfra.contracts import where as where_of
 
 
 # -- running a graph -----------------------------------------------------------------------------
@@ -33,7 +33,7 @@ def _one(outs: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
 
 
 def _ir(graph: Graph, x: Any) -> list[np.ndarray]:
-    from nestir.backends.executor import IRModule
+    from nestir.ir.interpreter import IRModule
 
     with torch.no_grad():
         return _numpy(IRModule(graph.copy().to("cpu")).eval()(*(t.cpu() for t in _inputs(x))))
@@ -188,7 +188,7 @@ def check_pass(
     - its declared ``effect``: ``"grow"`` removes no live connection, partial-area position,
       neuron or layer; ``"prune"`` adds none; ``"neutral"`` does neither. Masks are compared
       entry by entry, carried through the pass's journaled edits (so a resize that bypasses
-      :mod:`nestir.edit` is caught too);
+      :mod:`nestir.ir.edit` is caught too);
     - ``modified`` is honest: false exactly when the graph is unchanged;
     - ``preserves_function``: the IR's outputs on ``x`` are unchanged within ``atol``/``rtol``
       (relative to the output scale);
@@ -199,7 +199,7 @@ def check_pass(
     - lowering: ``to_torch()`` computes what the IR executor computes, and so does the ONNX
       file in onnxruntime (``onnx=None``: when onnxruntime is installed).
     """
-    from nestir.checks import require_graph
+    from nestir.ir.checks import require_graph
 
     require_graph(graph, "check_pass")
     passes = _flatten(p)
@@ -210,7 +210,7 @@ def check_pass(
     except NestirError as e:
         raise PassError(f"check_pass: the graph given does not verify, before any pass ran: {e}") from e
     if ctx is None:
-        from .strategies import batch_for
+        from nestir.testing.strategies import batch_for
 
         xb, yb = batch_for(graph, n=8 if x is None else _inputs(x)[0].shape[0])
         ctx = PassContext(data=[(xb if x is None else x, yb)])

@@ -15,8 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import strategies as st
 
-from nestir.edit import set_mask
-from nestir.graph import Graph
+from nestir.ir.edit import set_mask
+from nestir.ir.graph import Graph
 
 ACTS = ["relu", "leaky_relu", "tanh", "gelu", "silu", "relu6", "sigmoid", "hardswish"]
 
@@ -227,7 +227,7 @@ def batch_for(graph: Graph, n: int = 8, seed: int = 0) -> tuple[Any, torch.Tenso
     normal float32 inputs of the graph's per-sample input shape (a tuple of tensors when the graph
     has several inputs), and integer class labels in ``[0, C)`` for its first output of shape
     (N, C, ...) (the default cross-entropy loss takes them), of shape (n, ...)."""
-    from nestir.checks import require_graph
+    from nestir.ir.checks import require_graph
 
     require_graph(graph, "nestir.testing.batch_for")
     if n < 1:

@@ -3,7 +3,7 @@ import torch.nn.functional as F
 
 import nestir
 from nestir.backends.gradstats import collect
-from nestir.zoo import LeNet300100
+from nestir.driver.zoo import LeNet300100
 
 
 def test_weight_gradient_and_bridge_matrix_match_autograd():

@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 
 import nestir
+from nestir.driver.zoo import MobileNetTiny, ResNet
 from nestir.testing import run_ir, run_onnx
-from nestir.zoo import MobileNetTiny, ResNet
 
 
 def test_onnx_file_contract(tmp_path):
@@ -139,7 +139,7 @@ def test_batch_arithmetic_in_an_opaque_call_stays_dynamic():
 def test_pruned_weights_are_stored_sparse_and_the_file_follows_the_non_zero_weights(tmp_path):
     import onnxruntime as ort
 
-    from nestir.zoo import LeNet5
+    from nestir.driver.zoo import LeNet5
 
     torch.manual_seed(0)
     g = nestir.trace(LeNet5(), torch.rand(2, 1, 28, 28))

@@ -4,8 +4,8 @@ import torch
 import nestir
 from nestir.backends.lower_torch import prepare
 from nestir.backends.modules import CSRLinear
+from nestir.driver.zoo import LeNet300100
 from nestir.testing import run_ir, run_onnx
-from nestir.zoo import LeNet300100
 
 
 def test_compaction_removes_dead_neurons_and_crops_dead_pixels():
@@ -83,7 +83,7 @@ def test_opaque_module_call_keeps_its_constant_arguments_and_keywords():
 
 
 def _pruned_lenet5():
-    from nestir.zoo import LeNet5
+    from nestir.driver.zoo import LeNet5
 
     torch.manual_seed(0)
     g = nestir.trace(LeNet5(), torch.rand(2, 1, 28, 28))

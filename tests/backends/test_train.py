@@ -4,8 +4,8 @@ import torch.nn as nn
 
 import nestir
 from nestir.backends.train import Trainer, evaluate
-from nestir.edit import add_neurons, remove_neurons
-from nestir.zoo import LeNet300100
+from nestir.driver.zoo import LeNet300100
+from nestir.ir.edit import add_neurons, remove_neurons
 
 
 def test_optimizer_state_follows_structural_edits():
@@ -71,7 +71,7 @@ def test_trainer_learns_from_soft_targets():
 def test_bf16_autocast_trains_a_partial_area_cnn_and_keeps_fp32_state():
     """amp=True (the CUDA default where bf16 is supported) exercised on the CPU: every op of the
     executor runs under autocast, the loss falls, weights and masks keep their types."""
-    from nestir.zoo import LeNet5
+    from nestir.driver.zoo import LeNet5
 
     torch.manual_seed(0)
     g = nestir.trace(LeNet5(4, 8, 16), torch.rand(2, 1, 28, 28))

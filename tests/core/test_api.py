@@ -6,7 +6,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import nestir
-from nestir.data import load
+from nestir.driver.data import load
 
 FAST = {"dense_epochs": 3, "final_epochs": 1, "trial_epochs": 1, "initial_epochs": 1, "epochs": 1,
         "shift_epochs": 1, "prune_epochs": 1, "max_growth_steps": 1, "max_prune_steps": 4}

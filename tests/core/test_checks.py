@@ -9,8 +9,8 @@ import torch
 
 import nestir
 from nestir import passes
-from nestir.errors import ArgumentError, DataError, LoweringError, OutputError, PassError
-from nestir.zoo import LeNet5
+from nestir.driver.zoo import LeNet5
+from nestir.ir.errors import ArgumentError, DataError, LoweringError, OutputError, PassError
 
 G = ["grow-connection:fraction=0.1"]
 P = ["magnitude-prune:fraction=0.1,neuron_fraction=0.1"]
@@ -78,7 +78,7 @@ def test_bad_arguments_raise_a_nestir_error_naming_the_problem(graph, what, call
 def test_unwritable_onnx_paths(graph, tmp_path, monkeypatch):
     import errno
 
-    import nestir.serialize as ser
+    import nestir.ir.serialize as ser
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="does not exist"):

@@ -107,7 +107,7 @@ def fft():
 
 
 def test_training_verbs_refuse_opaque_models_up_front(tmp_path, capsys, monkeypatch):
-    import nestir.cli_run as cr
+    import nestir.cli.run as cr
 
     f = tmp_path / "m.py"
     f.write_text(OPAQUE_MODEL)
@@ -117,7 +117,7 @@ def test_training_verbs_refuse_opaque_models_up_front(tmp_path, capsys, monkeypa
 
     monkeypatch.setattr(cr, "dense_reference", no_training)
     monkeypatch.setattr(cr.Synthesizer, "run", no_training)
-    monkeypatch.setattr("nestir.pipeline.apply", no_training)
+    monkeypatch.setattr("nestir.driver.pipeline.apply", no_training)
     cases = [("function", "Clip.apply (custom torch.autograd.Function)"), ("fft", "torch._C._fft.fft_fft")]
     for verb in ("apply", "synthesize", "prune-baseline"):
         for factory, op in cases:
@@ -190,7 +190,7 @@ def test_untraceable_advice_names_only_options_that_exist(tmp_path, capsys):
 
 
 def test_disk_full_during_a_run_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    import nestir.serialize as ser
+    import nestir.ir.serialize as ser
 
     out = tmp_path / "a"
     argv = ["apply", "lenet-300-100", "--pass", "eliminate-dead-neurons", "--out", str(out), "--batches", "1",

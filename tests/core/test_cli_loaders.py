@@ -10,7 +10,7 @@ from nestir.cli import main
 LOADERS = '''
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from nestir.data import load
+from nestir.driver.data import load
 
 def loaders():
     d = load("digits")

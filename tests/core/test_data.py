@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from nestir.data import affine_augment, load, load_idx, split
-from nestir.errors import DataError
+from nestir.driver.data import affine_augment, load, load_idx, split
+from nestir.ir.errors import DataError
 
 
 def test_mnist5k_and_split():
@@ -65,8 +65,8 @@ def test_npz_that_is_not_an_archive(tmp_path):
     import numpy as np
     import pytest
 
-    from nestir.data import load
-    from nestir.errors import DataError
+    from nestir.driver.data import load
+    from nestir.ir.errors import DataError
 
     bad = tmp_path / "random.npz"
     bad.write_bytes(bytes(range(256)) * 4)
@@ -79,7 +79,7 @@ def test_npz_that_is_not_an_archive(tmp_path):
 
 
 def test_split_caps_validation_and_audit_and_leaves_small_data_alone():
-    from nestir.data import Dataset, split3
+    from nestir.driver.data import Dataset, split3
 
     d = Dataset(torch.rand(1000, 1, 4, 4), torch.arange(1000) % 10, "d")
     s = split3(d, 0.2, 0.1, 0, max_val=50, max_audit=30)

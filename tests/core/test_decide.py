@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nestir.decide import paired, wilson
+from nestir.driver.decide import paired, wilson
 
 
 def test_paired_counts_only_disagreements():

@@ -12,7 +12,7 @@ import torch
 
 import nestir
 from nestir.backends.gradstats import collect
-from nestir.serialize import digest_tree, graph_state
+from nestir.ir.serialize import digest_tree, graph_state
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import dist_worker as W  # noqa: E402

@@ -1,4 +1,4 @@
-"""nestir.edit on a layer that reads and writes one neuron group (h + relu(fc1(h)))."""
+"""nestir.ir.edit on a layer that reads and writes one neuron group (h + relu(fc1(h)))."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 
 import nestir
-from nestir.edit import add_neurons, remove_neurons
-from nestir.errors import EditError
+from nestir.ir.edit import add_neurons, remove_neurons
+from nestir.ir.errors import EditError
 from nestir.testing import run_ir
 
 
@@ -51,7 +51,7 @@ def test_cols_of_a_layer_that_also_produces_the_group(rows_before):
 def test_masks_change_only_through_the_edit_api_and_dormant_weights_are_zero():
     """``set_mask`` zeroes what it makes dormant and checks shape and dtype; ``activate`` makes
     connections live with their initial weights and checks the indices."""
-    from nestir.edit import activate, set_mask
+    from nestir.ir.edit import activate, set_mask
 
     g = nestir.trace(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval(), torch.rand(2, 4))
     name = next(iter(g.parametric())).name
@@ -76,7 +76,7 @@ def test_whole_units_are_added_to_attention_heads_and_conv_groups_without_changi
     with v rows given the new head still leaves the output unchanged (zero projection columns)."""
     from blocks import GroupedBlock, TinyViT
 
-    from nestir.edit import add_units
+    from nestir.ir.edit import add_units
 
     torch.manual_seed(0)
     x = torch.rand(3, 3, 8, 8)

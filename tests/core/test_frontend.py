@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import nestir
-from nestir.errors import ShapeError, TraceError
+from nestir.ir.errors import ShapeError, TraceError
 from nestir.testing import run_ir, run_onnx
 
 
@@ -97,7 +97,7 @@ def test_untraceable_submodule_becomes_a_leaf_automatically():
     seen: list[str] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("nestir.frontend")
+    logger = logging.getLogger("nestir.frontend.tracer")
     level = logger.level  # the CLI quiets this logger when it runs in-process (tests do)
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
@@ -168,7 +168,7 @@ def test_an_opaque_view_runs_whatever_the_strides_of_its_input():
     """An opaque ``view`` (here: one that folds the batch into another dim) runs as ``reshape``:
     nestir's ops may lay out a value with other strides than the model's did, and a view of a
     non-contiguous tensor would fail where the model's did not."""
-    from nestir.ops import run_opaque
+    from nestir.ir.ops import run_opaque
 
     class M(nn.Module):
         def __init__(self) -> None:
@@ -230,7 +230,7 @@ def test_branches_on_shapes_are_taken_as_traced():
 
 
 def test_custom_autograd_function_stays_whole_with_its_backward():
-    from nestir.backends.executor import IRModule
+    from nestir.ir.interpreter import IRModule
 
     m = WithFunction()
     original = torch.autograd.Function.__dict__["apply"]
@@ -337,7 +337,7 @@ class FlattenHead(nn.Module):
 @pytest.mark.parametrize("conv1d", [False, True])
 def test_flatten_module_is_the_flatten_op_and_channels_prune_through_it(conv1d):
     from nestir.passes import get
-    from nestir.passinfra import PassContext
+    from nestir.passinfra.base import PassContext
     from nestir.testing import batch_for, check_pass, randomize, run_ir, run_onnx
 
     m = randomize(FlattenHead(conv1d), 0)
@@ -621,7 +621,7 @@ def test_attention_with_a_relative_position_bias_prunes_and_grows_whole_heads():
     """The bias the module's method returns becomes the attention node's per-head ``bias``
     parameter (kept only because it reproduces the module): pruning a head drops its bias,
     adding one appends a zero bias, and the lowerings stay exact."""
-    from nestir.edit import add_units
+    from nestir.ir.edit import add_units
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(4, 8), _RelPosAttention(), nn.Linear(8, 3)).eval()

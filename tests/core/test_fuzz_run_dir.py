@@ -40,8 +40,8 @@ def one_error_line(err: str) -> bool:
 
 def check_outputs(d: str, history: bool = True) -> None:
     """What a run that exited 0 must leave: consistent, loadable outputs."""
-    from nestir.serialize import load_graph
-    from nestir.stats import stats
+    from nestir.ir.serialize import load_graph
+    from nestir.ir.stats import stats
 
     report = json.load(open(os.path.join(d, "report.json")))
     g, _ = load_graph(os.path.join(d, "model.pt"))
@@ -55,7 +55,7 @@ def check_outputs(d: str, history: bool = True) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """A finished tiny run and one interrupted after its second checkpoint (MLP on digits)."""
-    import nestir.cli_run as cr
+    import nestir.cli.run as cr
 
     base = tmp_path_factory.mktemp("fuzz")
     model = base / "mlp.py"

@@ -2,8 +2,8 @@ import torch
 from blocks import GroupedBlock
 
 import nestir
-import nestir.backends.executor
-from nestir.zoo import LeNet5, MobileNetTiny, ResNet
+import nestir.ir.interpreter
+from nestir.driver.zoo import LeNet5, MobileNetTiny, ResNet
 
 
 def test_residual_add_couples_producers_and_bn():
@@ -69,8 +69,8 @@ def test_grouped_conv_ties_its_groups_in_units():
 def test_remove_units_removes_whole_groups_on_both_sides_atomically():
     import pytest
 
-    from nestir.edit import remove_units
-    from nestir.errors import EditError
+    from nestir.ir.edit import remove_units
+    from nestir.ir.errors import EditError
 
     torch.manual_seed(0)
     m = GroupedBlock(out=32).eval()
@@ -91,7 +91,7 @@ def test_remove_units_removes_whole_groups_on_both_sides_atomically():
     with pytest.raises(EditError, match="cannot lose whole groups"):
         remove_units(g, "c1", [0])
     assert all(torch.equal(t, before[n.name][k]) for n in g for k, t in n.params.items())
-    torch.testing.assert_close(g.to_torch()(x), nestir.backends.executor.IRModule(g.copy()).eval()(x))
+    torch.testing.assert_close(g.to_torch()(x), nestir.ir.interpreter.IRModule(g.copy()).eval()(x))
 
 
 def test_token_mixing_passes_the_channels_through_and_affine_addcmul_is_understood():
@@ -102,7 +102,7 @@ def test_token_mixing_passes_the_channels_through_and_affine_addcmul_is_understo
     (MLP-Mixer's token MLP) keeps its own rows as neurons and freezes the channels it reads across."""
     import numpy as np
 
-    from nestir.edit import add_neurons
+    from nestir.ir.edit import add_neurons
     from nestir.testing import run_ir, run_onnx
 
     class TokMix(torch.nn.Module):
@@ -151,7 +151,7 @@ def test_parallel_grouped_convs_with_the_same_tie_lose_the_same_units():
     branches): one tie for both, so whole units go from both at once and the sum stays exact."""
     import torch.nn as nn
 
-    from nestir.edit import remove_units
+    from nestir.ir.edit import remove_units
 
     class Parallel(nn.Module):
         def __init__(self) -> None:
@@ -174,7 +174,7 @@ def test_parallel_grouped_convs_with_the_same_tie_lose_the_same_units():
     g.verify()
     assert g["k"].attrs["groups"] == g["s"].attrs["groups"] == 3
     assert g["k"].params["weight"].shape[0] == g["s"].params["weight"].shape[0] == 12
-    torch.testing.assert_close(g.to_torch()(x), nestir.backends.executor.IRModule(g.copy()).eval()(x))
+    torch.testing.assert_close(g.to_torch()(x), nestir.ir.interpreter.IRModule(g.copy()).eval()(x))
     p = nestir.apply(g, ["magnitude-prune:neuron_fraction=0.5", "eliminate-dead-neurons"],
                      data=[(x, torch.tensor([0, 1]))])
     assert p["k"].attrs["groups"] == p["s"].attrs["groups"] < 3
@@ -188,7 +188,7 @@ def test_grouped_convs_chained_through_their_groups_form_one_tie():
     whole conv groups."""
     import torch.nn as nn
 
-    from nestir.edit import add_units, remove_units
+    from nestir.ir.edit import add_units, remove_units
 
     class Chain(nn.Module):
         def __init__(self) -> None:
@@ -219,7 +219,7 @@ def test_grouped_convs_chained_through_their_groups_form_one_tie():
     assert (g["stem"].params["weight"].shape[0], g["dw"].params["weight"].shape[0], g["fc"].params["weight"].shape[1]) \
         == (2, 4, 8)
     assert torch.equal(g["d2"].params["weight"], torch.cat([w2[0:4], w2[12:16]]))
-    torch.testing.assert_close(g.to_torch()(x), nestir.backends.executor.IRModule(g.copy()).eval()(x))
+    torch.testing.assert_close(g.to_torch()(x), nestir.ir.interpreter.IRModule(g.copy()).eval()(x))
     add_units(g, "d1", 1)
     g.verify()
     assert (g["d1"].attrs["groups"], g["d2"].attrs["groups"], g["fc"].params["weight"].shape[1]) == (3, 6, 12)
@@ -229,7 +229,7 @@ def test_grouped_convs_chained_through_their_groups_form_one_tie():
 
 
 def test_group_analysis_is_cached_until_an_edit_or_a_structural_change():
-    from nestir.edit import remove_neurons
+    from nestir.ir.edit import remove_neurons
 
     g = nestir.trace(LeNet5().eval(), torch.zeros(2, 1, 28, 28))
     a = g.groups()

@@ -1,4 +1,4 @@
-"""Attention written out op by op (nestir.opdefs.heads): the reshape into heads is understood,
+"""Attention written out op by op (nestir.ir.opdefs.heads): the reshape into heads is understood,
 q, k and v lose and gain whole heads together, and every lowering stays exact."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import nestir
-from nestir.edit import add_units
+from nestir.ir.edit import add_units
 from nestir.testing import run_ir, run_onnx
 
 VARIANTS = {
@@ -203,7 +203,7 @@ def test_rotary_tables_are_constants_that_neither_train_nor_count() -> None:
     """A product with a table computed from buffers (a rotary embedding's cos and sin) holds one
     entry per neuron but is not a parameter: ``scale_const`` (a trained layer scale is ``scale``:
     test_frontend's channels-last block)."""
-    from nestir.backends.executor import IRModule
+    from nestir.ir.interpreter import IRModule
 
     m, x = _net(rope=True, qknorm=True), torch.randn(3, 5, 6)  # (after the q/k LayerNorm, as EVA's)
     g = nestir.trace(m, x)

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 import nestir
-from nestir.errors import NestirError
-from nestir.graph import Node
-from nestir.opdefs import OPS, OpDef, opdef, register
+from nestir.ir.errors import NestirError
+from nestir.ir.graph import Node
+from nestir.ir.opdefs import OPS, OpDef, opdef, register
 from nestir.testing import run_ir, run_onnx
 
 
@@ -108,7 +108,7 @@ def test_a_one_channel_conv1d_over_the_pooled_channels_keeps_them_prunable() -> 
     a sigmoid gate back on the map: the channels pass through the conv (it has no neurons of its
     own and keeps its 3 weights), prune with the map, and new channels at the end of the sequence
     read zeros where the padding was: the function does not change."""
-    from nestir.edit import add_neurons
+    from nestir.ir.edit import add_neurons
 
     class Eca(nn.Module):
         def __init__(self) -> None:
@@ -140,7 +140,7 @@ def test_a_position_encoding_computed_at_batch_one_and_repeated_to_the_batch_sta
     tokens: a ``batch_expand`` node (the batch size read from the input at run time, not the
     example's), so the conv's channels prune and grow with the residual, exactly in both lowerings
     at another batch size."""
-    from nestir.edit import add_neurons
+    from nestir.ir.edit import add_neurons
 
     class Pos(nn.Module):
         def __init__(self) -> None:

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import nestir
-from nestir.errors import PassError, VerifyError
+from nestir.driver.zoo import LeNet300100
+from nestir.ir.errors import PassError, VerifyError
 from nestir.passes import get, parse
-from nestir.passinfra import Pass, PassContext, PassManager, PassResult
-from nestir.zoo import LeNet300100
+from nestir.passinfra.base import Pass, PassContext, PassManager, PassResult
 
 
 def test_spec_parsing_and_option_types():
@@ -72,7 +72,7 @@ class PruneThatGrows(Pass):
     effect = "prune"
 
     def run(self, graph, ctx):
-        from nestir.edit import add_neurons
+        from nestir.ir.edit import add_neurons
 
         add_neurons(graph, graph.groups().of("fc1").id, 1)
         return PassResult(graph, True)
@@ -98,7 +98,7 @@ class CountsRuns(Pass):
 
 
 def test_manager_enforces_declared_effects_and_names_the_passes_before():
-    from nestir.errors import PassContractError
+    from nestir.ir.errors import PassContractError
 
     g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
     relu = get("shift-activation", to="leaky_relu")
@@ -128,7 +128,7 @@ def test_manager_refuses_a_data_pass_without_data_before_any_pass_runs():
 
 
 def test_manager_checks_function_preservation_on_request():
-    from nestir.errors import PassContractError
+    from nestir.ir.errors import PassContractError
 
     g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
     ctx = PassContext(data=[(torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,)))])
@@ -138,3 +138,15 @@ def test_manager_checks_function_preservation_on_request():
     g["fc1"].params["mask"][:, ::2] = False
     PassManager([get("grow-connection", fraction=0.1), get("eliminate-dead-neurons")],
                 check_function=True).run(g, ctx)  # passes that keep their promise get through
+
+
+def test_a_pass_called_directly_is_held_to_its_contract():
+    from nestir.ir.errors import PassContractError
+
+    g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
+    with pytest.raises(PassContractError, match=r"'grow-that-prunes'.*declares effect 'grow' but removed"):
+        GrowThatPrunes()(g.copy(), PassContext())
+    with pytest.raises(VerifyError, match=r"after pass 'breaks'"):
+        Breaks()(g.copy(), PassContext())
+    with pytest.raises(nestir.PassError, match="needs data"):
+        get("grow-connection")(g.copy(), PassContext())

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import nestir
-from nestir.edit import add_neurons, remove_neurons
-from nestir.errors import EditError
+from nestir.ir.edit import add_neurons, remove_neurons
+from nestir.ir.errors import EditError
 from nestir.testing import models, run_ir, run_onnx
 
 

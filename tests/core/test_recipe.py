@@ -2,9 +2,9 @@ import torch
 
 import nestir
 from nestir.backends.train import Trainer
-from nestir.data import Dataset
-from nestir.recipe import Recipe, SoftTargets, stint
-from nestir.zoo import LeNet300100
+from nestir.driver.data import Dataset
+from nestir.driver.recipe import Recipe, SoftTargets, stint
+from nestir.driver.zoo import LeNet300100
 
 
 class Counting(Trainer):

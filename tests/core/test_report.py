@@ -1,4 +1,4 @@
-from nestir.report import phase_spans, plot_history
+from nestir.driver.report import phase_spans, plot_history
 
 
 def rows(*phases):

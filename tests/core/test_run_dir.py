@@ -50,7 +50,7 @@ def test_force_clears_the_old_run_and_overshoot_resumes(tmp_path, capsys):
     old = json.loads((out / "report.json").read_text())
     # start over with --force: the old outputs are gone the moment the new run starts
     (out / "stale.tmp").write_text("half-written")
-    import nestir.cli_run as cr
+    import nestir.cli.run as cr
 
     calls = {"n": 0}
     real = cr.Synthesizer.run
@@ -111,8 +111,8 @@ def test_bad_options_exit_2_before_work(tmp_path, capsys):
 def test_idx_directory_with_only_test_files_is_not_training_data(tmp_path):
     import pytest
 
-    from nestir.data import load, load_idx
-    from nestir.errors import DataError
+    from nestir.driver.data import load, load_idx
+    from nestir.ir.errors import DataError
 
     (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + (3).to_bytes(4, "big") + bytes(3))
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(
@@ -131,13 +131,13 @@ def test_pass_options_out_of_range_are_refused():
     import pytest
 
     from nestir import passes
-    from nestir.errors import PassError
+    from nestir.ir.errors import PassError
 
     for name, opts in [("split-neuron", {"count": 2.5}), ("grow-connection", {"fraction": math.nan}),
                        ("bridge-neuron", {"count": 100_000_000}), ("magnitude-prune", {"fraction": 1.5})]:
         with pytest.raises(PassError):
             passes.get(name, **opts)
-    from nestir.passinfra import parse
+    from nestir.passinfra.base import parse
 
     with pytest.raises(PassError):
         parse("grow-connection:fraction=nan")

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 import nestir
-from nestir.errors import ModelFileError, NestirError
-from nestir.serialize import load_graph, save_graph
-from nestir.zoo import LeNet5
+from nestir.driver.zoo import LeNet5
+from nestir.ir.errors import ModelFileError, NestirError
+from nestir.ir.serialize import load_graph, save_graph
 
 
 def test_roundtrip_and_weights_only(tmp_path):
@@ -76,8 +76,8 @@ def test_saved_files_get_the_permissions_of_a_plain_open(tmp_path):
                  "file write failed"),
 ])
 def test_disk_full_is_a_clear_error_and_damages_nothing(tmp_path, monkeypatch, failure):
-    import nestir.serialize as ser
-    from nestir.errors import OutputError
+    import nestir.ir.serialize as ser
+    from nestir.ir.errors import OutputError
 
     g = nestir.trace(LeNet5(), torch.zeros(1, 1, 28, 28))
     p = tmp_path / "model.pt"
@@ -101,7 +101,7 @@ def test_disk_full_is_a_clear_error_and_damages_nothing(tmp_path, monkeypatch, f
 
 
 def test_other_writer_failures_propagate(tmp_path, monkeypatch):
-    import nestir.serialize as ser
+    import nestir.ir.serialize as ser
 
     def broken(obj, f, *a, **k):
         raise RuntimeError("something else")
@@ -114,7 +114,7 @@ def test_other_writer_failures_propagate(tmp_path, monkeypatch):
 
 def test_bytes_do_not_depend_on_which_equal_strings_are_one_object(tmp_path):
     """pickle writes a repeated object as a back-reference: equal content must still give equal bytes."""
-    from nestir.serialize import atomic_save
+    from nestir.ir.serialize import atomic_save
 
     name = "".join(["mlp.py", ":make"])  # a fresh string object equal to the literal
     atomic_save({"name": name, "extra": {"model": name}, "w": torch.ones(2)}, str(tmp_path / "a.pt"))

@@ -5,10 +5,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import nestir
+from nestir.driver.zoo import LeNet5, LeNet300100
 from nestir.passes import resolve
-from nestir.passinfra import PassContext
+from nestir.passinfra.base import PassContext
 from nestir.testing import batch_for, graphs
-from nestir.zoo import LeNet5, LeNet300100
 
 
 def test_lenet_sizes_match_the_paper():
@@ -41,7 +41,7 @@ def test_stats_of_a_lowered_module_counts_nonzero_weights():
 def _check_pure_count(g):
     """stats() counts what eliminate-dead-neurons (without constant folding) leaves, without
     copying or changing the graph."""
-    from nestir.compact import eliminate_dead_neurons
+    from nestir.ir.compact import eliminate_dead_neurons
 
     before = {n.name: {k: v.clone() for k, v in n.params.items()} for n in g}
     version = g.version

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import nestir
-from nestir.errors import ArgumentError, PassError
+from nestir.ir.errors import ArgumentError, PassError
 
 
 def data(n=6, seed=0):

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 import nestir
-from nestir.batches import Stream
-from nestir.errors import DataError, PassError
+from nestir.driver.batches import Stream
+from nestir.ir.errors import DataError, PassError
 
 
 class Loader:

@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 
-from nestir.data import Dataset
-from nestir.errors import NestirError
-from nestir.frontend import trace
-from nestir.runs import RunSpec, prepare
-from nestir.serialize import load_graph
-from nestir.synthesis import SynthConfig, Synthesizer, sparsify_seed
+from nestir.driver.data import Dataset
+from nestir.driver.runs import RunSpec, prepare
+from nestir.driver.synthesis import SynthConfig, Synthesizer, sparsify_seed
+from nestir.frontend.tracer import trace
+from nestir.ir.errors import NestirError
+from nestir.ir.serialize import load_graph
 
 FAST = {"initial_epochs": 1, "epochs": 1, "shift_epochs": 1, "prune_epochs": 1, "max_growth_steps": 2,
         "max_prune_steps": 3, "grow_neurons": 4, "target_accuracy": 0.99, "final_epochs": 1, "trial_epochs": 1}
@@ -148,7 +148,7 @@ def test_tampered_checkpoint_is_refused(tmp_path):
 def test_teacher_decides_and_distils_then_refit(tmp_path):
     """With a dense teacher: paired decisions, distillation, the kept network refit on train +
     validation; the checkpoint holds the teacher and resumes into the same state."""
-    from nestir.runs import dense_reference
+    from nestir.driver.runs import dense_reference
 
     prep = small_prep()
     spec = RunSpec(model="lenet-300-100")
@@ -170,7 +170,7 @@ def test_teacher_decides_and_distils_then_refit(tmp_path):
 
 
 def test_pruning_only_uses_the_same_loop(tmp_path):
-    from nestir.runs import dense_reference
+    from nestir.driver.runs import dense_reference
 
     prep = small_prep()
     cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "method": "prune", "final_epochs": 0,
@@ -185,7 +185,7 @@ def test_pruning_only_uses_the_same_loop(tmp_path):
 
 
 def nestir_params(g):
-    from nestir.stats import stats
+    from nestir.ir.stats import stats
 
     return stats(g)["params"]
 
@@ -216,7 +216,7 @@ def test_seed_changes_split_and_initialization():
 
 def test_cli_seed_reaches_the_run(tmp_path):
     from nestir.cli import build_parser
-    from nestir.cli_run import _run_spec
+    from nestir.cli.run import _run_spec
 
     args = build_parser().parse_args(["synthesize", "lenet-300-100", "--seed", "5"])
     assert _run_spec(args).seed == 5
@@ -226,7 +226,7 @@ def test_cli_seed_reaches_the_run(tmp_path):
 
 def test_resume_after_growth_overshot_the_budget(tmp_path):
     """The last growth step may end above S; such a checkpoint must still resume."""
-    from nestir.stats import stats
+    from nestir.ir.stats import stats
 
     prep = small_prep()
     budget = stats(prep.graph)["params"] + 50
@@ -244,7 +244,7 @@ def test_chain_then_selection_keeps_the_smallest_passing_network(tmp_path):
     down, judging each after a trial refit (pooled with the steps judged before it), and keeps the
     first that passes: the smallest; a tampered chain file is refused on resume; the chain's files
     are removed once the run is done."""
-    from nestir.runs import dense_reference
+    from nestir.driver.runs import dense_reference
 
     prep = small_prep()
     cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "method": "prune", "final_epochs": 1,
@@ -305,7 +305,7 @@ def test_scan_starts_at_the_most_pruned_step_within_the_slack(tmp_path):
 def test_pooled_selection_accepts_a_step_whose_block_passes():
     """A chain step whose own paired bound fails but whose block with the more pruned steps judged
     before it passes is accepted (monotone curve: the block's mean bounds it from above)."""
-    from nestir.decide import paired, pooled
+    from nestir.driver.decide import paired, pooled
 
     g = torch.Generator().manual_seed(0)
     ref = torch.rand(1000, generator=g) < 0.05
@@ -320,7 +320,7 @@ def test_pooled_selection_accepts_a_step_whose_block_passes():
 def test_nothing_smaller_than_dense_passes_then_dense_ships(tmp_path):
     """A kept network at least as big as the dense reference (nothing smaller passed) is replaced
     by the dense reference itself."""
-    from nestir.runs import dense_reference
+    from nestir.driver.runs import dense_reference
 
     prep = small_prep()
     cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "method": "prune", "final_epochs": 0,
@@ -338,8 +338,8 @@ def test_a_network_with_more_flops_than_dense_is_never_kept(tmp_path):
     """"Smaller" means fewer parameters and no more FLOPs than the dense reference: chain steps that
     are not (here every one: the reference is sparser than any of them) are not even trial-refit,
     and the chain's start, no smaller either, gives way to the dense reference."""
-    from nestir.edit import set_mask
-    from nestir.runs import dense_reference
+    from nestir.driver.runs import dense_reference
+    from nestir.ir.edit import set_mask
 
     prep = small_prep()
     cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "method": "prune", "final_epochs": 0,
@@ -364,9 +364,9 @@ def test_growth_stops_at_the_flops_budget(tmp_path, budget):
     """Growth stops once a network has the dense reference's FLOPs (or ``max_flops``'s), before
     its step limit and its parameter budget: past it, it would build what the selection may not
     keep. Without a reference and without the option there is no FLOPs budget."""
-    from nestir.edit import set_mask
-    from nestir.runs import dense_reference
-    from nestir.stats import stats
+    from nestir.driver.runs import dense_reference
+    from nestir.ir.edit import set_mask
+    from nestir.ir.stats import stats
 
     prep = small_prep()
     seed_flops = stats(prep.graph)["flops"]
@@ -400,7 +400,7 @@ def test_growth_short_of_dense_prunes_the_dense_reference(tmp_path, fallback):
     pruning chain starts from the dense reference (its accuracy is the rule's), also when only the
     bound fails (the point estimate is within the tolerance: the bar is never lowered); with the
     fallback off, from the grown network, which then becomes the reference."""
-    from nestir.runs import dense_reference
+    from nestir.driver.runs import dense_reference
 
     prep = small_prep()
     cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "final_epochs": 0, "max_growth_steps": 0,
@@ -427,7 +427,7 @@ def test_growth_short_of_dense_prunes_the_dense_reference(tmp_path, fallback):
 def test_soft_targets_average_the_teachers_logits():
     """``--teachers K``: the students learn from the mean of the K dense networks' logits."""
     from nestir.backends.train import logits
-    from nestir.recipe import SoftTargets
+    from nestir.driver.recipe import SoftTargets
 
     torch.manual_seed(0)
     a = trace(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)), torch.zeros(2, 1, 4, 4))
@@ -442,7 +442,7 @@ def test_soft_targets_average_the_teachers_logits():
 
 
 def test_a_chain_step_that_removes_nothing_ends_the_chain(tmp_path):
-    from nestir.runs import dense_reference
+    from nestir.driver.runs import dense_reference
 
     prep = small_prep()
     # a fraction so small that a step removes no connection: the chain ends after its first step

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import nestir
-from nestir.errors import VerifyError
-from nestir.zoo import LeNet300100
+from nestir.driver.zoo import LeNet300100
+from nestir.ir.errors import VerifyError
 
 
 def graph():

@@ -3,11 +3,11 @@ import torch
 import torch.nn.functional as F
 
 import nestir
-from nestir.backends.executor import IRModule
+from nestir.driver.zoo import LeNet5, ResNet
+from nestir.ir.interpreter import IRModule
 from nestir.passes import get
-from nestir.passinfra import PassContext
+from nestir.passinfra.base import PassContext
 from nestir.testing import check_pass
-from nestir.zoo import LeNet5, ResNet
 
 
 def test_adds_best_candidate_channel_and_reports_its_gain():

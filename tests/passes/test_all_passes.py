@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import nestir
 from nestir.passes import get, registered
-from nestir.passinfra import PassContext
+from nestir.passinfra.base import PassContext
 from nestir.testing import batch_for, check_pass, models, sparsify
 
 OPTIONS = {
@@ -53,3 +53,15 @@ def test_pass_invariants_on_real_model_idioms(name, block):
     g = nestir.trace(getattr(blocks, block)().eval(), x)
     _, y = batch_for(g, n=x.shape[0])
     check_pass(get(name, **OPTIONS[name]), g, PassContext(data=[(x, y)], seed=1), x)
+
+
+@pytest.mark.parametrize("name", ["grow-connection", "magnitude-prune", "bridge-neuron", "add-feature-map",
+                                  "partial-area-mask", "split-neuron"])
+def test_every_layers_option_refuses_a_name_that_is_no_parametric_node(name):
+    from nestir.driver.zoo import LeNet5
+    from nestir.passinfra.base import PassContext, get
+
+    g = nestir.trace(LeNet5(), torch.rand(2, 1, 28, 28))
+    ctx = PassContext(data=[(torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,)))])
+    with pytest.raises(nestir.PassError, match=f"{name}: no parametric node named fc9"):
+        get(name, layers="fc1+fc9")(g, ctx)

@@ -6,10 +6,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import nestir
-from nestir.backends.executor import IRModule
-from nestir.errors import PassError
+from nestir.ir.errors import PassError
+from nestir.ir.interpreter import IRModule
 from nestir.passes import get
-from nestir.passinfra import PassContext
+from nestir.passinfra.base import PassContext
 from nestir.testing import check_pass
 
 

@@ -3,10 +3,10 @@ import torch
 from hypothesis import given
 
 import nestir
+from nestir.driver.zoo import LeNet300100
 from nestir.passes import get
-from nestir.passinfra import PassContext
+from nestir.passinfra.base import PassContext
 from nestir.testing import models, run_ir, run_onnx
-from nestir.zoo import LeNet300100
 
 
 def test_removes_dead_and_folds_constant_neurons_exactly():

@@ -2,10 +2,10 @@ import torch
 import torch.nn.functional as F
 
 import nestir
-from nestir.backends.executor import IRModule
+from nestir.driver.zoo import LeNet5, LeNet300100
+from nestir.ir.interpreter import IRModule
 from nestir.passes import get
-from nestir.passinfra import PassContext
-from nestir.zoo import LeNet5, LeNet300100
+from nestir.passinfra.base import PassContext
 
 
 def setup(model=LeNet300100, density=0.3):

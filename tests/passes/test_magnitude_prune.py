@@ -4,11 +4,11 @@ import torch.nn as nn
 from blocks import GroupedBlock
 
 import nestir
-from nestir.errors import PassError
+from nestir.driver.zoo import LeNet300100, ResNet
+from nestir.ir.errors import PassError
 from nestir.passes import get
 from nestir.passes.magnitude_prune import effective_weight
-from nestir.passinfra import PassContext
-from nestir.zoo import LeNet300100, ResNet
+from nestir.passinfra.base import PassContext
 
 
 def test_prunes_smallest_fraction_per_layer_and_never_adds():
@@ -68,8 +68,8 @@ def test_neuron_pruning_on_residual_network():
 
 
 def test_flops_fraction_cuts_conv_flops_by_at_least_that_fraction_smallest_first():
-    from nestir.stats import stats
-    from nestir.zoo import LeNet5
+    from nestir.driver.zoo import LeNet5
+    from nestir.ir.stats import stats
 
     torch.manual_seed(0)
     g = nestir.trace(LeNet5(), torch.rand(1, 1, 28, 28))

@@ -2,10 +2,10 @@ import numpy as np
 import torch
 
 import nestir
+from nestir.driver.zoo import LeNet5
 from nestir.passes import get
-from nestir.passinfra import PassContext
+from nestir.passinfra.base import PassContext
 from nestir.testing import run_ir, run_onnx
-from nestir.zoo import LeNet5
 
 
 def setup():
@@ -45,7 +45,7 @@ def test_semantics_equal_sum_of_masked_contributions():
     w, b, area = n.params["weight"], n.params["bias"], n.params["area"]
     ref = sum(torch.nn.functional.conv2d(x[:, m:m + 1], w[:, m:m + 1]) * area[m].float() for m in range(w.shape[1]))
     ref = ref + b.view(1, -1, 1, 1)
-    from nestir.backends.executor import IRModule
+    from nestir.ir.interpreter import IRModule
 
     mod = IRModule(g.copy()).eval()
     cap = mod.start_capture(["conv1"])

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 import nestir
-from nestir.errors import PassError
+from nestir.driver.zoo import ZOO
+from nestir.ir.errors import PassError
 from nestir.passes import get
-from nestir.passinfra import PassContext
-from nestir.zoo import ZOO
+from nestir.passinfra.base import PassContext
 
 
 def test_shift_both_ways():

@@ -3,10 +3,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import nestir
-from nestir.backends.executor import IRModule
+from nestir.ir.interpreter import IRModule
 from nestir.passes import get
 from nestir.passes.split_eigen import dense_min_eigen, lanczos_min_eigen
-from nestir.passinfra import PassContext
+from nestir.passinfra.base import PassContext
 
 
 def net(seed=0):

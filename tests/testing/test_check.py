@@ -10,8 +10,8 @@ import torch.nn as nn
 from hypothesis import given
 
 import nestir
-from nestir.edit import add_neurons, remove_neurons
-from nestir.errors import PassError
+from nestir.ir.edit import add_neurons, remove_neurons
+from nestir.ir.errors import PassError
 from nestir.passes import Pass, PassContext, PassManager, PassResult, get
 from nestir.testing import PassContractError, batch_for, check_pass, graphs, run_ir, sparsify
 
