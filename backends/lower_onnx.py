@@ -19,6 +19,7 @@ from nestir.backends.lower_torch import lower_torch, prepare
 from nestir.ir.errors import LoweringError
 from nestir.ir.graph import Graph, Node
 from nestir.ir.opdefs import opdef
+from nestir.ir.opdefs.kinds import Fx, Op
 from nestir.ir.serialize import atomic_write
 
 IR_VERSION = 8  # onnxruntime rejects the IR version newer onnx writes by default
@@ -60,13 +61,13 @@ def build_model(g: Graph, opset: int = 18) -> onnx.ModelProto:
     env: dict[str, str] = {}
     inputs, outputs = [], []
     for n in g:
-        if n.op == "input":
+        if n.op == Op.INPUT:
             name = "input" if len(g.inputs) == 1 else n.name
             e.names.add(name)
             env[n.name] = name
             dims = ["batch", *list((n.shape or ())[1:])]
             inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
-        elif n.op == "output":
+        elif n.op == Op.OUTPUT:
             for k, i in enumerate(n.inputs):
                 name = "output" if k == 0 else f"output_{k}"
                 e.nodes.append(helper.make_node("Identity", [env[i]], [name], name=name))
@@ -97,7 +98,7 @@ def _export_via_torch(g: Graph, path: str, opset: int, sparse_storage: str = "au
             with _math_attention(module):  # export the opaque calls' attention as its math instead
                 prog = export()
     except Exception as e:
-        ops = ", ".join(n.name for n in g if n.op == "opaque")
+        ops = ", ".join(n.name for n in g if n.op == Op.OPAQUE)
         raise LoweringError(f"ONNX export through torch failed for the graph with opaque node(s) {ops}: "
                             f"{str(e).splitlines()[0]}") from e
     model = prog.model_proto  # type: ignore[union-attr]
@@ -127,7 +128,7 @@ def _math_attention(module: torch.fx.GraphModule) -> Iterator[None]:
     (opaque function calls) and those inside opaque modules (``F.scaled_dot_product_attention``
     looked up when they run), so that attention of any rank exports."""
     original = F.scaled_dot_product_attention
-    calls = [n for n in module.graph.nodes if n.op == "call_function" and n.target is original]
+    calls = [n for n in module.graph.nodes if n.op == Fx.CALL_FUNCTION and n.target is original]
     for n in calls:
         n.target = _sdpa_math
     module.recompile()
@@ -196,6 +197,6 @@ def lower_onnx(graph: Graph, path: str, *, compact: bool = True, opset: int = 18
     if sparse_storage not in ("auto", "never"):
         raise LoweringError(f"sparse_storage must be 'auto' or 'never', got {sparse_storage!r}")
     g = prepare(graph, compact)
-    if any(n.op == "opaque" for n in g):
+    if any(n.op == Op.OPAQUE for n in g):
         return _export_via_torch(g, path, opset, sparse_storage)
     _save(build_model(g, opset), path, sparse_storage)

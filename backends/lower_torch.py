@@ -14,6 +14,7 @@ from nestir.backends.modules import CSRLinear, PartialAreaConv
 from nestir.ir.errors import LoweringError
 from nestir.ir.graph import Graph, Node
 from nestir.ir.opdefs import TorchLowering, opdef
+from nestir.ir.opdefs.kinds import Op
 
 # CSR is a candidate only for large, sparse layers; "auto" then times both on this machine.
 # benchmarks/latency.py (784x300, batch 256): CSR lost at 50% and 20% density in every run, and
@@ -114,9 +115,9 @@ def remove_masks(module: nn.Module) -> nn.Module:
 
 def _emit(n: Node, low: _Lowering, env: dict[str, Any]) -> Any:
     args = [env[i] for i in n.inputs]
-    if n.op == "input":
+    if n.op == Op.INPUT:
         return low.fg.placeholder("input" if len(low.g.inputs) == 1 else n.name)
-    if n.op == "output":
+    if n.op == Op.OUTPUT:
         return low.fg.output(args[0] if n.attrs.get("structure") == "single" else tuple(args))
     return opdef(n.op).to_torch(low, n, args)
 

@@ -15,13 +15,14 @@ from nestir.ir.errors import PassError
 from nestir.ir.graph import Graph
 from nestir.ir.groups import Group, GroupInfo
 from nestir.ir.interpreter import IRModule, param_key
+from nestir.ir.opdefs.kinds import Op
 from nestir.passinfra.base import Pass, PassContext, PassResult, name_list, register, select_layers
 
 
 def eligible(graph: Graph, info: GroupInfo) -> list[Group]:
     """Resizable groups with a conv producer and at least one consumer."""
     return [g for g in info.resizable()
-            if not g.mixing and g.consumers and any(graph[p].op == "conv" for p in g.producers)]
+            if not g.mixing and g.consumers and any(graph[p].op == Op.CONV for p in g.producers)]
 
 
 def _std(t: torch.Tensor) -> float:
@@ -71,7 +72,7 @@ class AddFeatureMap(Pass):
             gain, base = self._grow_one(graph, grp, info, data, ctx, base)
             gains.append(gain)
         info = graph.groups()
-        heads = [t.conv for t in info.ties() if graph[t.conv].op == "attention"]
+        heads = [t.conv for t in info.ties() if graph[t.conv].op == Op.ATTENTION]
         if self.layers:  # (names checked by select_layers above)
             heads = [h for h in heads if set(graph[h].inputs) & set(name_list(self.layers))]
         for node in heads * self.count:

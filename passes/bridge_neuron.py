@@ -13,6 +13,7 @@ from nestir.ir.edit import add_neurons, follow
 from nestir.ir.errors import PassError
 from nestir.ir.graph import Graph
 from nestir.ir.groups import Group, GroupInfo
+from nestir.ir.opdefs.kinds import Op
 from nestir.passinfra.base import Pass, PassContext, PassResult, register, select_layers
 
 
@@ -22,9 +23,9 @@ def eligible(graph: Graph, info: GroupInfo) -> list[Group]:
     for g in info.resizable():
         if g.mixing or not g.consumers:
             continue
-        if any(graph[p].op != "linear" for p in g.producers):
+        if any(graph[p].op != Op.LINEAR for p in g.producers):
             continue
-        if any(graph[c].op != "linear" or any(r != 1 for _, r, _ in info.columns(c, g.id)) for c in g.consumers):
+        if any(graph[c].op != Op.LINEAR or any(r != 1 for _, r, _ in info.columns(c, g.id)) for c in g.consumers):
             continue
         out.append(g)
     return out

@@ -14,6 +14,7 @@ from nestir.ir.errors import PassError
 from nestir.ir.graph import Graph, Node
 from nestir.ir.groups import GroupInfo, Tie
 from nestir.ir.interpreter import IRModule
+from nestir.ir.opdefs.kinds import Op
 from nestir.ir.stats import weight_macs
 from nestir.passinfra.base import Pass, PassContext, PassResult, name_list, register, select_layers
 
@@ -22,7 +23,7 @@ def effective_weight(graph: Graph, n: Node) -> torch.Tensor:
     """The weight with a following BatchNorm folded in: W* = W * gamma / sqrt(var + eps)."""
     w = n.params["weight"]
     users = graph.users(n.name)
-    if len(users) == 1 and users[0].op == "batchnorm" and len(users[0].params["running_var"]) == w.shape[0]:
+    if len(users) == 1 and users[0].op == Op.BATCHNORM and len(users[0].params["running_var"]) == w.shape[0]:
         bn = users[0]
         scale = bn.params.get("weight", torch.ones_like(bn.params["running_var"])) / torch.sqrt(
             bn.params["running_var"] + bn.attrs["eps"])

@@ -48,7 +48,7 @@ class PartialAreaMask(Pass):
             raise PassError(f"partial-area-mask: fraction must be in [0, 1), got {self.fraction}")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        convs = [n for n in graph.parametric() if n.op == "conv" and n.attrs["groups"] == 1]
+        convs = [n for n in graph.parametric() if n.is_plain_conv]
         wanted = select_layers(self.name, self.layers, graph)
         if wanted is not None:
             convs = [n for n in convs if n.name in wanted]

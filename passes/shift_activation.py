@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from nestir.ir.errors import PassError
 from nestir.ir.graph import Graph
+from nestir.ir.opdefs.kinds import Op
 from nestir.passinfra.base import Pass, PassContext, PassResult, register
 
 
@@ -29,7 +30,7 @@ class ShiftActivation(Pass):
         src = "leaky_relu" if self.to == "relu" else "relu"
         changed = 0
         for n in graph:
-            if n.op == "act" and n.attrs["kind"] == src:
+            if n.op == Op.ACT and n.attrs["kind"] == src:
                 n.attrs = {"kind": self.to, **({"slope": float(self.slope)} if self.to == "leaky_relu" else {})}
                 changed += 1
         return PassResult(graph, changed > 0, {"activations": changed})

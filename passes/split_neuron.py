@@ -14,6 +14,7 @@ from nestir.ir.errors import PassError
 from nestir.ir.graph import Graph, Node
 from nestir.ir.groups import Group, GroupInfo
 from nestir.ir.interpreter import IRModule
+from nestir.ir.opdefs.kinds import Op
 from nestir.ir.ops import activation
 from nestir.passes.split_eigen import min_eigen
 from nestir.passinfra.base import Pass, PassContext, PassResult, register, select_layers
@@ -27,14 +28,14 @@ def site(graph: Graph, info: GroupInfo, grp: Group) -> tuple[Node, Node | None, 
     if len(grp.producers) != 1 or grp.mixing or not grp.consumers:
         return None
     p = graph[grp.producers[0]]
-    if p.op == "conv" and (p.attrs["groups"] != 1 or "area" in p.params):
+    if p.op == Op.CONV and (p.attrs["groups"] != 1 or "area" in p.params):
         return None
     users = graph.users(p.name)
     bn = None
-    if len(users) == 1 and users[0].op == "batchnorm":
+    if len(users) == 1 and users[0].op == Op.BATCHNORM:
         bn = users[0]
         users = graph.users(bn.name)
-    if len(users) != 1 or users[0].op != "act":
+    if len(users) != 1 or users[0].op != Op.ACT:
         return None
     return p, bn, users[0]
 
@@ -120,7 +121,7 @@ class SplitNeuron(Pass):
                 for p, bn, act in sites:
                     x = _patches(p, cap[p.inputs[0]].detach())
                     z = cap[p.name].detach()
-                    a = torch.ones(z.shape[1] if p.op == "conv" else z.shape[-1], device=z.device)
+                    a = torch.ones(z.shape[1] if p.op == Op.CONV else z.shape[-1], device=z.device)
                     if bn is not None:
                         a = bn.params.get("weight", torch.ones_like(a)) / torch.sqrt(
                             bn.params["running_var"] + bn.attrs["eps"])
@@ -189,7 +190,7 @@ def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
 
 def _patches(p: Node, x: torch.Tensor) -> torch.Tensor:
     """Rows of inputs each neuron sees: (samples, d); a conv's are its unfolded patches."""
-    if p.op == "linear":
+    if p.op == Op.LINEAR:
         return x.reshape(-1, x.shape[-1])
     a = p.attrs
     if x.dim() == 3:
@@ -203,10 +204,10 @@ def _patches(p: Node, x: torch.Tensor) -> torch.Tensor:
 
 def _rows(p: Node, t: torch.Tensor) -> torch.Tensor:
     """Per-neuron coefficients as (samples, neurons), samples ordered like :func:`_patches`."""
-    if p.op == "linear":
+    if p.op == Op.LINEAR:
         return t.reshape(-1, t.shape[-1])
     return t.flatten(2).transpose(1, 2).reshape(-1, t.shape[1])
 
 
 def _bshape(v: torch.Tensor, p: Node, z: torch.Tensor) -> torch.Tensor:
-    return v.view(1, -1, *([1] * (z.dim() - 2))) if p.op == "conv" else v
+    return v.view(1, -1, *([1] * (z.dim() - 2))) if p.op == Op.CONV else v

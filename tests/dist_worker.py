@@ -1,4 +1,4 @@
-"""Run under ``torchrun --nproc_per_node N`` by tests/core/test_distributed.py (gloo, CPU).
+"""Run under ``torchrun --nproc_per_node N`` by tests/driver/test_distributed.py (gloo, CPU).
 
 ``python tests/dist_worker.py apply OUT``: this rank's shard of the batches from
 :func:`batches`; writes the gradient statistics and the graph after :data:`PIPELINE`.

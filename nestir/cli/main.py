@@ -12,6 +12,7 @@ import torch
 
 from nestir.driver.loading import load_model, parse_shape
 from nestir.ir.errors import NestirError
+from nestir.ir.opdefs.kinds import Op
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -53,7 +54,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for grp in info.groups.values():
         state = ("resizable" if grp.resizable else
                  f"prunable in units of {dict(grp.tie.sides)[grp.id]} "
-                 f"({'heads of attention' if g[grp.tie.conv].op == 'attention' else 'grouped conv'} "
+                 f"({'heads of attention' if g[grp.tie.conv].op == Op.ATTENTION else 'grouped conv'} "
                  f"'{grp.tie.conv}')" if grp.prunable and grp.tie is not None else
                  f"frozen: {grp.reason or 'no producer'}")
         print(f"  group {grp.id}: width {grp.width}, producers {', '.join(grp.producers) or '-'} ({state})")

@@ -416,18 +416,29 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
 
+_SIZE_OPTIONS = (
+    ("--max-params", "size budget S (live parameters)"),
+    ("--max-flops", "growth stops once a network has this many FLOPs (default: the dense reference's)"),
+    ("--target-params", "a size target: prune until a network has at most this many parameters and keep the least "
+                        "pruned one within it; its accuracy against the dense reference is reported, not judged"),
+    ("--target-flops", "a size target in FLOPs (with or without --target-params)"),
+)
+_EPOCH_OPTIONS = (
+    ("--final-epochs", "final training epochs of the chosen network, and of the dense reference (default 80)"),
+    ("--epochs", "training epochs after each growth step"),
+    ("--initial-epochs", None),
+    ("--prune-epochs", "retraining epochs per pruning step"),
+    ("--shift-epochs", "training after the leaky ReLU -> ReLU shift"),
+    ("--trial-epochs", "trial refit (on train) of each chain network the selection judges (default 20)"),
+)
+
+
 def _synth_knobs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-params", dest="max_params", type=int, help="size budget S (live parameters)")
-    p.add_argument("--max-flops", dest="max_flops", type=int,
-                   help="growth stops once a network has this many FLOPs (default: the dense reference's)")
+    for flag, text in _SIZE_OPTIONS:  # budgets and targets in parameters and FLOPs
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=int, help=text)
     p.add_argument("--target-accuracy", dest="target_accuracy", type=float,
                    help="target validation accuracy A (default: no worse than the dense reference, by a paired "
                         "comparison on the validation images)")
-    p.add_argument("--target-params", dest="target_params", type=int,
-                   help="a size target: prune until a network has at most this many parameters and keep the least "
-                        "pruned one within it; its accuracy against the dense reference is reported, not judged")
-    p.add_argument("--target-flops", dest="target_flops", type=int,
-                   help="a size target in FLOPs (with or without --target-params)")
     p.add_argument("--tolerance", type=float,
                    help="error allowed above the dense reference, as a fraction (default 0.0025)")
     p.add_argument("--confidence", type=float,
@@ -443,14 +454,8 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teachers", type=int,
                    help="dense networks (different seeds) whose averaged soft targets every stint distils from; "
                         "the first is the reference and the report's baseline (default 1)")
-    p.add_argument("--final-epochs", dest="final_epochs", type=int,
-                   help="final training epochs of the chosen network, and of the dense reference (default 80)")
-    p.add_argument("--epochs", type=int, help="training epochs after each growth step")
-    p.add_argument("--initial-epochs", dest="initial_epochs", type=int)
-    p.add_argument("--prune-epochs", dest="prune_epochs", type=int, help="retraining epochs per pruning step")
-    p.add_argument("--shift-epochs", dest="shift_epochs", type=int, help="training after the leaky ReLU -> ReLU shift")
-    p.add_argument("--trial-epochs", dest="trial_epochs", type=int,
-                   help="trial refit (on train) of each chain network the selection judges (default 20)")
+    for flag, text in _EPOCH_OPTIONS:  # training budgets, in epochs
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=int, help=text)
     p.add_argument("--max-trials", dest="max_trials", type=int,
                    help="selection: trial-refit this many chain steps one by one from the most pruned down, "
                         "then stride 2, 4, ... (default 10)")
@@ -479,23 +484,20 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub: Any, model_args: Callable[[argparse.ArgumentParser], None]) -> None:
-    s = sub.add_parser("synthesize", help="NeST: grow a sparse seed, then prune it (main job)")
-    s.add_argument("model", nargs="?", help="zoo name (uses its -seed variant), file.py:factory or module:factory")
-    s.add_argument("--input-shape")
-    s.add_argument("--resume", metavar="DIR", help="continue an interrupted run")
-    s.add_argument("--force", action="store_true", help="start over in a directory that holds a run")
-    _common(s)
-    _synth_knobs(s)
-    s.set_defaults(func=cmd_synthesize)
-    s = sub.add_parser("prune-baseline", help="pruning only, same recipe: train dense, then gradual global "
-                                              "magnitude pruning with retraining and the same acceptance rule")
-    s.add_argument("model", nargs="?", help="zoo name (its dense model), file.py:factory or module:factory")
-    s.add_argument("--input-shape")
-    s.add_argument("--resume", metavar="DIR", help="continue an interrupted run")
-    s.add_argument("--force", action="store_true", help="start over in a directory that holds a run")
-    _common(s)
-    _synth_knobs(s)
-    s.set_defaults(func=cmd_prune_baseline)
+    for name, text, model, func in (
+            ("synthesize", "NeST: grow a sparse seed, then prune it (main job)",
+             "zoo name (uses its -seed variant), file.py:factory or module:factory", cmd_synthesize),
+            ("prune-baseline", "pruning only, same recipe: train dense, then gradual global magnitude pruning with "
+                               "retraining and the same acceptance rule",
+             "zoo name (its dense model), file.py:factory or module:factory", cmd_prune_baseline)):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("model", nargs="?", help=model)
+        s.add_argument("--input-shape")
+        s.add_argument("--resume", metavar="DIR", help="continue an interrupted run")
+        s.add_argument("--force", action="store_true", help="start over in a directory that holds a run")
+        _common(s)
+        _synth_knobs(s)
+        s.set_defaults(func=func)
     s = sub.add_parser("apply", help="run a pass pipeline on a model with gradients from data")
     s.add_argument("model")
     s.add_argument("--input-shape")

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from nestir.ir.graph import Graph
+from nestir.ir.opdefs.kinds import Op
 from nestir.ir.serialize import atomic_write, save_graph
 
 
@@ -106,7 +107,7 @@ def first_layer_map(graph: Graph) -> tuple[torch.Tensor, str] | None:
     n = layers[0]
     src = graph[n.inputs[0]]
     shape = src.shape or ()
-    if n.op == "linear":
+    if n.op == Op.LINEAR:
         counts = n.params["mask"].sum(0).float()
         side = int(math.isqrt(counts.numel()))
         if side * side == counts.numel():

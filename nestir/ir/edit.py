@@ -423,7 +423,7 @@ def activate(graph: Graph, node: str, flat: torch.Tensor, values: torch.Tensor |
 
 
 def _area_shape(n) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
-    if n.op != "conv" or n.attrs["groups"] != 1:
+    if not n.is_plain_conv:
         raise EditError(f"node '{n.name}': partial-area masks need a conv with groups=1")
     w = n.params["weight"]
     return (w.shape[1], w.shape[0], *n.shape[2:])

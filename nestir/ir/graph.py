@@ -67,6 +67,12 @@ class Node:
     def is_parametric(self) -> bool:
         return self.op in PARAMETRIC
 
+    @property
+    def is_plain_conv(self) -> bool:
+        """A convolution over every input channel (groups == 1): what partial-area masks, input
+        narrowing and channel permutations may treat as one dense kernel per channel pair."""
+        return self.op == "conv" and self.attrs.get("groups") == 1
+
     def live_weight(self) -> torch.Tensor:
         """The weight with dormant connections zeroed (what the layer computes with)."""
         return self.params["weight"] * self.params["mask"]

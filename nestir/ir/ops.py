@@ -16,28 +16,20 @@ from nestir.ir.graph import Node
 ActFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+_ACTIVATIONS: dict[str, ActFn] = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "tanh": torch.tanh,
+                                   "sigmoid": torch.sigmoid, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid}
+
+
 def activation(kind: str, attrs: dict[str, Any]) -> ActFn:
     """The elementwise function of an ``act`` node."""
-    if kind == "relu":
-        return F.relu
-    if kind == "relu6":
-        return F.relu6
+    if kind in _ACTIVATIONS:
+        return _ACTIVATIONS[kind]
     if kind == "leaky_relu":
         slope = float(attrs.get("slope", 0.01))
         return lambda x: F.leaky_relu(x, slope)
     if kind == "gelu":
         approx = attrs.get("approximate", "none")
         return lambda x: F.gelu(x, approximate=approx)
-    if kind == "silu":
-        return F.silu
-    if kind == "tanh":
-        return torch.tanh
-    if kind == "sigmoid":
-        return torch.sigmoid
-    if kind == "hardswish":
-        return F.hardswish
-    if kind == "hardsigmoid":
-        return F.hardsigmoid
     if kind == "elu":
         alpha = float(attrs.get("alpha", 1.0))
         return lambda x: F.elu(x, alpha)

@@ -209,7 +209,7 @@ def _push_into(graph: Graph, g: Node, u: Node) -> bool:
                      u.shape, u.axis, u.source)
         _replace_and_follow(graph, u, moved, after)
         return True
-    reads = (u.op == "conv" and dim == 1 and u.attrs["groups"] == 1) or (
+    reads = (u.is_plain_conv and dim == 1) or (
         u.op == "linear" and dim == len(src.shape) - 1)
     if reads and u.inputs == [g.name] and "area" not in u.params:  # the columns take the order
         inv = _inverse(idx)

@@ -12,6 +12,7 @@ import torch
 
 from nestir.ir.errors import NestirError, PassContractError, PassError
 from nestir.ir.graph import Graph
+from nestir.ir.opdefs.kinds import Op
 from nestir.passes import resolve
 from nestir.passinfra.base import Pass, PassContext, PassManager, PassResult
 from nestir.passinfra.contracts import EFFECTS, check_effect, live_state
@@ -114,7 +115,7 @@ def _diff(a: Graph, b: Graph) -> str | None:
         m = b[n.name]
         if (n.op, n.inputs, n.shape, n.axis) != (m.op, m.inputs, m.shape, m.axis):
             return f"node '{n.name}' changed (op, inputs, shape or axis)"
-        if n.op != "opaque":
+        if n.op != Op.OPAQUE:
             try:
                 same = n.attrs == m.attrs
             except Exception:  # tensors in attrs: compare their reprs
@@ -276,19 +277,22 @@ def _check_one(q: Pass, where: str, graph: Graph, ctx: PassContext, x: Any, atol
                                            f"{ctx.seed}) differs: {why}")
     if no_data:
         _no_data(q, where, before, ctx)
-    try:
-        y_torch = _torch(out, x)
-    except Exception as e:
-        raise PassContractError(where, f"its graph does not lower to torch: {type(e).__name__}: {e}") from e
-    why = _close(y_torch, y_ir, atol, rtol)
-    if why:
-        raise PassContractError(where, f"the lowered torch module disagrees with the IR executor: {why}")
+    y_torch = _lowered(_torch, out, x, y_ir, where, "torch", "the lowered torch module disagrees with the IR "
+                       "executor", atol, rtol)
     if onnx:
-        try:
-            y_onnx = _onnx(out, x)
-        except Exception as e:
-            raise PassContractError(where, f"its graph does not lower to ONNX: {type(e).__name__}: {e}") from e
-        why = _close(y_onnx, y_torch, atol, rtol)
-        if why:
-            raise PassContractError(where, f"the ONNX model in onnxruntime disagrees with torch: {why}")
+        _lowered(_onnx, out, x, y_torch, where, "ONNX", "the ONNX model in onnxruntime disagrees with torch", atol,
+                 rtol)
     return res
+
+
+def _lowered(lower: Any, graph: Graph, x: torch.Tensor, ref: Any, where: str, target: str, disagrees: str,
+             atol: float, rtol: float) -> Any:
+    """``graph`` lowered by ``lower`` and run on ``x``, held to ``ref`` (a contract error otherwise)."""
+    try:
+        y = lower(graph, x)
+    except Exception as e:
+        raise PassContractError(where, f"its graph does not lower to {target}: {type(e).__name__}: {e}") from e
+    why = _close(y, ref, atol, rtol)
+    if why:
+        raise PassContractError(where, f"{disagrees}: {why}")
+    return y

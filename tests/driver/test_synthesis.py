@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from nestir.driver.data import Dataset
+from nestir.driver.phases import scan_start
+from nestir.driver.pipelines import pruning_pipeline
 from nestir.driver.runs import RunSpec, prepare
 from nestir.driver.synthesis import SynthConfig, Synthesizer, sparsify_seed
 from nestir.frontend.tracer import trace
@@ -180,7 +182,8 @@ def test_pruning_only_uses_the_same_loop(tmp_path):
     st = s.run()
     assert [r["phase"] for r in st.history][0] == "dense"
     assert {r["phase"] for r in st.history} <= {"dense", "prune", "select"}
-    assert "magnitude-prune" in s.pruning_pipeline()[0] and "neuron_fraction" not in s.pruning_pipeline()[0]
+    pipe = pruning_pipeline(s.cfg, s.graph)
+    assert "magnitude-prune" in pipe[0] and "neuron_fraction" not in pipe[0]
     assert nestir_params(s.graph) <= 266610
 
 
@@ -296,10 +299,10 @@ def test_scan_starts_at_the_most_pruned_step_within_the_slack(tmp_path):
     s.state.target = 0.95
     s.state.history = [{"val_error": e} for e in errs]
     s.state.chain = [{"row": i} for i in range(len(errs))]
-    assert s._scan_start() == 3  # the most pruned within 1 point, even past a worse step
+    assert scan_start(s) == 3  # the most pruned within 1 point, even past a worse step
     s.state.history = [{"val_error": e} for e in (0.05, 0.2, 0.3)]
     s.state.chain = [{"row": i} for i in range(3)]
-    assert s._scan_start() == 0
+    assert scan_start(s) == 0
 
 
 def test_pooled_selection_accepts_a_step_whose_block_passes():
@@ -351,8 +354,8 @@ def test_a_network_with_more_flops_than_dense_is_never_kept(tmp_path):
     for n in ref.parametric():  # a reference with 10% of the weights: sparser than the chain's last step
         set_mask(ref, n.name, n.params["mask"] & (torch.rand(n.params["mask"].shape, generator=g) < 0.1))
     s = Synthesizer(start, prep.splits, cfg, str(tmp_path), teacher=ref)
-    assert not s._smaller_than_dense({"params": 10**9, "flops": 0})
-    assert not s._smaller_than_dense({"params": 1, "flops": 10**12})
+    assert not s.smaller_than_dense({"params": 10**9, "flops": 0})
+    assert not s.smaller_than_dense({"params": 1, "flops": 10**12})
     st = s.run()
     probes = [r for r in st.history if r["phase"] == "select"]
     assert len(probes) == 1 and "dense reference" in probes[0]["note"]  # no trial refit ran
@@ -391,7 +394,7 @@ def test_growth_stops_at_the_flops_budget(tmp_path, budget):
 
     free = Synthesizer(prep.graph, prep.splits, SynthConfig(**{**cfg.to_dict(), "max_flops": 0}),
                        str(tmp_path / "free"))
-    assert free._flops_budget() == 0
+    assert free.flops_budget() == 0
 
 
 @pytest.mark.parametrize("fallback", [True, False, "point_ok"])
