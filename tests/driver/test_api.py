@@ -115,6 +115,7 @@ class Recording:
 
     def __init__(self) -> None:
         self.phases: list[str] = []
+        self.messages: list[str] = []
 
     def phase(self, name, total=None):
         self.phases.append(name)
@@ -126,7 +127,7 @@ class Recording:
         pass
 
     def message(self, text):
-        pass
+        self.messages.append(text)
 
 
 @pytest.mark.parametrize("kw, words", [
@@ -223,3 +224,11 @@ def test_training_reads_the_train_loader_each_epoch_at_its_batch_size():
     nestir.synthesize(MLP(), torch.zeros(1, *d.x.shape[1:]), train=tr, val=va, method="prune", loader_epochs=False,
                       **FAST)
     assert train.reads - before == 600  # read once
+
+
+def test_a_seed_as_large_as_the_budget_says_why_it_does_not_grow():
+    tr, va, ex = loaders()
+    rep = Recording()
+    r = nestir.synthesize(MLP(), ex, train=tr, val=va, reporter=rep, **FAST)  # seed_density 1.0: the model itself
+    assert r.report["growth_stopped"] in ("FLOPs budget reached", "size budget reached")
+    assert any("start from a sparse seed" in m for m in rep.messages)
