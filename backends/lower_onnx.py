@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from nestir.backends.lower_torch import lower_torch, prepare
 from nestir.ir.errors import LoweringError
 from nestir.ir.graph import Graph, Node
+from nestir.ir.kinds import Fx, Op
 from nestir.ir.opdefs import opdef
-from nestir.ir.opdefs.kinds import Fx, Op
 from nestir.ir.serialize import atomic_write
 
 IR_VERSION = 8  # onnxruntime rejects the IR version newer onnx writes by default

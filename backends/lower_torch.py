@@ -13,8 +13,8 @@ import torch.nn as nn
 from nestir.backends.modules import CSRLinear, PartialAreaConv
 from nestir.ir.errors import LoweringError
 from nestir.ir.graph import Graph, Node
+from nestir.ir.kinds import Op
 from nestir.ir.opdefs import TorchLowering, opdef
-from nestir.ir.opdefs.kinds import Op
 
 # CSR is a candidate only for large, sparse layers; "auto" then times both on this machine.
 # benchmarks/latency.py (784x300, batch 256): CSR lost at 50% and 20% density in every run, and

@@ -46,7 +46,9 @@ SETTINGS = {
 DATA, SLACK, TARGETS = SETTINGS["mnist5k"]  # main() sets these from --data
 LABELS = {"dense": "dense", "prune": "pruning only", "nest": "NeST", "nest-nodistill": "NeST, no distillation",
           "prune-t50": "pruning only, tolerance 0.5 pts", "nest-t50": "NeST, tolerance 0.5 pts",
-          "prune-e24": "pruning only, 24,000 samples an epoch", "nest-e24": "NeST, 24,000 samples an epoch"}
+          "prune-e24": "pruning only, 24,000 samples an epoch", "nest-e24": "NeST, 24,000 samples an epoch",
+          "prune-long": "pruning only, 2x chain retraining and trial refits",
+          "nest-long": "NeST, 2x chain retraining and trial refits"}
 
 
 def point(m: dict, wall: float, dense: dict | None) -> dict:
@@ -88,6 +90,8 @@ def run_seed(model: str, seed: int, methods: list[str], done: dict, save_point) 
             c.tolerance = 0.005
         if method.endswith("-e24"):  # twice the default sample budget per epoch
             c.epoch_samples = 24000
+        if method.endswith("-long"):  # twice the retraining after each chain step and in each trial refit
+            c.prune_epochs, c.trial_epochs = 2 * c.prune_epochs, 2 * c.trial_epochs
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
             s = Synthesizer(start, prep.splits, c, out, teacher=dense["teacher"], ensemble=dense["ensemble"])
@@ -176,7 +180,8 @@ def plot(results: dict, path: str) -> None:
     models = list(results["models"])
     fig, axes = plt.subplots(len(models), 2, figsize=(10, 4 * len(models)), squeeze=False)
     colors = {"dense": "black", "prune": "tab:orange", "nest": "tab:blue", "nest-nodistill": "tab:green",
-              "prune-t50": "tab:red", "nest-t50": "tab:purple", "prune-e24": "tab:brown", "nest-e24": "tab:cyan"}
+              "prune-t50": "tab:red", "nest-t50": "tab:purple", "prune-e24": "tab:brown", "nest-e24": "tab:cyan",
+              "prune-long": "tab:olive", "nest-long": "tab:pink"}
     for i, model in enumerate(models):
         for j, key in enumerate(("params", "flops")):
             ax = axes[i][j]

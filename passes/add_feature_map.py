@@ -15,7 +15,7 @@ from nestir.ir.errors import PassError
 from nestir.ir.graph import Graph
 from nestir.ir.groups import Group, GroupInfo
 from nestir.ir.interpreter import IRModule, param_key
-from nestir.ir.opdefs.kinds import Op
+from nestir.ir.kinds import Op
 from nestir.passinfra.base import Pass, PassContext, PassResult, name_list, register, select_layers
 
 

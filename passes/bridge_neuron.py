@@ -13,7 +13,7 @@ from nestir.ir.edit import add_neurons, follow
 from nestir.ir.errors import PassError
 from nestir.ir.graph import Graph
 from nestir.ir.groups import Group, GroupInfo
-from nestir.ir.opdefs.kinds import Op
+from nestir.ir.kinds import Op
 from nestir.passinfra.base import Pass, PassContext, PassResult, register, select_layers
 
 

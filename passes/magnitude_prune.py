@@ -14,7 +14,7 @@ from nestir.ir.errors import PassError
 from nestir.ir.graph import Graph, Node
 from nestir.ir.groups import GroupInfo, Tie
 from nestir.ir.interpreter import IRModule
-from nestir.ir.opdefs.kinds import Op
+from nestir.ir.kinds import Op
 from nestir.ir.stats import weight_macs
 from nestir.passinfra.base import Pass, PassContext, PassResult, name_list, register, select_layers
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from nestir.ir.errors import PassError
 from nestir.ir.graph import Graph
-from nestir.ir.opdefs.kinds import Op
+from nestir.ir.kinds import Op
 from nestir.passinfra.base import Pass, PassContext, PassResult, register
 
 

@@ -14,7 +14,7 @@ from nestir.ir.errors import PassError
 from nestir.ir.graph import Graph, Node
 from nestir.ir.groups import Group, GroupInfo
 from nestir.ir.interpreter import IRModule
-from nestir.ir.opdefs.kinds import Op
+from nestir.ir.kinds import Op
 from nestir.ir.ops import activation
 from nestir.passes.split_eigen import min_eigen
 from nestir.passinfra.base import Pass, PassContext, PassResult, register, select_layers

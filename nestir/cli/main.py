@@ -12,7 +12,7 @@ import torch
 
 from nestir.driver.loading import load_model, parse_shape
 from nestir.ir.errors import NestirError
-from nestir.ir.opdefs.kinds import Op
+from nestir.ir.kinds import Op
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:

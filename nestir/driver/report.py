@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from nestir.ir.graph import Graph
-from nestir.ir.opdefs.kinds import Op
+from nestir.ir.kinds import Op
 from nestir.ir.serialize import atomic_write, save_graph
 
 

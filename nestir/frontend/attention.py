@@ -15,8 +15,8 @@ from nestir.frontend.rewrites import _takes_piece
 from nestir.frontend.values import _source, _Values
 from nestir.ir import convert as cv
 from nestir.ir.graph import Node
+from nestir.ir.kinds import Fx, Op
 from nestir.ir.opdefs import OPS, evaluate
-from nestir.ir.opdefs.kinds import Fx, Op
 
 
 class _AttentionOps(_Values):

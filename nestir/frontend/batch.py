@@ -11,7 +11,7 @@ import torch.fx as fx
 
 from nestir.frontend.values import _Values
 from nestir.ir.graph import Node
-from nestir.ir.opdefs.kinds import Fx, Op
+from nestir.ir.kinds import Fx, Op
 
 
 class _BatchOps(_Values):

@@ -20,9 +20,9 @@ from nestir.frontend.values import _NEW_TENSOR, _source
 from nestir.ir import convert as cv
 from nestir.ir.errors import TraceError
 from nestir.ir.graph import Graph, Node
+from nestir.ir.kinds import Fx, Op
 from nestir.ir.opdefs import OPS, opdef
 from nestir.ir.opdefs.elementwise import ACT_METHODS
-from nestir.ir.opdefs.kinds import Fx, Op
 from nestir.ir.permutations import fold_permutations
 
 

@@ -13,7 +13,7 @@ import torch.fx as fx
 
 from nestir.ir.errors import TraceError
 from nestir.ir.graph import Graph, Node
-from nestir.ir.opdefs.kinds import Fx, Op
+from nestir.ir.kinds import Fx, Op
 
 if TYPE_CHECKING:
     from nestir.frontend.values import _Values as _Builder

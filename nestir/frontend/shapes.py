@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from nestir.frontend.values import _source, _Values
 from nestir.ir import convert as cv
 from nestir.ir.graph import Node
+from nestir.ir.kinds import Fx, Op
 from nestir.ir.opdefs import OPS, evaluate
-from nestir.ir.opdefs.kinds import Fx, Op
 from nestir.ir.ops import kept_axis, merged_axis
 
 

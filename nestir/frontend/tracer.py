@@ -22,8 +22,8 @@ from nestir.ir import convert as cv
 from nestir.ir.checks import opaque_nodes
 from nestir.ir.errors import ShapeError, TraceError
 from nestir.ir.graph import Graph
+from nestir.ir.kinds import Fx
 from nestir.ir.opdefs import OPS
-from nestir.ir.opdefs.kinds import Fx
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import torch.fx as fx
 
 from nestir.ir import convert as cv
 from nestir.ir.graph import Graph, Node
+from nestir.ir.kinds import Fx, Op
 from nestir.ir.opdefs import opdef
-from nestir.ir.opdefs.kinds import Fx, Op
 from nestir.ir.ops import BATCH_ARITH
 
 _TORCH_DIR = os.path.dirname(torch.__file__)

@@ -12,6 +12,7 @@ import torch
 
 from nestir.ir.errors import ArgumentError, DataError
 from nestir.ir.graph import Graph
+from nestir.ir.kinds import Op
 
 
 def require_graph(obj: Any, where: str) -> Graph:
@@ -114,4 +115,4 @@ def opaque_nodes(graph: Graph) -> list[str]:
     """One line per opaque node: its name, what it calls and where it came from."""
     require_graph(graph, "nestir.opaque_nodes")
     return [f"{n.name} = {n.attrs.get('label')} ({n.source or 'unknown source'})"
-            for n in graph if n.op == "opaque"]
+            for n in graph if n.op == Op.OPAQUE]

@@ -9,6 +9,7 @@ import torch
 from nestir.ir.edit import remove_neurons
 from nestir.ir.graph import Graph, Node
 from nestir.ir.groups import Group, GroupInfo, analyze
+from nestir.ir.kinds import Op
 
 
 def _out_dead(graph: Graph, info: GroupInfo, grp: Group) -> torch.Tensor:
@@ -62,7 +63,7 @@ def _fold(graph: Graph, info: GroupInfo, grp: Group, idx: list[int], staged: dic
             w = node.params["weight"] * node.params["mask"]
             for off, r, _ in info.columns(name, grp.id):
                 cols = slice(off + k * r, off + (k + 1) * r)
-                if node.op == "linear":
+                if node.op == Op.LINEAR:
                     v = x[..., cols]
                     c = v.reshape(-1, r)[0]
                     if not torch.allclose(v.reshape(-1, r), c.expand_as(v.reshape(-1, r)), atol=0, rtol=1e-6):
@@ -136,7 +137,7 @@ def _crop(graph: Graph, n: Node, live: torch.Tensor) -> bool:
     """Linear after a flatten of (N, C, *spatial): read only the bounding box of the live
     positions (a Slice is nearly free in onnxruntime, unlike a Gather)."""
     flat = graph[n.inputs[0]]
-    if flat.op != "flatten":
+    if flat.op != Op.FLATTEN:
         return False
     src = graph[flat.inputs[0]]
     spatial = tuple((src.shape or ())[2:])
@@ -179,7 +180,7 @@ def narrow_dead_inputs(graph: Graph, min_gather: float = 0.9) -> bool:
     that; measured in benchmarks/latency.py)."""
     changed = False
     for n in list(graph.parametric()):
-        if n.op != "linear":
+        if n.op != Op.LINEAR:
             continue
         live = n.params["mask"].any(0).cpu()
         dead = int((~live).sum())
@@ -213,18 +214,18 @@ def fuse_pieces(graph: Graph) -> bool:
     users = graph.user_map()
     changed = False
     for c in list(graph):
-        if c.op != "cat" or c.name not in graph.nodes:
+        if c.op != Op.CAT or c.name not in graph.nodes:
             continue
         ps = [graph[i] for i in c.inputs]
         first = ps[0]
-        if len(ps) < 2 or first.op not in ("conv", "linear") or c.attrs["dim"] != first.axis:
+        if len(ps) < 2 or first.op not in (Op.CONV, Op.LINEAR) or c.attrs["dim"] != first.axis:
             continue
         if len({p.name for p in ps}) != len(ps) or any(
                 p.op != first.op or p.inputs != first.inputs or p.attrs != first.attrs or p.axis != first.axis
                 or set(p.params) != set(first.params) or "area" in p.params
                 or [u.name for u in users.get(p.name, [])] != [c.name] for p in ps):
             continue
-        if first.op == "conv" and first.attrs.get("groups", 1) != 1:
+        if first.op == Op.CONV and first.attrs.get("groups", 1) != 1:
             continue
         params = {k: torch.cat([p.params[k] for p in ps], 0) for k in first.params}
         merged = Node(c.name, first.op, list(first.inputs), dict(first.attrs), params, c.shape, c.axis, c.source)

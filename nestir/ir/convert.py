@@ -11,6 +11,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from nestir.ir.graph import Node
+from nestir.ir.kinds import Fx
 
 BINARY_FUNCS: dict[Any, str] = {
     operator.add: "add", operator.iadd: "add", torch.add: "add", operator.sub: "sub", operator.isub: "sub",
@@ -286,9 +287,9 @@ def opaque_node(name: str, node: fx.Node, fn: Any, kind: str, args: Any, kwargs:
 
 
 def target_label(node: fx.Node, root: nn.Module) -> str:
-    if node.op == "call_module":
+    if node.op == Fx.CALL_MODULE:
         return type(root.get_submodule(str(node.target))).__name__
-    if node.op == "call_method":
+    if node.op == Fx.CALL_METHOD:
         return f"Tensor.{node.target}"
     t = node.target
     mod = getattr(t, "__module__", None) or ""

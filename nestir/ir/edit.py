@@ -11,6 +11,7 @@ import torch
 from nestir.ir.errors import EditError
 from nestir.ir.graph import Graph
 from nestir.ir.groups import Group, GroupInfo, Tie, analyze
+from nestir.ir.kinds import Op
 from nestir.ir.opdefs import opdef
 
 # For each node kind, which params carry a neuron on which dim, as a producer and as an index
@@ -222,7 +223,7 @@ def _head_shapes(graph: Graph, info: GroupInfo, tie: Tie, delta: int, st: _Stage
         per = shape[h] // tie.groups
         shape[h] += delta * per
         st.shapes[name] = tuple(shape)
-        if node.op == "const":
+        if node.op == Op.CONST:
             t = st.get(graph, name, "value")
             if drop:
                 gone = {u * per + j for u in drop for j in range(per)}

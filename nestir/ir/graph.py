@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nestir.ir.errors import NestirError
+from nestir.ir.kinds import Op
 
 if TYPE_CHECKING:
     from nestir.ir.groups import GroupInfo
@@ -71,25 +72,25 @@ class Node:
     def is_plain_conv(self) -> bool:
         """A convolution over every input channel (groups == 1): what partial-area masks, input
         narrowing and channel permutations may treat as one dense kernel per channel pair."""
-        return self.op == "conv" and self.attrs.get("groups") == 1
+        return self.op == Op.CONV and self.attrs.get("groups") == 1
 
     def live_weight(self) -> torch.Tensor:
         """The weight with dormant connections zeroed (what the layer computes with)."""
         return self.params["weight"] * self.params["mask"]
 
     def describe(self) -> str:
-        if self.op == "linear":
+        if self.op == Op.LINEAR:
             o, i = self.params["weight"].shape
             return f"Linear({i}->{o})"
-        if self.op == "conv":
+        if self.op == Op.CONV:
             w = self.params["weight"]
             g = self.attrs["groups"]
             k = "x".join(str(s) for s in w.shape[2:])
             extra = f", groups={g}" if g != 1 else ""
             return f"Conv{len(w.shape) - 2}d({w.shape[1] * g}->{w.shape[0]}, k={k}{extra})"
-        if self.op == "act":
+        if self.op == Op.ACT:
             return self.attrs["kind"]
-        if self.op == "opaque":
+        if self.op == Op.OPAQUE:
             return f"opaque[{self.attrs.get('label', '?')}]"
         return self.op
 
@@ -139,11 +140,11 @@ class Graph:
 
     @property
     def inputs(self) -> list[Node]:
-        return [n for n in self.nodes.values() if n.op == "input"]
+        return [n for n in self.nodes.values() if n.op == Op.INPUT]
 
     @property
     def output(self) -> Node:
-        outs = [n for n in self.nodes.values() if n.op == "output"]
+        outs = [n for n in self.nodes.values() if n.op == Op.OUTPUT]
         if len(outs) != 1:
             raise NestirError(f"graph has {len(outs)} output nodes, expected 1")
         return outs[0]
@@ -185,7 +186,7 @@ class Graph:
         changed = False
         while True:
             used = {i for n in self.nodes.values() for i in n.inputs}
-            dead = [k for k, n in self.nodes.items() if k not in used and n.op not in ("input", "output")]
+            dead = [k for k, n in self.nodes.items() if k not in used and n.op not in (Op.INPUT, Op.OUTPUT)]
             for k in dead:
                 del self.nodes[k]
             if not dead:

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from nestir.ir.graph import Graph
+from nestir.ir.kinds import Op
 from nestir.ir.opdefs import evaluate, opdef
 
 
@@ -75,16 +76,16 @@ class IRModule(nn.Module):
         env: dict[str, Any] = {}
         it = iter(inputs)
         for n in self.graph:
-            if n.op == "input":
+            if n.op == Op.INPUT:
                 env[n.name] = next(it)
                 if self.capture is not None:
                     self._capture_value(n.name, env[n.name])
-            elif n.op == "output":
+            elif n.op == Op.OUTPUT:
                 outs = [env[i] for i in n.inputs]
                 return outs[0] if n.attrs.get("structure") == "single" else tuple(outs)
             else:
                 p = self.tensors(n.name)
-                if self.capture is not None and n.op in ("linear", "conv"):
+                if self.capture is not None and n.op in (Op.LINEAR, Op.CONV):
                     p["weight"] = self._captured_weight(n.name, p["weight"])
                 env[n.name] = evaluate(n, [env[i] for i in n.inputs], p, self.training)
                 if self.capture is not None:

@@ -24,10 +24,8 @@ import math
 import torch
 
 from nestir.ir.graph import Graph, Node
+from nestir.ir.kinds import Op
 from nestir.ir.opdefs import opdef
-
-_MOVES = ("reshape", "permute", "identity")
-_PER_CHANNEL = ("batchnorm", "act", "identity")
 
 
 def fold_permutations(graph: Graph) -> None:
@@ -58,12 +56,12 @@ def _replace_one_shuffle(graph: Graph) -> bool:
         if x.axis is None or x.shape is None or x.axis == 0:
             continue
         for first in users.get(x.name, []):
-            if first.op != "reshape" or "keep" in first.attrs:
+            if first.op != Op.RESHAPE or "keep" in first.attrs:
                 continue
             chain, n = [first], first
             while tuple(n.shape or ()) != tuple(x.shape):
                 nxt = users.get(n.name, [])
-                if len(nxt) != 1 or nxt[0].op not in _MOVES or len(nxt[0].inputs) != 1:
+                if len(nxt) != 1 or not opdef(nxt[0].op).layout_only or len(nxt[0].inputs) != 1:
                     break
                 n = nxt[0]
                 chain.append(n)
@@ -81,7 +79,7 @@ def _replace_one_shuffle(graph: Graph) -> bool:
 
 def _refresh_axes(graph: Graph) -> None:
     for n in graph:
-        if n.shape is None or len(n.shape) < 2 or n.op in ("input", "output", "const"):
+        if n.shape is None or len(n.shape) < 2 or n.op in (Op.INPUT, Op.OUTPUT, Op.CONST):
             continue
         try:
             n.axis = opdef(n.op).axis(n, [graph[i] for i in n.inputs], torch.empty(n.shape, device="meta"))
@@ -127,7 +125,7 @@ def _channel_permutation(chain: list[Node], x: Node) -> torch.Tensor | None:
 def _push_one(graph: Graph) -> bool:
     users = graph.user_map()
     for g in list(graph):
-        if g.op != "gather":
+        if g.op != Op.GATHER:
             continue
         for u in users.get(g.name, []):
             if _push_into(graph, g, u):
@@ -152,7 +150,7 @@ def _push_into(graph: Graph, g: Node, u: Node) -> bool:
     if src.shape is None or src.axis != dim:
         return False
     width = src.shape[dim]
-    if u.op == "index" and u.inputs == [g.name]:  # a range of a gather: a narrower gather
+    if u.op == Op.INDEX and u.inputs == [g.name]:  # a range of a gather: a narrower gather
         items = u.attrs["items"]
         rng = items[dim] if dim < len(items) else None
         if any(i is not None for k, i in enumerate(items) if k != dim):
@@ -166,7 +164,7 @@ def _push_into(graph: Graph, g: Node, u: Node) -> bool:
         _replace(graph, u, Node(u.name, "gather", [src.name], {"dim": dim}, {"index": sel.clone()},
                                 u.shape, u.axis, u.source))
         return True
-    if u.op == "gather" and u.inputs == [g.name] and u.attrs["dim"] == dim:  # composed
+    if u.op == Op.GATHER and u.inputs == [g.name] and u.attrs["dim"] == dim:  # composed
         _replace(graph, u, Node(u.name, "gather", [src.name], {"dim": dim}, {"index": idx[u.params["index"]]},
                                 u.shape, u.axis, u.source))
         return True
@@ -179,12 +177,12 @@ def _push_into(graph: Graph, g: Node, u: Node) -> bool:
         for n in graph:
             n.inputs = [src.name if i == g.name else i for i in n.inputs]
         return True
-    if u.op == "cat" and u.attrs["dim"] == dim and u.axis == dim:
+    if u.op == Op.CAT and u.attrs["dim"] == dim and u.axis == dim:
         ins, index, off = [], [], 0
         for i in u.inputs:
             n = graph[i]
             k = n.shape[dim]  # type: ignore[index]
-            if n.op == "gather" and n.attrs["dim"] == dim and graph[n.inputs[0]].shape[dim] == k \
+            if n.op == Op.GATHER and n.attrs["dim"] == dim and graph[n.inputs[0]].shape[dim] == k \
                     and _is_permutation(n.params["index"], k):  # type: ignore[index]
                 ins.append(n.inputs[0])
                 index.append(n.params["index"] + off)
@@ -198,7 +196,7 @@ def _push_into(graph: Graph, g: Node, u: Node) -> bool:
         _replace_and_follow(graph, u, joined, after)
         return True
     if u.inputs == [g.name] and u.axis == dim and (
-            u.op in _PER_CHANNEL or (u.op == "conv" and u.attrs["groups"] == width == u.shape[dim])):  # type: ignore[index]
+            opdef(u.op).per_channel or (u.op == Op.CONV and u.attrs["groups"] == width == u.shape[dim])):  # type: ignore[index]
         if "area" in u.params:
             return False
         inv = _inverse(idx)
@@ -210,7 +208,7 @@ def _push_into(graph: Graph, g: Node, u: Node) -> bool:
         _replace_and_follow(graph, u, moved, after)
         return True
     reads = (u.is_plain_conv and dim == 1) or (
-        u.op == "linear" and dim == len(src.shape) - 1)
+        u.op == Op.LINEAR and dim == len(src.shape) - 1)
     if reads and u.inputs == [g.name] and "area" not in u.params:  # the columns take the order
         inv = _inverse(idx)
         params = {k: (t.index_select(1, inv) if k in ("weight", "mask") else t.clone()) for k, t in u.params.items()}

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from nestir.ir.errors import ArgumentError
 from nestir.ir.graph import Graph, Node
+from nestir.ir.kinds import Op
 from nestir.ir.opdefs import opdef
 
 
@@ -155,7 +156,7 @@ def graph_stats(graph: Graph, compact: bool = True) -> dict[str, Any]:
         "flops": sum(r["flops"] for r in layers),
         "connections": sum(r["connections"] for r in layers),
         "layers": layers,
-        "opaque": [n.name for n in graph if n.op == "opaque"],
+        "opaque": [n.name for n in graph if n.op == Op.OPAQUE],
     }
 
 

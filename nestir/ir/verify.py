@@ -7,6 +7,7 @@ import torch
 from nestir.ir.errors import VerifyError
 from nestir.ir.graph import Graph, Node
 from nestir.ir.groups import analyze
+from nestir.ir.kinds import Op
 from nestir.ir.opdefs import OPS, evaluate, opdef
 
 
@@ -21,9 +22,9 @@ def verify(graph: Graph, *, check_values: bool = True) -> None:
     require_graph(graph, "nestir.ir.verify")
     seen: set[str] = set()
     nodes = list(graph)
-    if not nodes or nodes[-1].op != "output":
+    if not nodes or nodes[-1].op != Op.OUTPUT:
         raise VerifyError(nodes[-1].name if nodes else "<graph>", "the output node must come last")
-    if sum(n.op == "output" for n in nodes) != 1:
+    if sum(n.op == Op.OUTPUT for n in nodes) != 1:
         raise VerifyError("<graph>", "graph must have exactly one output node")
     if not graph.inputs:
         raise VerifyError("<graph>", "graph has no input node")

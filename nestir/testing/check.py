@@ -12,7 +12,7 @@ import torch
 
 from nestir.ir.errors import NestirError, PassContractError, PassError
 from nestir.ir.graph import Graph
-from nestir.ir.opdefs.kinds import Op
+from nestir.ir.kinds import Op
 from nestir.passes import resolve
 from nestir.passinfra.base import Pass, PassContext, PassManager, PassResult
 from nestir.passinfra.contracts import EFFECTS, check_effect, live_state

@@ -50,6 +50,8 @@ class OpDef:
     entries: ClassVar[tuple[str, ...]] = ()  # per-neuron params: one entry per neuron along dim 0
     counted: ClassVar[tuple[str, ...]] = ()  # params counted as model parameters (linear/conv: by stats)
     shaped: ClassVar[bool] = True  # its stored shape follows from its inputs (the verifier checks it)
+    per_channel: ClassVar[bool] = False  # acts on each channel alone: a channel permutation commutes with it
+    layout_only: ClassVar[bool] = False  # only moves values (reshape, permute): a chain of them may fold away
     modules: ClassVar[tuple[type, ...]] = ()  # module types the frontend converts with from_module
     functions: ClassVar[tuple[Any, ...]] = ()  # functions the frontend converts with from_function
 

@@ -54,6 +54,7 @@ class Act(OpDef):
     hardswish, hardsigmoid, elu."""
 
     name = "act"
+    per_channel = True
     modules = tuple(ACT_MODULES)
     functions = tuple(ACT_FUNCS)
 
@@ -243,6 +244,8 @@ class Identity(OpDef):
     ``nn.Identity``, channel dropout and torchvision's stochastic depth in eval form."""
 
     name = "identity"
+    per_channel = True
+    layout_only = True
     modules = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
     functions = (F.dropout, F.dropout1d, F.dropout2d)
 

@@ -50,6 +50,7 @@ class BatchNorm(_Norm):
     """Inference-form batch normalization over axis 1 (running statistics); trains in train mode."""
 
     name = "batchnorm"
+    per_channel = True
     modules = (nn.BatchNorm1d, nn.BatchNorm2d)
     functions = (F.batch_norm,)
 

@@ -66,6 +66,7 @@ class Reshape(OpDef):
     layout, each neuron repeated ``after`` times."""
 
     name = "reshape"
+    layout_only = True
 
     def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
         if "joins" in node.attrs:
@@ -120,6 +121,7 @@ class Permute(OpDef):
     """``x.permute(dims)`` (``transpose`` too) with the batch dim first: the neuron axis moves."""
 
     name = "permute"
+    layout_only = True
 
     def axis(self, node: Node, srcs: list[Node], value: torch.Tensor) -> int | None:
         return None if srcs[0].axis is None else node.attrs["dims"].index(srcs[0].axis)

@@ -1,10 +1,11 @@
 """The IR's op names as constants. Code outside the op definitions names an op through :class:`Op`
 (``n.op == Op.CONV``), never a string literal: a misspelt name fails at import instead of never
-matching, and every name here is a registered op definition (tests/ir/test_kinds.py)."""
+matching, and every name here is a registered op definition (tests/test_architecture.py)."""
 
 
 class Op:
-    """One constant per registered op (:data:`nestir.ir.opdefs.OPS`)."""
+    """One constant per built-in op definition (:data:`nestir.ir.opdefs.OPS`). This module imports
+    nothing, so every module of the core may use it."""
 
     ACT = "act"
     ADAPTIVE_POOL = "adaptive_pool"
