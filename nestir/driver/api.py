@@ -98,8 +98,13 @@ def _rereader(loader: Any) -> Callable[[], tuple[torch.Tensor, torch.Tensor]] | 
     random augmentation each time), as every rank's common data set; None for a one-shot iterator."""
     if iter(loader) is loader:
         return None
+    passes = [0]
 
     def reread() -> tuple[torch.Tensor, torch.Tensor]:
+        passes[0] += 1
+        sampler = getattr(loader, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):  # a DistributedSampler shuffles anew each epoch
+            sampler.set_epoch(passes[0])
         batches = as_batches(loader, torch.device("cpu"))
         x, y, _ = union(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
         return x, y
