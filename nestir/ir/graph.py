@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nestir.ir.errors import NestirError
-from nestir.ir.kinds import Op
+from nestir.ir.kinds import PARAMETRIC_OPS, Op
 
 if TYPE_CHECKING:
     from nestir.ir.groups import GroupInfo
@@ -32,7 +32,7 @@ def _provider(name: str) -> Callable[..., Any]:
     return fn
 
 
-PARAMETRIC = frozenset({"linear", "conv"})
+PARAMETRIC = PARAMETRIC_OPS  # the op definitions that say parametric (linear, conv), registered
 ACTIVATIONS = frozenset(
     {"relu", "relu6", "leaky_relu", "gelu", "silu", "tanh", "sigmoid", "hardswish", "hardsigmoid", "elu"}
 )

@@ -3,6 +3,11 @@
 matching, and every name here is a registered op definition (tests/test_architecture.py)."""
 
 
+# the ops whose definitions say ``parametric`` (weights with a connectivity mask: linear, conv),
+# filled by nestir.ir.opdefs.register; the graph reads it without importing the definitions
+PARAMETRIC_OPS: set[str] = set()
+
+
 class Op:
     """One constant per built-in op definition (:data:`nestir.ir.opdefs.OPS`). This module imports
     nothing, so every module of the core may use it."""

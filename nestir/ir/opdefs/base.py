@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from nestir.ir.errors import NestirError
+from nestir.ir.kinds import PARAMETRIC_OPS
 
 if TYPE_CHECKING:
     import torch.fx as fx
@@ -31,6 +32,8 @@ def register(cls: type[OpDef]) -> type[OpDef]:
     if cls.name in OPS:
         raise NestirError(f"op '{cls.name}' is defined twice ({type(OPS[cls.name]).__name__}, {cls.__name__})")
     OPS[cls.name] = cls()
+    if cls.parametric:
+        PARAMETRIC_OPS.add(cls.name)
     return cls
 
 
@@ -50,6 +53,7 @@ class OpDef:
     entries: ClassVar[tuple[str, ...]] = ()  # per-neuron params: one entry per neuron along dim 0
     counted: ClassVar[tuple[str, ...]] = ()  # params counted as model parameters (linear/conv: by stats)
     shaped: ClassVar[bool] = True  # its stored shape follows from its inputs (the verifier checks it)
+    parametric: ClassVar[bool] = False  # a weight with a connectivity mask, grown and pruned (linear, conv)
     per_channel: ClassVar[bool] = False  # acts on each channel alone: a channel permutation commutes with it
     layout_only: ClassVar[bool] = False  # only moves values (reshape, permute): a chain of them may fold away
     modules: ClassVar[tuple[type, ...]] = ()  # module types the frontend converts with from_module

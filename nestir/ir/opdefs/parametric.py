@@ -32,6 +32,7 @@ class Linear(OpDef):
     neurons and freezes its input's, as MLP-Mixer's token MLP does)."""
 
     name = "linear"
+    parametric = True
     trainable = ("weight", "bias")
     modules = (nn.Linear,)
     functions = (F.linear,)
@@ -113,6 +114,7 @@ class Conv(OpDef):
     pass through it along its length, and it has none of its own."""
 
     name = "conv"
+    parametric = True
     unit_attr = "groups"
     trainable = ("weight", "bias")
     modules = (nn.Conv1d, nn.Conv2d)
