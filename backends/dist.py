@@ -163,7 +163,10 @@ def init_from_env(device: str | None = None) -> bool:
 
 
 def shutdown() -> None:
+    """Leave the process group: every rank waits for the others first, so that none tears its
+    connections down while another still talks to it (gloo then aborts the process)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
