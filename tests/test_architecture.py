@@ -50,14 +50,24 @@ def test_every_layer_imports_only_the_layers_below_it(installed):
 
 
 @needs_linter
+def test_the_contract_holds_in_the_checkout_too():
+    p = subprocess.run([sys.executable, "-c", LINT, os.path.join(ROOT, "pyproject.toml")], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-2000:]
+
+
+@needs_linter
 def test_a_planted_upward_import_breaks_the_contract_and_names_both_modules(installed, tmp_path):
     site = tmp_path / "site"
     shutil.copytree(installed, site)
     with open(site / "nestir" / "ir" / "edit.py", "a") as f:
         f.write("\nfrom nestir.passes import magnitude_prune  # planted\n")
+    with open(site / "nestir" / "backends" / "train.py", "a") as f:  # the layers marked optional are checked too
+        f.write("\nfrom nestir.driver import zoo  # planted\n")
     p = lint(site)
     assert p.returncode != 0
     assert "nestir.ir.edit -> nestir.passes.magnitude_prune" in p.stdout
+    assert "nestir.backends.train -> nestir.driver.zoo" in p.stdout
 
 
 def test_importing_the_core_loads_no_module_above_it():
