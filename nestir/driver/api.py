@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,7 +96,7 @@ def collect_loader(loader: Any, name: str, graph: Graph, loss: Any, reporter: Re
 def _rereader(loader: Any) -> Callable[[], tuple[torch.Tensor, torch.Tensor]] | None:
     """One more pass of a loader that can be iterated again (a DataLoader: its own order and
     random augmentation each time), as every rank's common data set; None for a one-shot iterator."""
-    if iter(loader) is loader:
+    if isinstance(loader, Iterator):  # read once already (asking a DataLoader for an iterator would start its workers)
         return None
     passes = [0]
 

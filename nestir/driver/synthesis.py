@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any
 
@@ -26,7 +27,7 @@ from nestir.driver.config import MAX_EPOCHS, MAX_TEACHERS, METHOD_DEFAULTS, RunS
 from nestir.driver.data import Splits
 from nestir.driver.judge import Judge, Verdict, score
 from nestir.driver.recipe import Reporter, SoftTargets, stint
-from nestir.driver.runstore import RunStore
+from nestir.driver.runstore import CHECKPOINT, RunStore
 from nestir.ir.edit import set_mask
 from nestir.ir.errors import NestirError
 from nestir.ir.graph import Graph
@@ -267,7 +268,7 @@ class Synthesizer:
                loss: Any = None, metric: Any = None) -> Synthesizer:
         """Continue the run in ``out``; ``loss`` and ``metric`` are the run's own (code is not
         stored in a checkpoint): the caller passes them again."""
-        path = f"{out}/checkpoint.pt"
+        path = os.path.join(out, CHECKPOINT)
         ck = RunStore(out).read_checkpoint()
         try:
             cfg = SynthConfig(**{"epoch_samples": 0, **ck["config"]})  # older runs: full passes

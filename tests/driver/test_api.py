@@ -44,15 +44,17 @@ def test_synthesize_on_loaders_returns_graph_and_report(tmp_path):
     assert out.shape == (3, 10)
 
 
+def mse(o, t):
+    return torch.mean((o.squeeze(1) - t) ** 2)
+
+
+def neg_mse(o, t):
+    return -mse(o, t)
+
+
 def test_custom_loss_and_metric_for_regression_targets():
     d = load("digits")
     tr, va, ex = loaders(d.y.float())
-
-    def mse(o, t):
-        return torch.mean((o.squeeze(1) - t) ** 2)
-
-    def neg_mse(o, t):
-        return -mse(o, t)
 
     r = nestir.synthesize(MLP(1), ex, train=tr, val=va, loss=mse, metric=neg_mse, target=-50.0, **FAST)
     assert "metric" in r.report["rule"] and r.report["metric"] == "neg_mse"
@@ -167,12 +169,6 @@ def test_a_target_the_dense_reference_misses_is_kept_as_asked_and_the_report_say
 def test_a_regression_target_is_never_lowered():
     d = load("digits")
     tr, va, ex = loaders(d.y.float())
-
-    def mse(o, t):
-        return torch.mean((o.squeeze(1) - t) ** 2)
-
-    def neg_mse(o, t):
-        return -mse(o, t)
 
     r = nestir.synthesize(MLP(1), ex, train=tr, val=va, loss=mse, metric=neg_mse, target=-0.01, seed_density=0.3,
                           **FAST)
