@@ -17,6 +17,7 @@ Results are saved after every run; a second call skips the runs already in resul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -25,7 +26,8 @@ import time
 
 import torch
 
-from nestir.driver.runs import RunSpec, dense_reference, final_metrics, prepare
+from nestir.driver.recipe import train_teachers
+from nestir.driver.runs import RunSpec, dense_graph, dense_reference, final_metrics, prepare
 from nestir.driver.synthesis import SynthConfig, Synthesizer
 from nestir.ir.serialize import atomic_save, graph_from_state, graph_state
 
@@ -48,7 +50,9 @@ LABELS = {"dense": "dense", "prune": "pruning only", "nest": "NeST", "nest-nodis
           "prune-t50": "pruning only, tolerance 0.5 pts", "nest-t50": "NeST, tolerance 0.5 pts",
           "prune-e24": "pruning only, 24,000 samples an epoch", "nest-e24": "NeST, 24,000 samples an epoch",
           "prune-long": "pruning only, 2x chain retraining and trial refits",
-          "nest-long": "NeST, 2x chain retraining and trial refits"}
+          "nest-long": "NeST, 2x chain retraining and trial refits",
+          "prune-prev": "pruning only, the previous defaults (1 teacher, FLOPs 0.2)",
+          "nest-prev": "NeST, the previous defaults (1 teacher, FLOPs 0.2)"}
 
 
 def point(m: dict, wall: float, dense: dict | None) -> dict:
@@ -59,6 +63,24 @@ def point(m: dict, wall: float, dense: dict | None) -> dict:
         p["params_reduction"] = round(dense["params"] / max(1, m["params"]), 1)
         p["flops_reduction"] = round(dense["flops"] / max(1, m["flops"]), 1)
     return p
+
+
+def other_teachers(prep, spec, cfg, cache: str) -> tuple[list, float]:  # type: ignore[no-untyped-def]
+    """Dense networks 2..K of the run's ensemble (K = ``cfg.teachers``), trained as the synthesis
+    trains them (seed + 7919 i), cached beside the reference with the seconds they took."""
+    if cfg.teachers < 2:
+        return [], 0.0
+    path = cache.replace(".pt", f"-teachers{cfg.teachers}.pt")
+    if os.path.isfile(path):
+        saved = torch.load(path, weights_only=True)
+        return [graph_from_state(g) for g in saved["nets"]], float(saved["seconds"])
+    t0 = time.perf_counter()
+    nets = train_teachers(cfg.teachers, lambda i: dense_graph(prep, spec), prep.splits.train, DENSE_EPOCHS,
+                          cfg.final_epochs, cfg.recipe(), cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                          first=1)
+    seconds = time.perf_counter() - t0
+    atomic_save({"nets": [graph_state(g) for g in nets], "seconds": seconds}, path)
+    return nets, seconds
 
 
 def run_seed(model: str, seed: int, methods: list[str], done: dict, save_point) -> None:  # type: ignore[no-untyped-def]
@@ -73,11 +95,14 @@ def run_seed(model: str, seed: int, methods: list[str], done: dict, save_point) 
         dense_wall = done["dense"]["wall_seconds"]  # what training it cost, counted in every method's wall
     else:
         t0 = time.perf_counter()
-        dense = dense_reference(prep, spec, cfg, dense_epochs=DENSE_EPOCHS)
+        dense = dense_reference(prep, spec, dataclasses.replace(cfg, teachers=1), dense_epochs=DENSE_EPOCHS)
         dense_wall = time.perf_counter() - t0
         os.makedirs(CACHE, exist_ok=True)
         atomic_save(graph_state(dense["teacher"]), cache)
         save_point("dense", point(dense["final"], dense_wall, None))
+    # the other teachers (--teachers, default 3): cached apart, their training counted in every method's wall
+    dense["ensemble"], extra_wall = other_teachers(prep, spec, cfg, cache)
+    dense_wall += extra_wall
     for method in methods:
         if method in done:
             continue
@@ -181,7 +206,8 @@ def plot(results: dict, path: str) -> None:
     fig, axes = plt.subplots(len(models), 2, figsize=(10, 4 * len(models)), squeeze=False)
     colors = {"dense": "black", "prune": "tab:orange", "nest": "tab:blue", "nest-nodistill": "tab:green",
               "prune-t50": "tab:red", "nest-t50": "tab:purple", "prune-e24": "tab:brown", "nest-e24": "tab:cyan",
-              "prune-long": "tab:olive", "nest-long": "tab:pink"}
+              "prune-long": "tab:olive", "nest-long": "tab:pink", "prune-prev": "tab:gray",
+              "nest-prev": "lightsteelblue"}
     for i, model in enumerate(models):
         for j, key in enumerate(("params", "flops")):
             ax = axes[i][j]

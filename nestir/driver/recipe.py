@@ -120,13 +120,14 @@ TEACHER_SEED_STRIDE = 7919  # dense network i of a run starts from seed + i * th
 
 
 def train_teachers(count: int, make: Callable[[int], Graph], data: Dataset, dense_epochs: int, final_epochs: int,
-                   recipe: Recipe, seed: int, *, reporter: Reporter | None = None,
+                   recipe: Recipe, seed: int, *, reporter: Reporter | None = None, first: int = 0,
                    **trainer: Any) -> list[Graph]:
     """``count`` dense networks under the shared recipe (:func:`train_dense`), network i built by
     ``make(i)`` and trained from seed ``seed + i * TEACHER_SEED_STRIDE``; the first is the
-    reference, the others only teach. ``trainer``: the :class:`Trainer`'s keyword arguments."""
+    reference, the others only teach. ``first``: start at network ``first`` (those before it
+    exist already). ``trainer``: the :class:`Trainer`'s keyword arguments."""
     nets = []
-    for i in range(count):
+    for i in range(first, count):
         s = seed + TEACHER_SEED_STRIDE * i
         torch.manual_seed(s)
         nets.append(train_dense(Trainer(make(i), **trainer), data, dense_epochs, final_epochs, recipe,

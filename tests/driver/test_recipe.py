@@ -55,3 +55,22 @@ def test_soft_targets_follow_the_drawn_samples():
     for s in t.soft_seen:
         idx = torch.randperm(50, generator=gen)[:20]
         torch.testing.assert_close(s, full[idx])
+
+
+def test_teachers_from_first_are_the_same_networks_as_the_whole_ensemble():
+    """``first=1``: the teachers after the reference, trained exactly as a whole ensemble trains them
+    (what a benchmark with a cached reference relies on)."""
+    from nestir.driver.recipe import train_teachers
+
+    d = data(64)
+
+    def make(i: int) -> nestir.Graph:
+        return nestir.trace(LeNet300100(), torch.zeros(2, 1, 28, 28))
+
+    rec = Recipe(epoch_samples=0)
+    whole = train_teachers(3, make, d, 1, 1, rec, 5)
+    rest = train_teachers(3, make, d, 1, 1, rec, 5, first=1)
+    assert len(rest) == 2
+    for a, b in zip(whole[1:], rest, strict=True):
+        assert torch.allclose(a["fc1"].params["weight"], b["fc1"].params["weight"], atol=1e-6)
+    assert not torch.allclose(whole[0]["fc1"].params["weight"], rest[0]["fc1"].params["weight"])
