@@ -19,17 +19,14 @@ import time
 
 import torch
 
-from nestir.backends.train import Trainer
 from nestir.driver.recipe import SoftTargets, stint
 from nestir.driver.runs import RunSpec, prepare
 from nestir.driver.synthesis import SynthConfig
 from nestir.ir.serialize import graph_from_state
 from nestir.ir.stats import stats
-from nestir.passes import resolve
-from nestir.passinfra.base import PassContext, PassManager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from teacher_probe import FULL, compare  # noqa: E402
+from teacher_probe import FULL, compare, prune_chain  # noqa: E402
 
 CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache")
 
@@ -51,13 +48,8 @@ def main() -> None:
     dense = stats(ref)
     for f in (float(v) for v in args.flops.split(",")):
         t0 = time.perf_counter()
-        tr = Trainer(ref.copy(), lr=cfg.prune_lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(args.seed)
-        for _ in range(args.steps):
-            PassManager(resolve([f"magnitude-prune:fraction=0.2,scope=global,flops_fraction={f}",
-                                 "eliminate-dead-neurons"])).run(tr.graph, PassContext())
-            tr.rebuild()
-            stint(tr, data.train, cfg.prune_epochs, cfg.recipe(), gen, soft=soft, anneal=True)
+        tr = prune_chain(ref, data, cfg, soft, gen, args.steps, f)
         s = stats(tr.graph)
         row = {"flops_fraction": f, "params_x": round(dense["params"] / s["params"], 1),
                "flops_x": round(dense["flops"] / s["flops"], 1), "chain_end": compare(tr.graph, ref, data)}

@@ -58,6 +58,19 @@ def compare(g, ref, data) -> dict:  # type: ignore[no-untyped-def]
     return out
 
 
+def prune_chain(ref, data, cfg, soft, gen, steps: int, flops: float) -> Trainer:  # type: ignore[no-untyped-def]
+    """The default pruning chain from ``ref``: ``steps`` steps of 20% of the live weights by global
+    magnitude (FLOPs cut at least ``flops``), each retrained ``cfg.prune_epochs`` distilling from
+    ``soft``. Returns the trainer holding the chain's end."""
+    tr = Trainer(ref.copy(), lr=cfg.prune_lr, weight_decay=cfg.weight_decay)
+    for _ in range(steps):
+        PassManager(resolve([f"magnitude-prune:fraction=0.2,scope=global,flops_fraction={flops}",
+                             "eliminate-dead-neurons"])).run(tr.graph, PassContext())
+        tr.rebuild()
+        stint(tr, data.train, cfg.prune_epochs, cfg.recipe(), gen, soft=soft, anneal=True)
+    return tr
+
+
 def run_seed(model: str, seed: int, steps: int, teacher_counts: list[int]) -> dict:
     spec = RunSpec(model=model, data=f"mnist-idx:{FULL}", seed=seed)
     prep = prepare(spec, dense=True)
@@ -85,13 +98,8 @@ def run_seed(model: str, seed: int, steps: int, teacher_counts: list[int]) -> di
     for t in teacher_counts:
         t0 = time.perf_counter()
         soft = SoftTargets(nets[:t], data.train, torch.device("cpu"))
-        tr = Trainer(ref.copy(), lr=cfg.prune_lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(seed)
-        for _ in range(steps):
-            PassManager(resolve(["magnitude-prune:fraction=0.2,scope=global,flops_fraction=0.2",
-                                 "eliminate-dead-neurons"])).run(tr.graph, PassContext())
-            tr.rebuild()
-            stint(tr, data.train, cfg.prune_epochs, cfg.recipe(), gen, soft=soft, anneal=True)
+        tr = prune_chain(ref, data, cfg, soft, gen, steps, 0.2)
         chain = tr.graph.copy()
         p = stats(chain)["params"]
         row: dict = {"params": p, "x_fewer": round(stats(ref)["params"] / p, 1), "chain_end": compare(chain, ref, data)}
