@@ -1,10 +1,11 @@
 """The real synthesis on a teacher-probe seed, with 1 or K teachers: which network the selection
 keeps and how far it is from the dense reference on validation, audit and both pooled.
 
-Uses the dense networks `teacher_probe.py` cached for the seed (run it first); the first is the
-reference, the first K teach. Validation and audit only: the MNIST test files are not read.
+Uses the dense networks `teacher_probe.py` cached for the seed (run it first), or with
+PARETO=1 in the environment those `pareto.py` cached (its reference and teachers 2-3); the first is
+the reference, the first K teach. Validation and audit only: the MNIST test files are not read.
 
-Run: python benchmarks/teacher_select.py MODEL SEED METHOD K ['{"option": value}']
+Run: [PARETO=1] python benchmarks/teacher_select.py MODEL SEED METHOD K ['{"option": value}']
      -> prints the selection's rows and a line "RESULT {json}" (collected into
         results/teacher_probe.json under "selection_runs")."""
 
@@ -31,7 +32,13 @@ def main() -> None:
     model, seed, method, teachers = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
     extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
     prep = prepare(RunSpec(model=model, data=f"mnist-idx:{FULL}", seed=seed))
-    nets = [graph_from_state(s) for s in torch.load(os.path.join(CACHE, f"{model}-{seed}-k3.pt"), weights_only=True)]
+    if os.environ.get("PARETO"):
+        base = os.path.join(os.path.dirname(CACHE), f"{model}-mnist-{seed}")
+        nets = [graph_from_state(torch.load(base + ".pt", weights_only=True)),
+                *[graph_from_state(g) for g in torch.load(base + "-teachers3.pt", weights_only=True)["nets"]]]
+    else:
+        nets = [graph_from_state(s) for s in torch.load(os.path.join(CACHE, f"{model}-{seed}-k3.pt"),
+                                                        weights_only=True)]
     c = SynthConfig.for_method(method, **prep.defaults, **extra)
     c.teachers = teachers
     start = nets[0].copy() if method == "prune" else prep.graph.copy()

@@ -32,12 +32,36 @@ def effective_weight(graph: Graph, n: Node) -> torch.Tensor:
 
 
 
+SCOPES = ("layer", "global", "lamp")
+
+
+def lamp_scores(mag: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Layer-adaptive magnitude scores (LAMP, Lee et al. 2021) of one layer's live weights: a
+    weight's squared magnitude over the sum of the squares of the live weights at least as large.
+    The layer's largest weight scores 1, so a global cut on these scores never empties a layer, and
+    it spreads the sparsity over the layers by how much of each layer's energy a cut would take,
+    not by the layers' raw weight scales. Dead weights score +inf (never picked)."""
+    sq = mag.double().flatten() ** 2
+    live = mask.flatten()
+    out = torch.full_like(sq, float("inf"))
+    idx = live.nonzero().flatten()
+    if idx.numel():
+        vals = sq[idx]
+        order = torch.argsort(vals)
+        tail = torch.flip(torch.cumsum(torch.flip(vals[order], [0]), 0), [0])  # sum of squares from here up
+        scores = torch.empty_like(vals)
+        scores[order] = vals[order] / tail.clamp_min(torch.finfo(torch.float64).tiny)
+        out[idx] = scores
+    return out.view_as(mag)
+
+
 @register
 @dataclass(frozen=True)
 class MagnitudePrune(Pass):
     """Remove live connections with the smallest effective magnitude |W*| (BatchNorm folded in):
     a ``fraction`` of each layer's live connections (``scope="layer"``) or of all of them
-    (``scope="global"``), or every one below ``threshold``. With ``neuron_fraction`` > 0 also
+    (``scope="global"``: the smallest |W*| anywhere; ``scope="lamp"``: the smallest layer-adaptive
+    scores, :func:`lamp_scores`), or every one below ``threshold``. With ``neuron_fraction`` > 0 also
     remove that fraction of each resizable group's neurons with the smallest mean |output| over
     the data (measured on the device, at the group's last value before its consumers), and of
     each grouped conv's groups and each attention node's heads (whole units, the nearest count:
@@ -65,8 +89,8 @@ class MagnitudePrune(Pass):
                 or self.threshold < 0):
             raise PassError("magnitude-prune: 0 <= fraction < 1, 0 <= neuron_fraction < 1, "
                             "0 <= flops_fraction < 1, threshold >= 0")
-        if self.scope not in ("layer", "global"):
-            raise PassError(f"magnitude-prune: scope must be 'layer' or 'global', got {self.scope!r}")
+        if self.scope not in SCOPES:
+            raise PassError(f"magnitude-prune: scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
 
     def _names(self, graph: Graph) -> list[str]:
         names = [n.name for n in graph.parametric()]
@@ -96,11 +120,15 @@ class MagnitudePrune(Pass):
         if self.threshold:
             for n in names:
                 drop[n] = graph[n].params["mask"] & (mags[n] < self.threshold)
-        elif self.scope == "global":
+        elif self.scope in ("global", "lamp"):
             # the k smallest live magnitudes, picked by index: a threshold compared against would miss
             # weights that decayed to denormal floats (with torch.set_flush_denormal(True), as training
             # on the CPU sets it, kthvalue reports such a cut as 0.0 while no denormal is <= 0.0)
-            live = torch.cat([mags[n].masked_fill(~graph[n].params["mask"], float("inf")).flatten() for n in names])
+            if self.scope == "lamp":
+                live = torch.cat([lamp_scores(mags[n], graph[n].params["mask"]).flatten() for n in names])
+            else:
+                live = torch.cat([mags[n].masked_fill(~graph[n].params["mask"], float("inf")).flatten()
+                                  for n in names])
             k = math.floor(self.fraction * sum(int(graph[n].params["mask"].sum()) for n in names))
             if k == 0:
                 return 0

@@ -6,6 +6,7 @@ import json
 import torch
 
 from nestir.cli import main
+from nestir.driver.config import SynthConfig
 
 TINY = ["--quiet", "--dense-epochs", "1", "--initial-epochs", "1", "--epochs", "1", "--prune-epochs", "1",
         "--max-growth-steps", "1", "--max-prune-steps", "1", "--final-epochs", "1", "--shift-epochs", "1",
@@ -147,7 +148,7 @@ def test_prune_baseline_cli_same_contract(tmp_path):
     out = tmp_path / "p"
     assert main(["prune-baseline", "lenet-300-100", "--out", str(out), *TINY]) == 0
     r = json.loads((out / "report.json").read_text())
-    assert r["method"] == "prune" and r["config"]["prune_scope"] == "global"
+    assert r["method"] == "prune" and r["config"]["prune_scope"] == SynthConfig().prune_scope
     assert {"params", "flops", "val_error", "audit_error", "test_error"} <= set(r["final"]) and "baseline" in r
     assert r["phases"][0]["phase"] == "dense" and r["final"]["params"] <= 266610
     assert (out / "model.onnx").exists()

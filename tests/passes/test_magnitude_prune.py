@@ -7,7 +7,7 @@ import nestir
 from nestir.driver.zoo import LeNet300100, ResNet
 from nestir.ir.errors import PassError
 from nestir.passes import get
-from nestir.passes.magnitude_prune import effective_weight
+from nestir.passes.magnitude_prune import effective_weight, lamp_scores
 from nestir.passinfra.base import PassContext
 
 
@@ -126,3 +126,32 @@ def test_global_scope_prunes_denormal_weights_first(flush):
     assert res.info["connections"] == int(0.2 * live)
     for n in g.parametric():  # every connection removed was one of the denormal ones
         assert bool(tiny[n.name][~n.params["mask"]].all()), n.name
+
+
+def test_lamp_scores_by_share_of_the_layers_remaining_energy():
+    mag = torch.tensor([[3.0, 1.0], [2.0, 0.5]])
+    mask = torch.tensor([[True, True], [True, False]])
+    s = lamp_scores(mag, mask)
+    assert s[0, 0] == 1.0  # the layer's largest live weight
+    assert s[1, 0] == pytest.approx(4 / (4 + 9))
+    assert s[0, 1] == pytest.approx(1 / (1 + 4 + 9))
+    assert s[1, 1] == float("inf")  # dead: never picked
+
+
+def test_lamp_scope_prunes_the_fraction_without_emptying_a_layer_and_ignores_layer_scale():
+    torch.manual_seed(0)
+    g = nestir.trace(LeNet300100(), torch.rand(2, 1, 28, 28))
+    g["fc3"].params["weight"].mul_(1e-3)  # far smaller weights: global magnitude would strip fc3 first
+    live = sum(int(n.params["mask"].sum()) for n in g.parametric())
+    glob = g.copy()
+    before = {n.name: n.params["weight"].abs().clone() for n in g.parametric()}
+    get("magnitude-prune", fraction=0.5, scope="global").run(glob, PassContext())
+    res = get("magnitude-prune", fraction=0.5, scope="lamp").run(g, PassContext())
+    assert res.info["connections"] == int(0.5 * live)
+    assert int(glob["fc3"].params["mask"].sum()) == 1  # global: the scaled layer emptied (one kept)
+    kept = int(g["fc3"].params["mask"].sum())
+    assert 0.2 * 1000 < kept < 1000  # lamp: the scale of a layer does not decide its share
+    for n in g.parametric():  # within a layer the smallest go first
+        m, w = n.params["mask"], before[n.name]
+        if (~m).any():
+            assert w[m].min() >= w[~m].max()
