@@ -52,7 +52,9 @@ LABELS = {"dense": "dense", "prune": "pruning only", "nest": "NeST", "nest-nodis
           "prune-long": "pruning only, 2x chain retraining and trial refits",
           "nest-long": "NeST, 2x chain retraining and trial refits",
           "prune-prev": "pruning only, the previous defaults (1 teacher, FLOPs 0.2)",
-          "nest-prev": "NeST, the previous defaults (1 teacher, FLOPs 0.2)"}
+          "nest-prev": "NeST, the previous defaults (1 teacher, FLOPs 0.2)",
+          "prune-global": "pruning only, global magnitude scores", "nest-global": "NeST, global magnitude scores",
+          "prune-lamp": "pruning only, LAMP scores", "nest-lamp": "NeST, LAMP scores"}
 
 
 def point(m: dict, wall: float, dense: dict | None) -> dict:
@@ -207,7 +209,8 @@ def plot(results: dict, path: str) -> None:
     colors = {"dense": "black", "prune": "tab:orange", "nest": "tab:blue", "nest-nodistill": "tab:green",
               "prune-t50": "tab:red", "nest-t50": "tab:purple", "prune-e24": "tab:brown", "nest-e24": "tab:cyan",
               "prune-long": "tab:olive", "nest-long": "tab:pink", "prune-prev": "tab:gray",
-              "nest-prev": "lightsteelblue"}
+              "nest-prev": "lightsteelblue", "prune-global": "tab:gray", "nest-global": "lightsteelblue",
+              "prune-lamp": "tab:red", "nest-lamp": "tab:purple"}
     for i, model in enumerate(models):
         for j, key in enumerate(("params", "flops")):
             ax = axes[i][j]

@@ -469,8 +469,8 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prune-fraction", dest="prune_fraction", type=float,
                    help="fraction of live weights removed per pruning step (default 0.2)")
     p.add_argument("--prune-scope", dest="prune_scope", choices=("global", "layer", "lamp"),
-                   help="which weights a pruning step removes: the smallest |W| across layers (global), the same "
-                        "fraction of each layer (layer), or the smallest layer-adaptive LAMP scores (lamp: default)")
+                   help="which weights a pruning step removes: the smallest |W| across layers (global: default), the "
+                        "same fraction of each layer (layer), or the smallest layer-adaptive LAMP scores (lamp)")
     p.add_argument("--prune-flops", dest="prune_flops", type=float,
                    help="FLOPs fraction each pruning step removes at least, from convs (default 0.16; 0: off)")
     p.add_argument("--partial-area", dest="partial_area", type=float,
