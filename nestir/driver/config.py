@@ -62,8 +62,8 @@ class SynthConfig:
     # convolutions as fast as the fully connected layers and cost most of the accuracy the chain lost
     prune_scope: str = "global"  # magnitude-prune: "global" (the smallest |W*| across layers), "layer" (the same
     # fraction of each) or "lamp" (layer-adaptive scores, Lee et al. 2021). lamp measured on full MNIST (benchmarks/
-    # README.md, "Chain probe"): LeNet-300-100 over six seeds kept the same median (32x against 35x), LeNet-5 fewer
-    # FLOPs off (18.6-27.8x against 21.2-39.3x): it spares the small convolutions, the FLOPs rule then sets their pace
+    # README.md, "Chain probe"): LeNet-300-100 kept no more (median over six seeds 32x against 35x); LeNet-5 kept
+    # fewer FLOPs off (18.6-27.8x against 21.2-39.3x): it spares small layers, and LeNet-5's convs are its small ones
     partial_area: float = 0.0  # partial-area-mask fraction per pruning step (convs; 0: off, the default)
     batch_size: int = 64
     epoch_samples: int = Recipe.epoch_samples  # an epoch: a pass over train, or a random draw of this many when it
