@@ -445,8 +445,9 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                    help="z of the one-sided bound of the paired acceptance rule (default 1; the selection "
                         "also asks a passing step's pair with the next less pruned step to pass)")
     p.add_argument("--no-fallback-dense", dest="fallback_dense", action="store_const", const=False,
-                   help="when growth falls short of the dense reference, prune the grown network (keeping its "
-                        "accuracy) instead of pruning the dense reference (the default)")
+                   help="when growth falls short of the dense reference, or passes the rule but less accurate "
+                        "than it, prune the grown network (keeping its accuracy) instead of pruning the dense "
+                        "reference (the default)")
     p.add_argument("--no-distill", dest="distill", action="store_const", const=0.0,
                    help="train on the labels only (default: also on the dense reference's soft targets)")
     p.add_argument("--distill", dest="distill", type=float,

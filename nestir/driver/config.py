@@ -84,7 +84,8 @@ class SynthConfig:
     # probe") the ensemble's students at 54x were 0.1 pts closer to the reference than one teacher's
     confidence: float = 1.0  # z of the one-sided bound in the paired acceptance rule
     tolerance: float = 0.0025  # accepted error above the dense reference (fraction), at that bound
-    fallback_dense: bool = True  # grown network worse than dense beyond the tolerance: prune the dense reference
+    fallback_dense: bool = True  # grown network short of the rule, or passing it but less accurate than the dense
+    # reference on validation: the pruning chain starts from the dense reference (False: from the grown network)
     # a size target (0: none): the chain prunes until a network has at most this many parameters /
     # FLOPs, and the selection keeps the least pruned one within it (its accuracy is reported, not judged)
     target_params: int = 0
