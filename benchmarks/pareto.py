@@ -54,7 +54,8 @@ LABELS = {"dense": "dense", "prune": "pruning only", "nest": "NeST", "nest-nodis
           "prune-prev": "pruning only, the previous defaults (1 teacher, FLOPs 0.2)",
           "nest-prev": "NeST, the previous defaults (1 teacher, FLOPs 0.2)",
           "prune-global": "pruning only, global magnitude scores", "nest-global": "NeST, global magnitude scores",
-          "prune-lamp": "pruning only, LAMP scores", "nest-lamp": "NeST, LAMP scores"}
+          "prune-lamp": "pruning only, LAMP scores", "nest-lamp": "NeST, LAMP scores",
+          "nest-start": "NeST, the chain from dense when growth passes behind it"}
 
 
 def point(m: dict, wall: float, dense: dict | None) -> dict:
@@ -210,7 +211,7 @@ def plot(results: dict, path: str) -> None:
               "prune-t50": "tab:red", "nest-t50": "tab:purple", "prune-e24": "tab:brown", "nest-e24": "tab:cyan",
               "prune-long": "tab:olive", "nest-long": "tab:pink", "prune-prev": "tab:gray",
               "nest-prev": "lightsteelblue", "prune-global": "tab:gray", "nest-global": "lightsteelblue",
-              "prune-lamp": "tab:red", "nest-lamp": "tab:purple"}
+              "prune-lamp": "tab:red", "nest-lamp": "tab:purple", "nest-start": "tab:blue"}
     for i, model in enumerate(models):
         for j, key in enumerate(("params", "flops")):
             ax = axes[i][j]
