@@ -15,6 +15,7 @@ from nestir.driver.rundir import check_out_dir, clean_temp_files, clear_run
 from nestir.driver.runs import RunSpec, dense_reference, final_metrics, prepare, write_outputs
 from nestir.driver.synthesis import SynthConfig, Synthesizer
 from nestir.ir.errors import NestirError
+from nestir.passes.magnitude_prune import SCOPES
 
 
 class RichReporter:
@@ -469,7 +470,7 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-prune-steps", dest="max_prune_steps", type=int)
     p.add_argument("--prune-fraction", dest="prune_fraction", type=float,
                    help="fraction of live weights removed per pruning step (default 0.2)")
-    p.add_argument("--prune-scope", dest="prune_scope", choices=("global", "layer", "lamp"),
+    p.add_argument("--prune-scope", dest="prune_scope", choices=SCOPES,
                    help="which weights a pruning step removes: the smallest |W| across layers (global: default), the "
                         "same fraction of each layer (layer), or the smallest layer-adaptive LAMP scores (lamp)")
     p.add_argument("--prune-flops", dest="prune_flops", type=float,

@@ -13,6 +13,7 @@ from typing import Any
 from nestir.backends import dist
 from nestir.driver.recipe import Recipe
 from nestir.ir.errors import ArgumentError
+from nestir.passes.magnitude_prune import SCOPES
 from nestir.passinfra.base import MAX_COUNT
 
 log = logging.getLogger("nestir.driver.synthesis")
@@ -151,8 +152,8 @@ class SynthConfig:
             raise ArgumentError(f"teachers must be between 1 and {MAX_TEACHERS}, got {self.teachers}")
         if self.max_trials < 1:
             raise ArgumentError(f"max-trials must be >= 1, got {self.max_trials}")
-        if self.prune_scope not in ("layer", "global", "lamp"):
-            raise ArgumentError(f"prune-scope must be 'layer', 'global' or 'lamp', got {self.prune_scope!r}")
+        if self.prune_scope not in SCOPES:
+            raise ArgumentError(f"prune-scope must be one of {', '.join(SCOPES)}, got {self.prune_scope!r}")
 
 
 class Silent:
