@@ -3,7 +3,8 @@ keeps and how far it is from the dense reference on validation, audit and both p
 
 Uses the dense networks `teacher_probe.py` cached for the seed (run it first), or with
 PARETO=1 in the environment those `pareto.py` cached (its reference and teachers 2-3); the first is
-the reference, the first K teach. Validation and audit only: the MNIST test files are not read.
+the reference, the first K teach. SAVE_KEPT=path saves the kept network (graph state) there.
+Validation and audit only: the MNIST test files are not read.
 
 Run: [PARETO=1] python benchmarks/teacher_select.py MODEL SEED METHOD K ['{"option": value}']
      -> prints the selection's rows and a line "RESULT {json}" (collected into
@@ -21,7 +22,7 @@ import torch
 
 from nestir.driver.runs import RunSpec, prepare
 from nestir.driver.synthesis import SynthConfig, Synthesizer
-from nestir.ir.serialize import graph_from_state
+from nestir.ir.serialize import graph_from_state, graph_state
 from nestir.ir.stats import stats
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +47,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         s = Synthesizer(start, prep.splits, c, out, teacher=nets[0], ensemble=nets[1:teachers])
         st = s.run()
+    if os.environ.get("SAVE_KEPT"):  # the kept network, for a later single read of the test set
+        torch.save(graph_state(s.graph), os.environ["SAVE_KEPT"])
     dense = stats(nets[0])
     for r in st.history:
         if r["phase"] == "select":

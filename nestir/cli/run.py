@@ -482,7 +482,10 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                    help="an epoch is a pass over the training split or a random draw of this many of its samples, "
                         "whichever is fewer (default 12,000; 0: always a full pass): budgets in epochs then cost "
                         "the same on any larger data set")
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float,
+                   help="learning rate of the dense networks, growth, trial refits and final training (default 0.002)")
+    p.add_argument("--prune-lr", dest="prune_lr", type=float,
+                   help="learning rate each pruning step's retraining starts from (cosine to a tenth of it)")
     p.add_argument("--augment", action="store_true", default=None, help="random affine distortion of training images")
     p.add_argument("--seed", type=int, help="random seed (data split, seed masks, growth)")
     p.add_argument("--dense-epochs", dest="dense_epochs", type=int, default=40,

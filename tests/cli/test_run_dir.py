@@ -95,6 +95,7 @@ def test_bad_options_exit_2_before_work(tmp_path, capsys):
         (["--batch-size", "0"], "batch-size"),
         (["--lr", "nan"], "lr"),
         (["--lr", "-1"], "lr"),
+        (["--prune-lr", "0"], "prune-lr"),
         (["--device", "tpu"], "device"),
         (["--seed-density", "2"], "seed-density"),
         (["--epochs", "-3"], "epochs"),
@@ -146,9 +147,10 @@ def test_pass_options_out_of_range_are_refused():
 
 def test_prune_baseline_cli_same_contract(tmp_path):
     out = tmp_path / "p"
-    assert main(["prune-baseline", "lenet-300-100", "--out", str(out), *TINY]) == 0
+    assert main(["prune-baseline", "lenet-300-100", "--out", str(out), "--prune-lr", "0.003", *TINY]) == 0
     r = json.loads((out / "report.json").read_text())
     assert r["method"] == "prune" and r["config"]["prune_scope"] == SynthConfig().prune_scope
+    assert r["config"]["prune_lr"] == 0.003 != SynthConfig().prune_lr
     assert {"params", "flops", "val_error", "audit_error", "test_error"} <= set(r["final"]) and "baseline" in r
     assert r["phases"][0]["phase"] == "dense" and r["final"]["params"] <= 266610
     assert (out / "model.onnx").exists()
