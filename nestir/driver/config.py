@@ -73,8 +73,8 @@ class SynthConfig:
     prune_lr: float = 4e-3  # each pruning step's retraining starts here (cosine to a tenth): measured on full MNIST
     # (LeNet-300-100, six seeds, validation only; benchmarks/README.md "Pruning-step learning rate"), the chain's
     # ~55x networks came out 0.13 pts from dense after a trial refit at 4e-3, 0.23 at 2e-3, 0.28 at 1e-3 (the old
-    # default; three seeds); 8e-3 was worse than 4e-3. Like learning-rate rewinding (Renda et al. 2020): a pruned network
-    # recovers more with a large learning rate than with a fine-tuning one
+    # default; three seeds); 8e-3 was worse than 4e-3. Like learning-rate rewinding (Renda et al. 2020): a pruned
+    # network recovers more with a large learning rate than with a fine-tuning one
     augment: bool = False
     seed: int = 0
     score_batches: int = 4
