@@ -100,6 +100,14 @@ def recover(s: Synthesizer) -> int:
     return extra
 
 
+def chain_from_dense(s: Synthesizer) -> dict[str, Any]:
+    """The pruning chain starts from the dense reference: it becomes the current network (judged
+    and recorded)."""
+    assert s.teacher is not None
+    s.trainer = s.new_trainer(s.teacher.copy(), s.cfg.lr)
+    return s.record("dense", "the trained dense reference: the pruning chain starts here")
+
+
 def shift(s: Synthesizer) -> None:
     st, c = s.state, s.cfg
     s.apply_pipeline(["shift-activation:to=relu"])
@@ -123,8 +131,7 @@ def shift(s: Synthesizer) -> None:
         s.rep.message(f"growth reached the target ({got}) {gap:.2f} pts behind the dense reference: pruning "
                       "starts from the dense reference, which leaves the chain the whole tolerance "
                       "(--no-fallback-dense: prune the grown network)")
-        s.trainer = s.new_trainer(s.teacher.copy(), c.lr)
-        row = s.record("dense", "the trained dense reference: the pruning chain starts here")
+        row = chain_from_dense(s)
     elif not row["accepted"] and s.teacher is not None and c.fallback_dense:
         # growth fell short of the target: pruning starts from the dense reference, under the
         # same rule and the same target, for any rule (paired, target accuracy, custom metric).
@@ -136,8 +143,7 @@ def shift(s: Synthesizer) -> None:
         s.rep.message(f"growth fell short of the target ({st.growth_stopped}; {got}): "
                       "pruning starts from the dense reference instead (--no-fallback-dense: "
                       "prune the grown network)")
-        s.trainer = s.new_trainer(s.teacher.copy(), c.lr)
-        row = s.record("dense", "the trained dense reference: the pruning chain starts here")
+        row = chain_from_dense(s)
         if not row["accepted"]:
             s.rep.message(f"the dense reference itself does not reach the target ({st.rule}): "
                           "no network can be kept for it; the target is kept as asked")
