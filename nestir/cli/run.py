@@ -486,6 +486,8 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                    help="learning rate of the dense networks, growth, trial refits and final training (default 0.002)")
     p.add_argument("--prune-lr", dest="prune_lr", type=float,
                    help="learning rate each pruning step's retraining starts from (cosine to a tenth of it)")
+    p.add_argument("--lr-floor", dest="lr_floor", type=float,
+                   help="every stint's cosine schedule ends at this fraction of its starting rate (default 0.1)")
     p.add_argument("--augment", action="store_true", default=None, help="random affine distortion of training images")
     p.add_argument("--seed", type=int, help="random seed (data split, seed masks, growth)")
     p.add_argument("--dense-epochs", dest="dense_epochs", type=int, default=40,

@@ -81,6 +81,7 @@ class SynthConfig:
     recover_epochs: int = 4  # extra epochs after the shift while it is not accepted
     weight_decay: float = 5e-5  # L2 (through Adam): unused weights fade, so pruning finds them
     anneal: bool = True  # cosine learning-rate decay within the shift and pruning stints
+    lr_floor: float = 0.1  # ... down to this fraction of the stint's starting rate
     distill: float = 0.7  # weight of the dense reference's soft targets in the loss (0: labels only)
     temperature: float = 4.0  # distillation temperature
     teachers: int = 3  # dense networks (seeds) whose averaged soft targets every stint distils from;
@@ -106,7 +107,7 @@ class SynthConfig:
 
     def recipe(self) -> Recipe:
         return Recipe(batch_size=self.batch_size, epoch_samples=self.epoch_samples, augment=self.augment,
-                      anneal=self.anneal, alpha=self.distill,
+                      anneal=self.anneal, floor=self.lr_floor, alpha=self.distill,
                       temperature=self.temperature)
 
     def check(self) -> None:
@@ -135,6 +136,9 @@ class SynthConfig:
             if getattr(self, name) > MAX_COUNT:
                 raise ArgumentError(f"{name.replace('_', '-')} {getattr(self, name)} is out of range (at most "
                                   f"{MAX_COUNT:,} per layer and step)")
+        if not (math.isfinite(self.lr_floor) and 0 <= self.lr_floor <= 1):
+            raise ArgumentError(f"lr-floor must be in [0, 1] (a fraction of each stint's starting rate), "
+                                f"got {self.lr_floor}")
         ta = self.target_accuracy
         if ta != 0 and not (math.isfinite(ta) and 0 < ta <= 1):
             raise ArgumentError(f"target-accuracy must be in (0, 1] (default 0: the paired rule), got {ta}")

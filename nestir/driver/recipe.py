@@ -27,7 +27,7 @@ class Reporter(Protocol):
 @dataclass
 class Recipe:
     """How every stint of training runs. ``anneal``: cosine from the current learning rate down
-    to a tenth of it over the stint. ``alpha``/``temperature``: distillation (alpha 0: off)."""
+    to ``floor`` times it (a tenth) over the stint. ``alpha``/``temperature``: distillation (alpha 0: off)."""
 
     batch_size: int = 64
     # an epoch is a pass over the training split or a fresh random draw of this many of its samples,
@@ -36,6 +36,7 @@ class Recipe:
     epoch_samples: int = 12_000
     augment: bool = False
     anneal: bool = True
+    floor: float = 0.1
     alpha: float = 0.0
     temperature: float = 4.0
 
@@ -100,7 +101,8 @@ def stint(trainer: Trainer, data: Dataset, epochs: int, recipe: Recipe, gen: tor
     draw = 0 < recipe.epoch_samples < n and data.reread is None
     for e in range(epochs):
         if anneal and recipe.anneal:
-            trainer.set_lr(base * (0.1 + 0.45 * (1 + math.cos(math.pi * e / max(1, epochs)))))
+            f = recipe.floor
+            trainer.set_lr(base * (f + (1 - f) / 2 * (1 + math.cos(math.pi * e / max(1, epochs)))))
         idx = torch.randperm(n, generator=gen)[:recipe.epoch_samples].to(data.x.device) if draw else None
         fresh = data.reread is not None  # a user's loader: one pass of it per epoch (its augmentation, its order)
         if fresh:

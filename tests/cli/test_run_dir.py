@@ -96,6 +96,7 @@ def test_bad_options_exit_2_before_work(tmp_path, capsys):
         (["--lr", "nan"], "lr"),
         (["--lr", "-1"], "lr"),
         (["--prune-lr", "0"], "prune-lr"),
+        (["--lr-floor", "1.5"], "lr-floor"),
         (["--device", "tpu"], "device"),
         (["--seed-density", "2"], "seed-density"),
         (["--epochs", "-3"], "epochs"),

@@ -1,3 +1,5 @@
+import math
+
 import torch
 
 import nestir
@@ -74,3 +76,22 @@ def test_teachers_from_first_are_the_same_networks_as_the_whole_ensemble():
     for a, b in zip(whole[1:], rest, strict=True):
         assert torch.allclose(a["fc1"].params["weight"], b["fc1"].params["weight"], atol=1e-6)
     assert not torch.allclose(whole[0]["fc1"].params["weight"], rest[0]["fc1"].params["weight"])
+
+
+class LrLog(Counting):
+    def epoch(self, x, y, batch_size=128, *, generator=None, progress=None, soft=None):
+        self.seen.append(self.lr)
+        return 0.0
+
+
+def test_anneal_runs_from_the_start_rate_toward_the_floor_and_restores_it():
+    g = nestir.trace(LeNet300100(), torch.zeros(2, 1, 28, 28))
+    for floor in (0.1, 0.01):
+        t = LrLog(g.copy(), lr=1e-2)
+        stint(t, data(20), 8, Recipe(floor=floor), torch.Generator().manual_seed(0), anneal=True)
+        lrs = list(t.seen)
+        assert lrs[0] == 1e-2 and all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+        # the last epoch is one step short of the floor: cos(7/8 pi)
+        assert abs(lrs[-1] - 1e-2 * (floor + (1 - floor) / 2 * (1 + math.cos(math.pi * 7 / 8)))) < 1e-12
+        assert lrs[-1] < 1e-2 * (floor + 0.04)
+        assert t.lr == 1e-2
