@@ -467,14 +467,14 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grow-maps", dest="grow_maps", type=int, help="feature maps added per conv per growth step")
     p.add_argument("--grow-neurons", dest="grow_neurons", type=int, help="neurons bridged per FC layer per growth step")
     p.add_argument("--max-growth-steps", dest="max_growth_steps", type=int)
-    p.add_argument("--max-prune-steps", dest="max_prune_steps", type=int)
+    p.add_argument("--max-prune-steps", dest="max_prune_steps", type=int, help="the longest pruning chain (default 80)")
     p.add_argument("--prune-fraction", dest="prune_fraction", type=float,
-                   help="fraction of live weights removed per pruning step (default 0.2)")
+                   help="fraction of live weights removed per pruning step (default 0.1)")
     p.add_argument("--prune-scope", dest="prune_scope", choices=SCOPES,
                    help="which weights a pruning step removes: the smallest |W| across layers (global: default), the "
                         "same fraction of each layer (layer), or the smallest layer-adaptive LAMP scores (lamp)")
     p.add_argument("--prune-flops", dest="prune_flops", type=float,
-                   help="FLOPs fraction each pruning step removes at least, from convs (default 0.16; 0: off)")
+                   help="FLOPs fraction each pruning step removes at least, from convs (default 0.08; 0: off)")
     p.add_argument("--partial-area", dest="partial_area", type=float,
                    help="partial-area-mask fraction per pruning step (convs; default 0: off)")
     p.add_argument("--batch-size", dest="batch_size", type=int)
