@@ -485,7 +485,8 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float,
                    help="learning rate of the dense networks, growth, trial refits and final training (default 0.002)")
     p.add_argument("--prune-lr", dest="prune_lr", type=float,
-                   help="learning rate each pruning step's retraining starts from (cosine to a tenth of it)")
+                   help="learning rate each pruning step's retraining starts from (default 0.004; cosine down to "
+                        "--lr-floor of it)")
     p.add_argument("--lr-floor", dest="lr_floor", type=float,
                    help="every stint's cosine schedule ends at this fraction of its starting rate (default 0.1)")
     p.add_argument("--augment", action="store_true", default=None, help="random affine distortion of training images")

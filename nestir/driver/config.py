@@ -62,9 +62,9 @@ class SynthConfig:
     prune_neurons: float = 0.0  # magnitude-prune neuron_fraction per pruning step
     prune_flops: float = 0.08  # magnitude-prune flops_fraction: FLOPs fall at least this much per step (convs):
     # 0.08 against the parameters' 0.1 (as 0.16 against 0.2 before) makes FLOPs fall at 0.79x the parameters'
-    # log-rate (25x fewer FLOPs by 60x
-    # fewer parameters). Measured on full MNIST (LeNet-5, benchmarks/README.md "FLOPs probe"): 0.2 pruned the
-    # convolutions as fast as the fully connected layers and cost most of the accuracy the chain lost
+    # log-rate (25x fewer FLOPs by 60x fewer parameters). Measured on full MNIST (LeNet-5, benchmarks/README.md
+    # "FLOPs probe"): cutting FLOPs as fast as the parameters pruned the convolutions as fast as the fully connected
+    # layers and cost most of the accuracy the chain lost
     prune_scope: str = "global"  # magnitude-prune: "global" (the smallest |W*| across layers), "layer" (the same
     # fraction of each) or "lamp" (layer-adaptive scores, Lee et al. 2021). lamp measured on full MNIST (benchmarks/
     # README.md, "Chain probe"): LeNet-300-100 kept no more (median over six seeds 32x against 35x); LeNet-5 kept
