@@ -417,6 +417,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
 
+_D = SynthConfig()  # the defaults the help names
+
 _SIZE_OPTIONS = (
     ("--max-params", "size budget S (live parameters)"),
     ("--max-flops", "growth stops once a network has this many FLOPs (default: the dense reference's)"),
@@ -425,12 +427,14 @@ _SIZE_OPTIONS = (
     ("--target-flops", "a size target in FLOPs (with or without --target-params)"),
 )
 _EPOCH_OPTIONS = (
-    ("--final-epochs", "final training epochs of the chosen network, and of the dense reference (default 80)"),
+    ("--final-epochs", "final training epochs of the chosen network, and of the dense reference "
+                       f"(default {_D.final_epochs})"),
     ("--epochs", "training epochs after each growth step"),
     ("--initial-epochs", None),
     ("--prune-epochs", "retraining epochs per pruning step"),
     ("--shift-epochs", "training after the leaky ReLU -> ReLU shift"),
-    ("--trial-epochs", "trial refit (on train) of each chain network the selection judges (default 20)"),
+    ("--trial-epochs", "trial refit (on train) of each chain network the selection judges "
+                       f"(default {_D.trial_epochs})"),
 )
 
 
@@ -441,9 +445,10 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                    help="target validation accuracy A (default: no worse than the dense reference, by a paired "
                         "comparison on the validation images)")
     p.add_argument("--tolerance", type=float,
-                   help="error allowed above the dense reference, as a fraction (default 0.0025)")
+                   help=f"error allowed above the dense reference, as a fraction (default {_D.tolerance:g})")
     p.add_argument("--confidence", type=float,
-                   help="z of the one-sided bound of the paired acceptance rule (default 1; the selection "
+                   help="z of the one-sided bound of the paired acceptance rule "
+                        f"(default {_D.confidence:g}; the selection "
                         "also asks a passing step's pair with the next less pruned step to pass)")
     p.add_argument("--no-fallback-dense", dest="fallback_dense", action="store_const", const=False,
                    help="when growth falls short of the dense reference, or passes the rule but less accurate "
@@ -452,43 +457,51 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-distill", dest="distill", action="store_const", const=0.0,
                    help="train on the labels only (default: also on the dense reference's soft targets)")
     p.add_argument("--distill", dest="distill", type=float,
-                   help="weight of the dense reference's soft targets in the loss (default 0.7)")
+                   help=f"weight of the dense reference's soft targets in the loss (default {_D.distill:g})")
     p.add_argument("--teachers", type=int,
                    help="dense networks (different seeds) whose averaged soft targets every stint distils from; "
-                        "the first is the reference and the report's baseline (default 3; 1 trains a third of the "
+                        "the first is the reference and the report's baseline "
+                        f"(default {_D.teachers}; 1 trains a third of the "
                         "dense networks)")
     for flag, text in _EPOCH_OPTIONS:  # training budgets, in epochs
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=int, help=text)
     p.add_argument("--max-trials", dest="max_trials", type=int,
                    help="selection: trial-refit this many chain steps one by one from the most pruned down, "
-                        "then stride 2, 4, ... (default 10)")
+                        f"then stride 2, 4, ... (default {_D.max_trials})")
     p.add_argument("--max-compression", dest="max_compression", type=float,
-                   help="the pruning chain stops at this many times fewer parameters than its start (default 400)")
+                   help="the pruning chain stops at this many times fewer parameters than its start "
+                        f"(default {_D.max_compression:g})")
     p.add_argument("--grow-maps", dest="grow_maps", type=int, help="feature maps added per conv per growth step")
     p.add_argument("--grow-neurons", dest="grow_neurons", type=int, help="neurons bridged per FC layer per growth step")
     p.add_argument("--max-growth-steps", dest="max_growth_steps", type=int)
-    p.add_argument("--max-prune-steps", dest="max_prune_steps", type=int, help="the longest pruning chain (default 80)")
+    p.add_argument("--max-prune-steps", dest="max_prune_steps", type=int,
+                   help=f"the longest pruning chain (default {_D.max_prune_steps})")
     p.add_argument("--prune-fraction", dest="prune_fraction", type=float,
-                   help="fraction of live weights removed per pruning step (default 0.1)")
+                   help=f"fraction of live weights removed per pruning step (default {_D.prune_fraction:g})")
     p.add_argument("--prune-scope", dest="prune_scope", choices=SCOPES,
                    help="which weights a pruning step removes: the smallest |W| across layers (global: default), the "
                         "same fraction of each layer (layer), or the smallest layer-adaptive LAMP scores (lamp)")
     p.add_argument("--prune-flops", dest="prune_flops", type=float,
-                   help="FLOPs fraction each pruning step removes at least, from convs (default 0.08; 0: off)")
+                   help="FLOPs fraction each pruning step removes at least, from convs "
+                        f"(default {_D.prune_flops:g}; 0: off)")
     p.add_argument("--partial-area", dest="partial_area", type=float,
                    help="partial-area-mask fraction per pruning step (convs; default 0: off)")
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--epoch-samples", dest="epoch_samples", type=int,
                    help="an epoch is a pass over the training split or a random draw of this many of its samples, "
-                        "whichever is fewer (default 12,000; 0: always a full pass): budgets in epochs then cost "
+                        "whichever is fewer "
+                        f"(default {_D.epoch_samples:,}; 0: always a full pass): budgets in epochs then cost "
                         "the same on any larger data set")
     p.add_argument("--lr", type=float,
-                   help="learning rate of the dense networks, growth, trial refits and final training (default 0.002)")
+                   help="learning rate of the dense networks, growth, trial refits and final training "
+                        f"(default {_D.lr:g})")
     p.add_argument("--prune-lr", dest="prune_lr", type=float,
-                   help="learning rate each pruning step's retraining starts from (default 0.004; cosine down to "
+                   help="learning rate each pruning step's retraining starts from "
+                        f"(default {_D.prune_lr:g}; cosine down to "
                         "--lr-floor of it)")
     p.add_argument("--lr-floor", dest="lr_floor", type=float,
-                   help="every stint's cosine schedule ends at this fraction of its starting rate (default 0.1)")
+                   help="every stint's cosine schedule ends at this fraction of its starting rate "
+                        f"(default {_D.lr_floor:g})")
     p.add_argument("--augment", action="store_true", default=None, help="random affine distortion of training images")
     p.add_argument("--seed", type=int, help="random seed (data split, seed masks, growth)")
     p.add_argument("--dense-epochs", dest="dense_epochs", type=int, default=40,
