@@ -73,14 +73,15 @@ def other_teachers(prep, spec, cfg, cache: str) -> tuple[list, float]:  # type: 
     trains them (seed + 7919 i), cached beside the reference with the seconds they took."""
     if cfg.teachers < 2:
         return [], 0.0
-    path = cache.replace(".pt", f"-teachers{cfg.teachers}.pt")
+    tail = "" if cfg.teachers_final() == cfg.final_epochs else f"-f{cfg.teachers_final()}"  # their final budget
+    path = cache.replace(".pt", f"-teachers{cfg.teachers}{tail}.pt")
     if os.path.isfile(path):
         saved = torch.load(path, weights_only=True)
         return [graph_from_state(g) for g in saved["nets"]], float(saved["seconds"])
     t0 = time.perf_counter()
     nets = train_teachers(cfg.teachers, lambda i: dense_graph(prep, spec), prep.splits.train, DENSE_EPOCHS,
                           cfg.final_epochs, cfg.recipe(), cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                          first=1)
+                          first=1, teacher_final_epochs=cfg.teacher_final_epochs)
     seconds = time.perf_counter() - t0
     atomic_save({"nets": [graph_state(g) for g in nets], "seconds": seconds}, path)
     return nets, seconds

@@ -14,6 +14,7 @@ from nestir.driver.loading import is_data_factory
 from nestir.driver.rundir import check_out_dir, clean_temp_files, clear_run
 from nestir.driver.runs import RunSpec, dense_reference, final_metrics, prepare, write_outputs
 from nestir.driver.synthesis import SynthConfig, Synthesizer
+from nestir.driver.zoo import ZOO
 from nestir.ir.errors import NestirError
 from nestir.passes.magnitude_prune import SCOPES
 
@@ -419,6 +420,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 _D = SynthConfig()  # the defaults the help names
 
+
+def _teacher_final_default() -> str:
+    t = _D.teacher_final_epochs
+    text = "--final-epochs, as the reference gets" if t is None else f"{t}: the reference alone gets --final-epochs"
+    presets = [f"{v} for {name}" for name, e in ZOO.items() for k, v in e.defaults if k == "teacher_final_epochs"]
+    return "; ".join([text, *presets])
+
 _SIZE_OPTIONS = (
     ("--max-params", "size budget S (live parameters)"),
     ("--max-flops", "growth stops once a network has this many FLOPs (default: the dense reference's)"),
@@ -463,6 +471,9 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                         "the first is the reference and the report's baseline "
                         f"(default {_D.teachers}; 1 trains a third of the "
                         "dense networks)")
+    p.add_argument("--teacher-final-epochs", dest="teacher_final_epochs", type=int,
+                   help="final training epochs of the dense networks after the first, which only teach "
+                        f"(default {_teacher_final_default()})")
     for flag, text in _EPOCH_OPTIONS:  # training budgets, in epochs
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=int, help=text)
     p.add_argument("--max-trials", dest="max_trials", type=int,

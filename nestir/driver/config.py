@@ -92,6 +92,8 @@ class SynthConfig:
     # the first is the reference every decision compares with and the report's baseline. 3: measured on
     # full MNIST (LeNet-300-100, 3 dev seeds, validation and audit only; benchmarks/README.md, "Teacher
     # probe") the ensemble's students at 54x were 0.1 pts closer to the reference than one teacher's
+    teacher_final_epochs: int | None = None  # final training of the dense networks after the first, which only
+    # teach (None: final_epochs, as the reference gets)
     confidence: float = 1.0  # z of the one-sided bound in the paired acceptance rule
     tolerance: float = 0.0025  # accepted error above the dense reference (fraction), at that bound
     fallback_dense: bool = True  # grown network short of the rule, or passing it but less accurate than the dense
@@ -108,6 +110,10 @@ class SynthConfig:
     def for_method(cls, method: str, **kw: Any) -> SynthConfig:
         """The defaults of ``method`` ("nest" or "prune"), overridden by ``kw``."""
         return cls(**{**METHOD_DEFAULTS.get(method, {}), "method": method, **kw})
+
+    def teachers_final(self) -> int:
+        """Final-training epochs of each dense network after the first (the teachers only)."""
+        return self.final_epochs if self.teacher_final_epochs is None else self.teacher_final_epochs
 
     def recipe(self) -> Recipe:
         return Recipe(batch_size=self.batch_size, epoch_samples=self.epoch_samples, augment=self.augment,
@@ -136,6 +142,9 @@ class SynthConfig:
             if getattr(self, name) > MAX_EPOCHS:
                 raise ArgumentError(f"{name.replace('_', '-')} {getattr(self, name)} is out of range "
                                   f"(at most {MAX_EPOCHS:,})")
+        t = self.teacher_final_epochs
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= MAX_EPOCHS):
+            raise ArgumentError(f"teacher-final-epochs must be an integer in [0, {MAX_EPOCHS:,}], got {t!r}")
         for name in ("grow_neurons", "grow_maps"):  # else refused only after the dense reference trained
             if getattr(self, name) > MAX_COUNT:
                 raise ArgumentError(f"{name.replace('_', '-')} {getattr(self, name)} is out of range (at most "

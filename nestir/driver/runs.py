@@ -124,6 +124,7 @@ def prepare(spec: RunSpec, dense: bool = False) -> Prepared:
     defaults: dict[str, Any] = {"seed": spec.seed}
     if ref is not None and ref in ZOO:
         defaults["max_params"] = stats(trace(ZOO[ref].factory(), torch.zeros(1, *shape)))["params"]
+        defaults.update(dict(ZOO[ref].defaults))
     else:
         defaults["max_params"] = 2 * stats(graph)["params"]
     return Prepared(graph, splits, test, dev, ref, defaults, tuple(shape))
@@ -180,7 +181,7 @@ def dense_reference(prep: Prepared, spec: RunSpec, cfg: SynthConfig, *, dense_ep
     data = prep.splits.to(prep.device)
     nets = train_teachers(cfg.teachers, lambda i: dense_graph(prep, spec), data.train, dense_epochs,
                           cfg.final_epochs, cfg.recipe(), cfg.seed, reporter=reporter, device=prep.device,
-                          lr=cfg.lr, weight_decay=cfg.weight_decay)
+                          teacher_final_epochs=cfg.teacher_final_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay)
     final = nets[0]
     s = stats(final)
     val = evaluate(final, data.val.x, data.val.y, device=prep.device).error
@@ -194,7 +195,7 @@ def dense_reference(prep: Prepared, spec: RunSpec, cfg: SynthConfig, *, dense_ep
         metrics["teachers"] = ensemble_metrics(nets, prep)
     return {"final": metrics, "phases": [row], "teacher": final, "ensemble": nets[1:],
             "graph": final, "wall_seconds": round(time.perf_counter() - t0, 2),
-            "epochs": (dense_epochs + cfg.final_epochs) * len(nets)}
+            "epochs": dense_epochs * len(nets) + cfg.final_epochs + cfg.teachers_final() * (len(nets) - 1)}
 
 
 def ensemble_metrics(nets: list[Graph], prep: Prepared) -> dict[str, Any]:

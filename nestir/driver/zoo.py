@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -111,6 +112,8 @@ class ZooEntry:
     input_shape: tuple[int, ...]
     description: str
     seed_density: float = 1.0  # seeds start sparse
+    # synthesis defaults for this model (SynthConfig fields); options given on the command line win
+    defaults: tuple[tuple[str, Any], ...] = ()
 
 
 ZOO: dict[str, ZooEntry] = {

@@ -76,6 +76,8 @@ def test_custom_loss_and_metric_for_regression_targets():
     (lambda tr, va, ex: nestir.synthesize(MLP(), ex, train=tr, val=va, metric=3), nestir.ArgumentError, "metric"),
     (lambda tr, va, ex: nestir.synthesize(MLP(), ex, train=tr, val=va, dense_epochs=-1), nestir.ArgumentError,
      "dense_epochs"),
+    (lambda tr, va, ex: nestir.synthesize(MLP(), ex, train=tr, val=va, teacher_final_epochs=-2), nestir.ArgumentError,
+     "teacher-final-epochs"),
 ])
 def test_bad_arguments_are_clear_errors_before_training(call, err, words):
     tr, va, ex = loaders()

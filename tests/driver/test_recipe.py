@@ -78,6 +78,49 @@ def test_teachers_from_first_are_the_same_networks_as_the_whole_ensemble():
     assert not torch.allclose(whole[0]["fc1"].params["weight"], rest[0]["fc1"].params["weight"])
 
 
+class Phases:
+    """A reporter that records each phase's name and epoch count."""
+
+    def __init__(self) -> None:
+        self.phases: list[tuple[str, int | None]] = []
+
+    def phase(self, name, total=None):
+        self.phases.append((name, total))
+
+    def epoch(self, done, total, loss):
+        pass
+
+    def step(self, row):
+        pass
+
+    def message(self, text):
+        pass
+
+
+def test_teachers_after_the_reference_take_their_own_final_budget():
+    """The reference always gets the final training every method gets; the networks that only
+    teach get ``teacher_final_epochs`` (0: none) and are otherwise trained as before."""
+    from nestir.driver.recipe import train_teachers
+
+    d = data(64)
+
+    def make(i: int) -> nestir.Graph:
+        return nestir.trace(LeNet300100(), torch.zeros(2, 1, 28, 28))
+
+    rec = Recipe(epoch_samples=0)
+    rep = Phases()
+    short = train_teachers(3, make, d, 1, 2, rec, 5, teacher_final_epochs=0, reporter=rep)
+    assert rep.phases == [("dense training", 1), ("dense final training", 2),
+                          ("dense teacher 2/3 training", 1), ("dense teacher 3/3 training", 1)]
+    whole = train_teachers(3, make, d, 1, 2, rec, 5)
+    # the reference is the same network either way; the teachers stop before their final training
+    assert torch.allclose(short[0]["fc1"].params["weight"], whole[0]["fc1"].params["weight"], atol=1e-6)
+    assert not torch.allclose(short[1]["fc1"].params["weight"], whole[1]["fc1"].params["weight"])
+    rep = Phases()
+    train_teachers(2, make, d, 1, 2, rec, 5, teacher_final_epochs=3, reporter=rep)
+    assert rep.phases[-1] == ("dense teacher 2/2 final training", 3)
+
+
 class LrLog(Counting):
     def epoch(self, x, y, batch_size=128, *, generator=None, progress=None, soft=None):
         self.seen.append(self.lr)

@@ -1,0 +1,26 @@
+import argparse
+
+from nestir.cli.run import _config
+from nestir.driver.runs import RunSpec, prepare
+from nestir.driver.synthesis import SynthConfig
+from nestir.driver.zoo import ZOO
+
+
+def test_every_zoo_preset_names_a_synthesis_option():
+    fields = set(SynthConfig.__dataclass_fields__)
+    for name, entry in ZOO.items():
+        for key, _ in entry.defaults:
+            assert key in fields, f"{name}: {key}"
+
+
+def test_a_zoo_preset_is_a_default_the_command_line_overrides(monkeypatch):
+    import nestir.driver.runs as runs
+    from nestir.driver.zoo import ZooEntry
+
+    e = ZOO["lenet-300-100"]
+    monkeypatch.setitem(runs.ZOO, "lenet-300-100", ZooEntry(e.factory, e.input_shape, e.description,
+                                                            defaults=(("teacher_final_epochs", 0),)))
+    prep = prepare(RunSpec(model="lenet-300-100", data="mnist5k"))
+    assert prep.defaults["teacher_final_epochs"] == 0
+    assert _config(argparse.Namespace(), prep.defaults, "nest").teachers_final() == 0
+    assert _config(argparse.Namespace(teacher_final_epochs=7), prep.defaults, "nest").teachers_final() == 7
