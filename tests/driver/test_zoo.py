@@ -24,3 +24,13 @@ def test_a_zoo_preset_is_a_default_the_command_line_overrides(monkeypatch):
     assert prep.defaults["teacher_final_epochs"] == 0
     assert _config(argparse.Namespace(), prep.defaults, "nest").teachers_final() == 0
     assert _config(argparse.Namespace(teacher_final_epochs=7), prep.defaults, "nest").teachers_final() == 7
+
+
+def test_lenet5_teachers_skip_the_final_training_unless_the_command_line_says_otherwise():
+    prep = prepare(RunSpec(model="lenet-5", data="mnist5k"))
+    assert prep.defaults["teacher_final_epochs"] == 0
+    assert _config(argparse.Namespace(), prep.defaults, "nest").teachers_final() == 0
+    assert _config(argparse.Namespace(teacher_final_epochs=80), prep.defaults, "prune").teachers_final() == 80
+    other = prepare(RunSpec(model="lenet-300-100", data="mnist5k"))
+    assert "teacher_final_epochs" not in other.defaults
+    assert _config(argparse.Namespace(), other.defaults, "nest").teachers_final() == SynthConfig().final_epochs
