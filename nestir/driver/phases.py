@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from nestir.backends.train import evaluate
 from nestir.driver.config import SynthConfig
-from nestir.driver.pipelines import growth_pipeline, pruning_pipeline, removed, summary
+from nestir.driver.pipelines import flops_fraction, growth_pipeline, pruning_pipeline, removed, summary
 from nestir.driver.recipe import SoftTargets, stint
 from nestir.driver.rundir import clear_chain
 
@@ -205,12 +205,17 @@ def prune_chain(s: Synthesizer) -> None:
                 "selecting the smallest network that passes after a trial refit"))
             s.checkpoint()
             return
-        infos = s.apply_pipeline(pruning_pipeline(c, s.graph))
+        first, last = (st.history[st.chain[i]["row"]] for i in (0, -1))
+        pace = flops_fraction(c, (first["params"], first["flops"]), (last["params"], last["flops"]),
+                              s.dense_stats() if s.teacher is not None else None)
+        infos = s.apply_pipeline(pruning_pipeline(c, s.graph, pace))
         s.train(c.prune_epochs, f"pruning step {st.step + 1}", anneal=True)
         st.step += 1
         row = s.record("prune", summary(infos) or "nothing left to prune")
         row["accepted"] = False  # a chain step decides nothing: the selection judges it after a refit
         row["note"] = "chain (before refit): " + row["note"]
+        if pace > c.prune_flops:
+            row["note"] += f"; FLOPs cut at least {pace:.0%} (behind the pace from the dense reference)"
         s.snapshot(row["step"], removed=removed(infos) > 0)
         s.checkpoint()
 

@@ -487,3 +487,27 @@ def test_a_chain_step_that_removes_nothing_ends_the_chain(tmp_path):
                      reporter=rep).run()
     assert [r["phase"] for r in st.history].count("prune") == 1
     assert any("nothing left to prune" in m for m in msgs)
+
+
+def test_a_chain_that_starts_behind_the_flops_pace_cuts_flops_faster(tmp_path):
+    """A chain from a network with the dense reference's FLOPs and far fewer parameters (what
+    growth makes of a convnet) cuts twice the configured FLOPs fraction per step, and says so."""
+    from nestir.driver.runs import dense_graph
+
+    prep = prepare(RunSpec(model="lenet-5", val_fraction=0.1))
+    prep.splits.train = Dataset(prep.train.x[:300], prep.train.y[:300], "small")
+    dense = dense_graph(prep, RunSpec(model="lenet-5"))
+    start = dense.copy()
+    gen = torch.Generator().manual_seed(0)
+    for n in start.parametric():
+        if n.op == "linear":  # most parameters, few FLOPs: a quarter of them kept
+            m = n.params["mask"]
+            m.mul_((torch.rand(m.shape, generator=gen) < 0.25).to(m.dtype))
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "method": "prune", "target_accuracy": 0.0, "final_epochs": 0,
+                         "max_prune_steps": 2, "distill": 0.0})
+    st = Synthesizer(start, prep.splits, cfg, str(tmp_path), teacher=dense).run()
+    rows = [r for r in st.history if r["phase"] in ("dense", "prune")]
+    assert [r["phase"] for r in rows] == ["dense", "prune", "prune"]
+    for before, after in zip(rows, rows[1:], strict=False):
+        assert "FLOPs cut at least 16%" in after["note"]
+        assert after["flops"] <= 0.84 * before["flops"] + 1
