@@ -474,6 +474,9 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-final-epochs", dest="teacher_final_epochs", type=int,
                    help="final training epochs of the dense networks after the first, which only teach "
                         f"(default {_teacher_final_default()})")
+    p.add_argument("--teacher-augment", dest="teacher_augment", action="store_const", const=True,
+                   help="the dense networks after the first, which only teach, train on randomly distorted images "
+                        "(the reference, the report's baseline and every student do not)")
     for flag, text in _EPOCH_OPTIONS:  # training budgets, in epochs
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=int, help=text)
     p.add_argument("--max-trials", dest="max_trials", type=int,

@@ -293,7 +293,7 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
     nets = train_teachers(cfg.teachers if dense_epochs else 1,  # dense_epochs 0: the model as given
                           lambda i: dense.copy() if i == 0 else _fresh(model, example_inputs), data.train,
                           dense_epochs, cfg.final_epochs if dense_epochs else 0, cfg.recipe(), seed,
-                          teacher_final_epochs=cfg.teacher_final_epochs,
+                          teacher_final_epochs=cfg.teacher_final_epochs, teacher_augment=cfg.teacher_augment,
                           reporter=reporter, device=dev, lr=cfg.lr, weight_decay=cfg.weight_decay, loss=loss)
     teacher = nets[0]
 

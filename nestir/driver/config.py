@@ -94,6 +94,8 @@ class SynthConfig:
     # probe") the ensemble's students at 54x were 0.1 pts closer to the reference than one teacher's
     teacher_final_epochs: int | None = None  # final training of the dense networks after the first, which only
     # teach (None: final_epochs, as the reference gets)
+    teacher_augment: bool = False  # the dense networks after the first (teachers only) train on randomly distorted
+    # images; the reference, the baseline and every student keep the run's data as it is
     confidence: float = 1.0  # z of the one-sided bound in the paired acceptance rule
     tolerance: float = 0.0025  # accepted error above the dense reference (fraction), at that bound
     fallback_dense: bool = True  # grown network short of the rule, or passing it but less accurate than the dense

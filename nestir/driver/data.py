@@ -202,6 +202,9 @@ def affine_augment(x: torch.Tensor, generator: torch.Generator | None = None, *,
                    translate: float = 0.1, scale: tuple[float, float] = (0.9, 1.1),
                    shear: float = 0.15) -> torch.Tensor:
     """Random affine distortion of a batch (rotation, translation, scale, shear), on its device."""
+    if x.dim() != 4:
+        raise DataError(f"augmentation distorts images shaped (N, C, H, W); these inputs are shaped "
+                        f"{tuple(x.shape)}: train without --augment / --teacher-augment")
     n = x.shape[0]
     r = torch.rand((n, 5), generator=generator).to(x.device)
     ang = (r[:, 0] * 2 - 1) * math.radians(degrees)

@@ -123,19 +123,23 @@ TEACHER_SEED_STRIDE = 7919  # dense network i of a run starts from seed + i * th
 
 def train_teachers(count: int, make: Callable[[int], Graph], data: Dataset, dense_epochs: int, final_epochs: int,
                    recipe: Recipe, seed: int, *, reporter: Reporter | None = None, first: int = 0,
-                   teacher_final_epochs: int | None = None, **trainer: Any) -> list[Graph]:
+                   teacher_final_epochs: int | None = None, teacher_augment: bool = False,
+                   **trainer: Any) -> list[Graph]:
     """``count`` dense networks under the shared recipe (:func:`train_dense`), network i built by
     ``make(i)`` and trained from seed ``seed + i * TEACHER_SEED_STRIDE``; the first is the
     reference, the others only teach. The reference gets ``dense_epochs`` + ``final_epochs`` (the
     final training every method gets); the others ``dense_epochs`` + ``teacher_final_epochs``
-    (None: ``final_epochs`` too). ``first``: start at network ``first`` (those before it exist
-    already). ``trainer``: the :class:`Trainer`'s keyword arguments."""
+    (None: ``final_epochs`` too). ``teacher_augment``: the others train on randomly distorted
+    images (:func:`affine_augment`) whatever the recipe says; the reference keeps the recipe's
+    data. ``first``: start at network ``first`` (those before it exist already). ``trainer``:
+    the :class:`Trainer`'s keyword arguments."""
     nets = []
     rest = final_epochs if teacher_final_epochs is None else teacher_final_epochs
+    taught = dataclasses.replace(recipe, augment=True) if teacher_augment else recipe
     for i in range(first, count):
         s = seed + TEACHER_SEED_STRIDE * i
         torch.manual_seed(s)
         nets.append(train_dense(Trainer(make(i), **trainer), data, dense_epochs, final_epochs if i == 0 else rest,
-                                recipe, torch.Generator().manual_seed(s),
+                                recipe if i == 0 else taught, torch.Generator().manual_seed(s),
                                 label="dense" if i == 0 else f"dense teacher {i + 1}/{count}", reporter=reporter))
     return nets

@@ -181,7 +181,8 @@ def dense_reference(prep: Prepared, spec: RunSpec, cfg: SynthConfig, *, dense_ep
     data = prep.splits.to(prep.device)
     nets = train_teachers(cfg.teachers, lambda i: dense_graph(prep, spec), data.train, dense_epochs,
                           cfg.final_epochs, cfg.recipe(), cfg.seed, reporter=reporter, device=prep.device,
-                          teacher_final_epochs=cfg.teacher_final_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay)
+                          teacher_final_epochs=cfg.teacher_final_epochs, teacher_augment=cfg.teacher_augment,
+                          lr=cfg.lr, weight_decay=cfg.weight_decay)
     final = nets[0]
     s = stats(final)
     val = evaluate(final, data.val.x, data.val.y, device=prep.device).error

@@ -121,6 +121,42 @@ def test_teachers_after_the_reference_take_their_own_final_budget():
     assert rep.phases[-1] == ("dense teacher 2/2 final training", 3)
 
 
+def test_teacher_augment_distorts_the_teachers_images_only(monkeypatch):
+    """``teacher_augment``: the networks after the first train on distorted images; the
+    reference's training, and so the reference, is exactly what it is without the option."""
+    import nestir.driver.recipe as recipe_mod
+
+    calls: list[int] = []
+    real = recipe_mod.affine_augment
+
+    def counted(x, gen=None):
+        calls.append(x.shape[0])
+        return real(x, gen)
+
+    monkeypatch.setattr(recipe_mod, "affine_augment", counted)
+    d = data(64)
+
+    def make(i: int) -> nestir.Graph:
+        return nestir.trace(LeNet300100(), torch.zeros(2, 1, 28, 28))
+
+    rec = Recipe(epoch_samples=0)
+    plain = recipe_mod.train_teachers(2, make, d, 1, 1, rec, 5)
+    assert calls == []
+    aug = recipe_mod.train_teachers(2, make, d, 1, 1, rec, 5, teacher_augment=True)
+    assert calls == [64, 64]  # the second network's two epochs, none of the reference's
+    assert torch.allclose(aug[0]["fc1"].params["weight"], plain[0]["fc1"].params["weight"], atol=1e-6)
+    assert not torch.allclose(aug[1]["fc1"].params["weight"], plain[1]["fc1"].params["weight"], atol=1e-4)
+
+
+def test_augmentation_of_inputs_that_are_not_images_is_refused_by_name():
+    import pytest
+
+    from nestir.driver.data import DataError, affine_augment
+
+    with pytest.raises(DataError, match=r"images shaped \(N, C, H, W\).*\(8, 20\)"):
+        affine_augment(torch.rand(8, 20))
+
+
 class LrLog(Counting):
     def epoch(self, x, y, batch_size=128, *, generator=None, progress=None, soft=None):
         self.seen.append(self.lr)
