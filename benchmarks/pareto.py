@@ -74,6 +74,7 @@ def other_teachers(prep, spec, cfg, cache: str) -> tuple[list, float]:  # type: 
     if cfg.teachers < 2:
         return [], 0.0
     tail = "" if cfg.teachers_final() == cfg.final_epochs else f"-f{cfg.teachers_final()}"  # their final budget
+    tail += "-aug" if cfg.teacher_augment else ""  # trained on distorted images
     path = cache.replace(".pt", f"-teachers{cfg.teachers}{tail}.pt")
     if os.path.isfile(path):
         saved = torch.load(path, weights_only=True)
@@ -81,7 +82,7 @@ def other_teachers(prep, spec, cfg, cache: str) -> tuple[list, float]:  # type: 
     t0 = time.perf_counter()
     nets = train_teachers(cfg.teachers, lambda i: dense_graph(prep, spec), prep.splits.train, DENSE_EPOCHS,
                           cfg.final_epochs, cfg.recipe(), cfg.seed, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                          first=1, teacher_final_epochs=cfg.teacher_final_epochs)
+                          first=1, teacher_final_epochs=cfg.teacher_final_epochs, teacher_augment=cfg.teacher_augment)
     seconds = time.perf_counter() - t0
     atomic_save({"nets": [graph_state(g) for g in nets], "seconds": seconds}, path)
     return nets, seconds

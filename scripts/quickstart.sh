@@ -7,6 +7,9 @@ bash scripts/setup.sh
 test=()
 [ -d ../shared/data/mnist ] && test=(--test-data mnist-idx:../shared/data/mnist)
 # the defaults: dense reference first, then NeST from the sparse seed under the same recipe; one teacher
-# instead of the default three keeps the quickstart within 3 minutes on 2 cores, installation included
+# instead of the default three keeps the quickstart within 3 minutes on 2 cores, installation included.
+# --tolerance 0.0025 (0.25 points; the zoo's LeNet-300-100 asks for equal accuracy, tolerance 0, which
+# full MNIST's 10,000 validation images can resolve: on mnist5k's 1,000 one standard error is 0.35
+# points, and equal accuracy at one standard error kept 1.1x)
 exec "${PYTHON:-python3}" -m nestir.cli synthesize lenet-300-100 --out runs/quickstart --force --teachers 1 \
-    "${test[@]}" "$@"
+    --tolerance 0.0025 "${test[@]}" "$@"

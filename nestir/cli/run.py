@@ -421,11 +421,16 @@ def _common(p: argparse.ArgumentParser) -> None:
 _D = SynthConfig()  # the defaults the help names
 
 
+def _presets(key: str) -> list[str]:
+    """The zoo's own defaults for a synthesis option, as help text ("0 for lenet-5")."""
+    return [f"{v:g} for {name}" if isinstance(v, float) else f"{v} for {name}"
+            for name, e in ZOO.items() for k, v in e.defaults if k == key]
+
+
 def _teacher_final_default() -> str:
     t = _D.teacher_final_epochs
     text = "--final-epochs, as the reference gets" if t is None else f"{t}: the reference alone gets --final-epochs"
-    presets = [f"{v} for {name}" for name, e in ZOO.items() for k, v in e.defaults if k == "teacher_final_epochs"]
-    return "; ".join([text, *presets])
+    return "; ".join([text, *_presets("teacher_final_epochs")])
 
 _SIZE_OPTIONS = (
     ("--max-params", "size budget S (live parameters)"),
@@ -453,7 +458,8 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                    help="target validation accuracy A (default: no worse than the dense reference, by a paired "
                         "comparison on the validation images)")
     p.add_argument("--tolerance", type=float,
-                   help=f"error allowed above the dense reference, as a fraction (default {_D.tolerance:g})")
+                   help="error allowed above the dense reference, as a fraction, at the bound "
+                        f"(default {'; '.join([f'{_D.tolerance:g}', *_presets('tolerance')])})")
     p.add_argument("--confidence", type=float,
                    help="z of the one-sided bound of the paired acceptance rule "
                         f"(default {_D.confidence:g}; the selection "
@@ -476,7 +482,10 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                         f"(default {_teacher_final_default()})")
     p.add_argument("--teacher-augment", dest="teacher_augment", action="store_const", const=True,
                    help="the dense networks after the first, which only teach, train on randomly distorted images "
-                        "(the reference, the report's baseline and every student do not)")
+                        "(the reference, the report's baseline and every student do not; default: on for the "
+                        "zoo's LeNets, off otherwise)")
+    p.add_argument("--no-teacher-augment", dest="teacher_augment", action="store_const", const=False,
+                   help="the teachers train on the images as they are")
     for flag, text in _EPOCH_OPTIONS:  # training budgets, in epochs
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=int, help=text)
     p.add_argument("--max-trials", dest="max_trials", type=int,

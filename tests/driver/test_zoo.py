@@ -34,3 +34,26 @@ def test_lenet5_teachers_skip_the_final_training_unless_the_command_line_says_ot
     other = prepare(RunSpec(model="lenet-300-100", data="mnist5k"))
     assert "teacher_final_epochs" not in other.defaults
     assert _config(argparse.Namespace(), other.defaults, "nest").teachers_final() == SynthConfig().final_epochs
+
+
+def test_the_lenets_teachers_train_on_distorted_digits_unless_the_command_line_says_otherwise():
+    from nestir.cli import build_parser
+
+    for model in ("lenet-300-100", "lenet-5"):
+        prep = prepare(RunSpec(model=model, data="mnist5k"))
+        assert _config(argparse.Namespace(), prep.defaults, "nest").teacher_augment is True
+        args = build_parser().parse_args(["synthesize", model, "--no-teacher-augment"])
+        assert _config(args, prep.defaults, "nest").teacher_augment is False
+    assert SynthConfig().teacher_augment is False  # any other model: off
+
+
+def test_the_lenets_ask_for_equal_accuracy_unless_the_command_line_says_otherwise():
+    from nestir.cli import build_parser
+
+    for model, tol in (("lenet-300-100", 0.0), ("lenet-5", 0.001)):
+        prep = prepare(RunSpec(model=model, data="mnist5k"))
+        assert _config(argparse.Namespace(), prep.defaults, "nest").tolerance == tol
+        args = build_parser().parse_args(["synthesize", model, "--tolerance", "0.0025"])
+        assert _config(args, prep.defaults, "nest").tolerance == 0.0025
+    assert SynthConfig().tolerance == 0.0025  # any other model: 0.25 points
+    assert "tolerance" not in dict(ZOO["resnet-cifar"].defaults)
