@@ -155,6 +155,19 @@ def test_augmentation_of_inputs_that_are_not_images_is_refused_by_name():
 
     with pytest.raises(DataError, match=r"images shaped \(N, C, H, W\).*\(8, 20\)"):
         affine_augment(torch.rand(8, 20))
+    # teachers on distorted flat inputs: refused before the reference trains
+    from nestir.driver.recipe import train_teachers
+
+    trained: list[int] = []
+
+    def make(i: int) -> nestir.Graph:
+        trained.append(i)
+        return nestir.trace(LeNet300100(), torch.zeros(2, 1, 28, 28))
+
+    flat = Dataset(torch.rand(16, 784), torch.arange(16) % 10, "flat")
+    with pytest.raises(DataError, match="images shaped"):
+        train_teachers(3, make, flat, 1, 1, Recipe(epoch_samples=0), 5, teacher_augment=True)
+    assert trained == []
 
 
 class LrLog(Counting):
