@@ -198,13 +198,18 @@ def split3(d: Dataset, val_fraction: float, audit_fraction: float, seed: int, *,
     return Splits(Dataset(d.x[tr], d.y[tr], d.name + "/train"), Dataset(d.x[va], d.y[va], d.name + "/val"), audit)
 
 
+def require_images(x: torch.Tensor) -> None:
+    """Refuse, by shape, inputs that augmentation cannot distort (anything but (N, C, H, W))."""
+    if x.dim() != 4:
+        raise DataError(f"augmentation distorts images shaped (N, C, H, W); these inputs are shaped "
+                        f"{tuple(x.shape)}: train without --augment / --teacher-augment")
+
+
 def affine_augment(x: torch.Tensor, generator: torch.Generator | None = None, *, degrees: float = 12.0,
                    translate: float = 0.1, scale: tuple[float, float] = (0.9, 1.1),
                    shear: float = 0.15) -> torch.Tensor:
     """Random affine distortion of a batch (rotation, translation, scale, shear), on its device."""
-    if x.dim() != 4:
-        raise DataError(f"augmentation distorts images shaped (N, C, H, W); these inputs are shaped "
-                        f"{tuple(x.shape)}: train without --augment / --teacher-augment")
+    require_images(x)
     n = x.shape[0]
     r = torch.rand((n, 5), generator=generator).to(x.device)
     ang = (r[:, 0] * 2 - 1) * math.radians(degrees)

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import torch
 
 from nestir.backends.train import Trainer, logits
-from nestir.driver.data import Dataset, affine_augment
+from nestir.driver.data import Dataset, affine_augment, require_images
 from nestir.ir.graph import Graph
 
 
@@ -133,8 +133,8 @@ def train_teachers(count: int, make: Callable[[int], Graph], data: Dataset, dens
     images (:func:`affine_augment`) whatever the recipe says; the reference keeps the recipe's
     data. ``first``: start at network ``first`` (those before it exist already). ``trainer``:
     the :class:`Trainer`'s keyword arguments."""
-    if teacher_augment and count > max(1, first) and data.x.dim() != 4:  # refused before any training
-        affine_augment(data.x[:1])
+    if teacher_augment and count > max(1, first):  # refused before any training
+        require_images(data.x)
     nets = []
     rest = final_epochs if teacher_final_epochs is None else teacher_final_epochs
     taught = dataclasses.replace(recipe, augment=True) if teacher_augment else recipe
