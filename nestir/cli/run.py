@@ -468,6 +468,12 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                    help="when growth falls short of the dense reference, or passes the rule but less accurate "
                         "than it, prune the grown network (keeping its accuracy) instead of pruning the dense "
                         "reference (the default)")
+    p.add_argument("--chain-from-dense", dest="chain_from_dense", action="store_const", const=True,
+                   help="the pruning chain starts from the dense reference even when the grown network passes "
+                        "the rule (default: on for lenet-5, whose chains from a grown network kept less; "
+                        "off otherwise)")
+    p.add_argument("--chain-from-grown", dest="chain_from_dense", action="store_const", const=False,
+                   help="a grown network that passes the rule, as accurate as the dense reference, starts the chain")
     p.add_argument("--no-distill", dest="distill", action="store_const", const=0.0,
                    help="train on the labels only (default: also on the dense reference's soft targets)")
     p.add_argument("--distill", dest="distill", type=float,

@@ -100,6 +100,8 @@ class SynthConfig:
     tolerance: float = 0.0025  # accepted error above the dense reference (fraction), at that bound
     fallback_dense: bool = True  # grown network short of the rule, or passing it but less accurate than the dense
     # reference on validation: the pruning chain starts from the dense reference (False: from the grown network)
+    chain_from_dense: bool = False  # the pruning chain starts from the dense reference even when the grown network
+    # passes the rule and is as accurate (growth still runs and is reported; the zoo's LeNet-5 sets it)
     # a size target (0: none): the chain prunes until a network has at most this many parameters /
     # FLOPs, and the selection keeps the least pruned one within it (its accuracy is reported, not judged)
     target_params: int = 0

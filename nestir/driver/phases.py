@@ -119,7 +119,12 @@ def shift(s: Synthesizer) -> None:
     v = s.last_verdict  # the shift row's: the grown network's per-image errors beside the reference's
     extra_wrong = (int(v.wrong.sum()) - int(s.reference.sum())
                    if v is not None and v.wrong is not None and s.reference is not None else 0)
-    if row["accepted"] and s.teacher is not None and c.fallback_dense and extra_wrong > 0:
+    if row["accepted"] and s.teacher is not None and c.chain_from_dense:
+        row["note"] += "; passes: pruning starts from the dense reference all the same (--chain-from-dense)"
+        s.rep.message(f"growth reached the target ({got}); pruning starts from the dense reference, as "
+                      "--chain-from-dense asks (--chain-from-grown: prune the grown network)")
+        row = chain_from_dense(s)
+    elif row["accepted"] and s.teacher is not None and c.fallback_dense and extra_wrong > 0:
         # growth passed the rule, but the grown network is less accurate than the dense reference on
         # validation: a chain from it starts with part of the tolerance spent. Measured on full MNIST
         # (benchmarks/README.md, "Where the chain starts"): NeST runs whose growth passed kept 7.6-36x (median 21x) on

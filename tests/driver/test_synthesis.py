@@ -427,21 +427,21 @@ def test_growth_short_of_dense_prunes_the_dense_reference(tmp_path, fallback):
         assert "becomes the reference" in st.history[shift]["note"]
 
 
-@pytest.mark.parametrize("case", ["behind", "no_fallback", "level"])
+@pytest.mark.parametrize("case", ["behind", "no_fallback", "level", "level_from_dense"])
 def test_growth_that_passes_behind_dense_prunes_the_dense_reference(tmp_path, case):
     """A grown network that passes the rule but is less accurate than the dense reference on
     validation starts no chain: the dense reference does (the chain keeps the whole tolerance);
     growth still reached the target. A grown network as accurate as the reference, or the
-    fallback off, starts the chain itself."""
+    fallback off, starts the chain itself, unless ``chain_from_dense`` asks for the dense one."""
     from nestir.driver.runs import dense_reference
 
     prep = small_prep()
     cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "final_epochs": 0, "max_growth_steps": 0,
                          "max_prune_steps": 1, "initial_epochs": 0, "shift_epochs": 0, "recover_epochs": 0,
                          "tolerance": 0.99, "confidence": 0.0,  # every network passes
-                         "fallback_dense": case != "no_fallback"})
+                         "fallback_dense": case != "no_fallback", "chain_from_dense": case == "level_from_dense"})
     dense = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)
-    seed = dense["teacher"].copy() if case == "level" else prep.graph  # untrained: far behind dense
+    seed = dense["teacher"].copy() if case.startswith("level") else prep.graph  # untrained: far behind dense
     s = Synthesizer(seed, prep.splits, cfg, str(tmp_path), teacher=dense["teacher"])
     st = s.run()
     shift = next(i for i, r in enumerate(st.history) if r["phase"] == "shift")
@@ -450,6 +450,9 @@ def test_growth_that_passes_behind_dense_prunes_the_dense_reference(tmp_path, ca
     if case == "behind":
         assert start["phase"] == "dense" and start["params"] == 266610
         assert "less accurate than the dense reference" in st.history[shift]["note"]
+    elif case == "level_from_dense":
+        assert start["phase"] == "dense" and start["params"] == 266610
+        assert "--chain-from-dense" in st.history[shift]["note"]
     else:
         assert start["phase"] == "prune"
         assert "less accurate" not in st.history[shift]["note"]

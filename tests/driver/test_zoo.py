@@ -57,3 +57,16 @@ def test_the_lenets_ask_for_equal_accuracy_unless_the_command_line_says_otherwis
         assert _config(args, prep.defaults, "nest").tolerance == 0.0025
     assert SynthConfig().tolerance == 0.0025  # any other model: 0.25 points
     assert "tolerance" not in dict(ZOO["resnet-cifar"].defaults)
+
+
+def test_lenet5_chains_from_dense_unless_the_command_line_says_otherwise():
+    from nestir.cli import build_parser
+
+    prep = prepare(RunSpec(model="lenet-5", data="mnist5k"))
+    assert _config(argparse.Namespace(), prep.defaults, "nest").chain_from_dense is True
+    args = build_parser().parse_args(["synthesize", "lenet-5", "--chain-from-grown"])
+    assert _config(args, prep.defaults, "nest").chain_from_dense is False
+    other = prepare(RunSpec(model="lenet-300-100", data="mnist5k"))
+    assert _config(argparse.Namespace(), other.defaults, "nest").chain_from_dense is False
+    args = build_parser().parse_args(["synthesize", "lenet-300-100", "--chain-from-dense"])
+    assert _config(args, other.defaults, "nest").chain_from_dense is True
