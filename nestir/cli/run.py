@@ -421,6 +421,13 @@ def _common(p: argparse.ArgumentParser) -> None:
 _D = SynthConfig()  # the defaults the help names
 
 
+def _switch(p: argparse.ArgumentParser, dest: str, on: tuple[str, str], off: tuple[str, str]) -> None:
+    """A boolean option as two flags, ``on`` and ``off`` (flag, help); neither given: the default
+    (a zoo preset's, or the config's)."""
+    for (flag, text), value in ((on, True), (off, False)):
+        p.add_argument(flag, dest=dest, action="store_const", const=value, help=text)
+
+
 def _presets(key: str) -> list[str]:
     """The zoo's own defaults for a synthesis option, as help text ("0 for lenet-5")."""
     return [f"{v:g} for {name}" if isinstance(v, float) else f"{v} for {name}"
@@ -468,12 +475,11 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                    help="when growth falls short of the dense reference, or passes the rule but less accurate "
                         "than it, prune the grown network (keeping its accuracy) instead of pruning the dense "
                         "reference (the default)")
-    p.add_argument("--chain-from-dense", dest="chain_from_dense", action="store_const", const=True,
-                   help="the pruning chain starts from the dense reference even when the grown network passes "
-                        "the rule (default: on for lenet-5, whose chains from a grown network kept less; "
-                        "off otherwise)")
-    p.add_argument("--chain-from-grown", dest="chain_from_dense", action="store_const", const=False,
-                   help="a grown network that passes the rule, as accurate as the dense reference, starts the chain")
+    _switch(p, "chain_from_dense",
+            ("--chain-from-dense", "the pruning chain starts from the dense reference even when the grown network "
+             "passes the rule (default: on for lenet-5, whose chains from a grown network kept less; off otherwise)"),
+            ("--chain-from-grown", "a grown network that passes the rule, as accurate as the dense reference, starts "
+             "the chain"))
     p.add_argument("--no-distill", dest="distill", action="store_const", const=0.0,
                    help="train on the labels only (default: also on the dense reference's soft targets)")
     p.add_argument("--distill", dest="distill", type=float,
@@ -486,12 +492,11 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-final-epochs", dest="teacher_final_epochs", type=int,
                    help="final training epochs of the dense networks after the first, which only teach "
                         f"(default {_teacher_final_default()})")
-    p.add_argument("--teacher-augment", dest="teacher_augment", action="store_const", const=True,
-                   help="the dense networks after the first, which only teach, train on randomly distorted images "
-                        "(the reference, the report's baseline and every student do not; default: on for the "
-                        "zoo's LeNets, off otherwise)")
-    p.add_argument("--no-teacher-augment", dest="teacher_augment", action="store_const", const=False,
-                   help="the teachers train on the images as they are")
+    _switch(p, "teacher_augment",
+            ("--teacher-augment", "the dense networks after the first, which only teach, train on randomly distorted "
+             "images (the reference, the report's baseline and every student do not; default: on for the zoo's "
+             "LeNets, off otherwise)"),
+            ("--no-teacher-augment", "the teachers train on the images as they are"))
     for flag, text in _EPOCH_OPTIONS:  # training budgets, in epochs
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=int, help=text)
     p.add_argument("--max-trials", dest="max_trials", type=int,
