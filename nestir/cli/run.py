@@ -476,8 +476,9 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                         "than it, prune the grown network (keeping its accuracy) instead of pruning the dense "
                         "reference (the default)")
     _switch(p, "chain_from_dense",
-            ("--chain-from-dense", "the pruning chain starts from the dense reference even when the grown network "
-             "passes the rule (default: on for lenet-5, whose chains from a grown network kept less; off otherwise)"),
+            ("--chain-from-dense", "the pruning chain starts from the dense reference whatever growth would reach, so "
+             "NeST skips growth (default: on for lenet-5, whose chains from a grown network kept less; off "
+             "otherwise)"),
             ("--chain-from-grown", "a grown network that passes the rule, as accurate as the dense reference, starts "
              "the chain"))
     p.add_argument("--no-distill", dest="distill", action="store_const", const=0.0,

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from nestir.driver import phases
 from nestir.driver.data import Dataset
 from nestir.driver.phases import scan_start
 from nestir.driver.pipelines import pruning_pipeline
@@ -432,7 +433,8 @@ def test_growth_that_passes_behind_dense_prunes_the_dense_reference(tmp_path, ca
     """A grown network that passes the rule but is less accurate than the dense reference on
     validation starts no chain: the dense reference does (the chain keeps the whole tolerance);
     growth still reached the target. A grown network as accurate as the reference, or the
-    fallback off, starts the chain itself, unless ``chain_from_dense`` asks for the dense one."""
+    fallback off, starts the chain itself, unless ``chain_from_dense`` asks for the dense one
+    (a run resumed mid-growth: a new one skips growth)."""
     from nestir.driver.runs import dense_reference
 
     prep = small_prep()
@@ -443,6 +445,11 @@ def test_growth_that_passes_behind_dense_prunes_the_dense_reference(tmp_path, ca
     dense = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)
     seed = dense["teacher"].copy() if case.startswith("level") else prep.graph  # untrained: far behind dense
     s = Synthesizer(seed, prep.splits, cfg, str(tmp_path), teacher=dense["teacher"])
+    if case == "level_from_dense":  # a run that was growing when it stopped, resumed with --chain-from-dense
+        s.cfg.chain_from_dense = False
+        s._t0 = 0.0  # (run() sets it)
+        phases.start(s)
+        s.cfg.chain_from_dense = True
     st = s.run()
     shift = next(i for i, r in enumerate(st.history) if r["phase"] == "shift")
     assert st.history[shift]["accepted"] and st.target_reached
@@ -456,6 +463,24 @@ def test_growth_that_passes_behind_dense_prunes_the_dense_reference(tmp_path, ca
     else:
         assert start["phase"] == "prune"
         assert "less accurate" not in st.history[shift]["note"]
+
+
+def test_chain_from_dense_skips_growth(tmp_path):
+    """``--chain-from-dense``: the chain starts from the dense reference whatever growth reaches,
+    so NeST does not grow: its first row is the dense reference, the report says why growth
+    stopped, and the chain prunes the dense network."""
+    from nestir.driver.runs import dense_reference
+
+    prep = small_prep()
+    cfg = SynthConfig(**{**prep.defaults, **FAST, "target_accuracy": 0.0, "final_epochs": 0, "max_growth_steps": 5,
+                         "max_prune_steps": 2, "tolerance": 0.99, "chain_from_dense": True})
+    dense = dense_reference(prep, RunSpec(model="lenet-300-100"), cfg, dense_epochs=1)
+    s = Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path), teacher=dense["teacher"])
+    st = s.run()
+    assert [r["phase"] for r in st.history if r["phase"] in ("seed", "grow", "shift")] == []
+    assert st.history[0]["phase"] == "dense" and st.history[0]["params"] == 266610
+    assert "--chain-from-dense" in st.history[0]["note"] and "--chain-from-dense" in st.growth_stopped
+    assert st.history[1]["phase"] == "prune" and st.history[1]["params"] < 266610
 
 
 def test_soft_targets_average_the_teachers_logits():
