@@ -13,9 +13,10 @@ from nestir.backends import dist
 from nestir.driver.loading import is_data_factory
 from nestir.driver.rundir import check_out_dir, clean_temp_files, clear_run
 from nestir.driver.runs import RunSpec, dense_reference, final_metrics, prepare, write_outputs
+from nestir.driver.runstore import RunStore
 from nestir.driver.synthesis import SynthConfig, Synthesizer
 from nestir.driver.zoo import ZOO
-from nestir.ir.errors import NestirError
+from nestir.ir.errors import ArgumentError, NestirError
 from nestir.passes.magnitude_prune import SCOPES
 
 
@@ -102,10 +103,10 @@ def _run(args: argparse.Namespace, method: str) -> int:
         raise NestirError(f"--dense-epochs must be >= 0 (0: the model is trained already), got {args.dense_epochs}")
     if args.data and is_data_factory(args.data):
         return _run_on_loaders(args, method)
-    resumed_baseline = None
+    resumed: dict[str, Any] = {}
     out = args.resume or args.out or (_default_out(args.model, method) if args.model else None)
     if args.resume:
-        spec, resumed_baseline = _read_run(out, args, method)
+        spec, resumed = _read_run(out, args, method)
         clean_temp_files(out)
     else:
         if args.model is None:
@@ -121,38 +122,12 @@ def _run(args: argparse.Namespace, method: str) -> int:
     t0 = time.perf_counter()
     title = f"NeST on {spec.model}" if method == "nest" else f"pruning only: {spec.model}"
     with RichReporter(args.quiet or not dist.is_main()) as rep:
-        if args.resume:
+        if args.resume and os.path.isfile(os.path.join(out, "checkpoint.pt")):
             synth = Synthesizer.resume(out, prep.splits, spec.device, rep)
-            baseline = _match_checkpoint(out, spec, synth.meta, resumed_baseline)
+            baseline = _match_checkpoint(out, spec, synth.meta, resumed.get("baseline"))
             rep.message(f"resuming '{out}' at phase {synth.state.phase}, step {synth.state.step}")
         else:
-            cfg = _config(args, prep.defaults, method)
-            cfg.check()
-            from nestir.ir.stats import stats
-
-            seed_params = stats(prep.graph)["params"]
-            if method == "nest" and cfg.max_params and seed_params > cfg.max_params:
-                raise NestirError(f"the budget --max-params {cfg.max_params} is smaller than the seed "
-                                  f"({seed_params} params): raise it or start from a smaller seed")
-            if args.force and dist.is_main():
-                clear_run(out)  # nothing of the old run may pass for the new one's
-            if dist.is_main():
-                os.makedirs(out, exist_ok=True)
-            dense = dense_reference(prep, spec, cfg, dense_epochs=args.dense_epochs, reporter=rep)
-            baseline = dense["final"]
-            rep.message(f"dense reference: validation error {baseline['val_error']:.2%}; every step is accepted "
-                        + ("by a paired comparison with it" if not cfg.target_accuracy
-                           else f"when validation accuracy >= {cfg.target_accuracy:.2%}"))
-            from nestir.driver.report import write_json
-
-            if dist.is_main():
-                write_json(os.path.join(out, "run.json"), {"spec": spec.__dict__, "config": cfg.to_dict(),
-                                                           "baseline": baseline})
-            dist.barrier()
-            start = dense["teacher"].copy() if method == "prune" else prep.graph
-            synth = Synthesizer(start, prep.splits, cfg, out, spec.device, rep, teacher=dense["teacher"],
-                                ensemble=dense["ensemble"],
-                                meta={"spec": dict(spec.__dict__), "baseline": baseline})
+            synth, baseline = _start(args, method, out, spec, prep, rep, resumed)
         try:
             state = synth.run()
         except KeyboardInterrupt:
@@ -181,6 +156,50 @@ def _run(args: argparse.Namespace, method: str) -> int:
         rep.summary(report)
     print(f"wrote {out}/report.json, model.onnx, model.pt, history.csv, plots ({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _start(args: argparse.Namespace, method: str, out: str, spec: RunSpec, prep: Any, rep: Any,
+           resumed: dict[str, Any]) -> tuple[Synthesizer, dict[str, Any]]:
+    """A new run, or one stopped in its dense phase (``resumed``: its run.json): the dense
+    reference and its teachers (each saved in ``out/dense`` as it is trained, so that a run
+    stopped there resumes after the last one saved), then the synthesizer."""
+    from nestir.driver.report import write_json
+    from nestir.ir.stats import stats
+
+    if resumed:
+        cfg, dense_epochs = resumed["config"], resumed["dense_epochs"]
+        rep.message(f"resuming '{out}' in its dense phase")
+    else:
+        cfg, dense_epochs = _config(args, prep.defaults, method), args.dense_epochs
+        cfg.check()
+        seed_params = stats(prep.graph)["params"]
+        if method == "nest" and cfg.max_params and seed_params > cfg.max_params:
+            raise NestirError(f"the budget --max-params {cfg.max_params} is smaller than the seed "
+                              f"({seed_params} params): raise it or start from a smaller seed")
+        if dist.is_main():
+            if args.force:
+                clear_run(out)  # nothing of the old run may pass for the new one's
+            os.makedirs(out, exist_ok=True)
+    run = {"spec": spec.__dict__, "config": cfg.to_dict(), "dense_epochs": dense_epochs, "baseline": None}
+    if dist.is_main() and not resumed:  # what a run stopped in the dense phase resumes with
+        write_json(os.path.join(out, "run.json"), run)
+    dist.barrier()
+    try:
+        dense = dense_reference(prep, spec, cfg, dense_epochs=dense_epochs, reporter=rep, store=RunStore(out))
+    except KeyboardInterrupt:
+        raise NestirError(f"interrupted in the dense phase; the dense networks trained so far are saved: "
+                          f"nestir {args.cmd} --resume {out}") from None
+    baseline = dense["final"]
+    rep.message(f"dense reference: validation error {baseline['val_error']:.2%}; every step is accepted "
+                + ("by a paired comparison with it" if not cfg.target_accuracy
+                   else f"when validation accuracy >= {cfg.target_accuracy:.2%}"))
+    if dist.is_main():
+        write_json(os.path.join(out, "run.json"), {**run, "baseline": baseline})
+    dist.barrier()
+    start = dense["teacher"].copy() if method == "prune" else prep.graph
+    synth = Synthesizer(start, prep.splits, cfg, out, spec.device, rep, teacher=dense["teacher"],
+                        ensemble=dense["ensemble"], meta={"spec": dict(spec.__dict__), "baseline": baseline})
+    return synth, baseline
 
 
 def _run_on_loaders(args: argparse.Namespace, method: str) -> int:
@@ -273,10 +292,11 @@ def _match_checkpoint(out: str, spec: RunSpec, meta: dict[str, Any],
     return meta.get("baseline", baseline)
 
 
-def _read_run(out: str, args: argparse.Namespace, method: str) -> tuple[RunSpec, dict[str, Any] | None]:
+def _read_run(out: str, args: argparse.Namespace, method: str) -> tuple[RunSpec, dict[str, Any]]:
     """The spec of the run in ``out``, checked: run.json must be well-formed and may not make
     nestir run code the command line did not name (a model given as file.py:factory or
-    module:factory must be repeated as MODEL)."""
+    module:factory must be repeated as MODEL). Returns it with the baseline; for a run stopped in
+    its dense phase (no checkpoint yet) also the configuration and the dense epochs."""
     from nestir.driver.zoo import ZOO
 
     path = os.path.join(out, "run.json")
@@ -306,7 +326,27 @@ def _read_run(out: str, args: argparse.Namespace, method: str) -> tuple[RunSpec,
         v = getattr(spec, key)
         if v is not None and ".py" in v.split(":", 1)[0]:
             raise NestirError(f"'{path}': {key} '{v}' is code; nestir does not run code a run directory names")
-    return spec, meta.get("baseline")
+    resumed: dict[str, Any] = {"baseline": meta.get("baseline")}
+    if not os.path.isfile(os.path.join(out, "checkpoint.pt")):  # stopped in its dense phase
+        resumed.update(_dense_phase(out, path, meta))
+    return spec, resumed
+
+
+def _dense_phase(out: str, path: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """How a run stopped in its dense phase goes on: its configuration and dense epochs (run.json)."""
+    if "dense_epochs" not in meta:
+        raise NestirError(f"nothing to resume in '{out}': the run stopped before its first checkpoint, and its "
+                          "run.json (from an older nestir) does not say how to train its dense reference; start a "
+                          "new run (--force)")
+    try:
+        dense_epochs = meta["dense_epochs"]
+        if isinstance(dense_epochs, bool) or not isinstance(dense_epochs, int) or dense_epochs < 0:
+            raise ValueError(f"'dense_epochs' must be an integer >= 0, got {dense_epochs!r}")
+        cfg = SynthConfig(**meta["config"])
+        cfg.check()
+    except (ValueError, KeyError, TypeError, ArgumentError) as e:
+        raise NestirError(f"'{path}' is not a valid nestir run description ({e}); start a new run") from None
+    return {"config": cfg, "dense_epochs": dense_epochs}
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:

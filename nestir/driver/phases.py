@@ -14,7 +14,7 @@ from nestir.backends.train import evaluate
 from nestir.driver.config import SynthConfig
 from nestir.driver.pipelines import flops_fraction, growth_pipeline, pruning_pipeline, removed, summary
 from nestir.driver.recipe import SoftTargets, stint
-from nestir.driver.rundir import clear_chain
+from nestir.driver.rundir import FOLDERS, clear_folder
 
 if TYPE_CHECKING:
     from nestir.driver.synthesis import Synthesizer
@@ -33,27 +33,25 @@ def fits(c: SynthConfig, row: dict[str, Any]) -> bool:
 # -- start and growth ---------------------------------------------------------------------------
 def start(s: Synthesizer) -> None:
     st, c = s.state, s.cfg
+    if c.method == "nest" and not (c.chain_from_dense and s.teacher is not None):
+        s.train(c.initial_epochs, "seed training")
+        st.phase = "grow"
+        s.record("seed")
+        s.checkpoint()
+        return
     if c.method == "prune":
         row = s.record("dense", "the trained dense reference")
-        s.keep_best(row)
-        st.phase = "prune"
-        s.trainer.set_lr(c.prune_lr)
-    elif c.chain_from_dense and s.teacher is not None:
-        # the chain starts from the dense reference whatever growth reaches: growing would cost time
-        # (about 2.5 min of a full-MNIST LeNet-5 run) and change nothing that ships
+    else:  # the chain starts from the dense reference whatever growth reaches: growing would cost
+        # time (about 2.5 min of a full-MNIST LeNet-5 run) and change nothing that ships
         st.growth_stopped = "skipped: --chain-from-dense starts the pruning chain from the dense reference"
         s.rep.message("growth is skipped: --chain-from-dense starts the pruning chain from the dense reference "
                       "whatever growth reaches (--chain-from-grown: grow, and prune the grown network when it "
                       "passes the rule)")
         row = chain_from_dense(s)
         row["note"] += " (--chain-from-dense: no growth)"
-        s.keep_best(row)
-        st.phase = "prune"
-        s.trainer.set_lr(c.prune_lr)
-    else:
-        s.train(c.initial_epochs, "seed training")
-        st.phase = "grow"
-        s.record("seed")
+    s.keep_best(row)
+    st.phase = "prune"
+    s.trainer.set_lr(c.prune_lr)
     s.checkpoint()
 
 
@@ -252,4 +250,5 @@ def refit(s: Synthesizer) -> None:
         st.epochs += c.final_epochs
     st.phase = "done"
     s.checkpoint()
-    clear_chain(s.out)  # the chain is no longer needed once the run is done
+    for folder in FOLDERS:  # the chain and the dense phase's networks are no longer needed once the run is done
+        clear_folder(s.out, folder)

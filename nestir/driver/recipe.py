@@ -124,15 +124,16 @@ TEACHER_SEED_STRIDE = 7919  # dense network i of a run starts from seed + i * th
 def train_teachers(count: int, make: Callable[[int], Graph], data: Dataset, dense_epochs: int, final_epochs: int,
                    recipe: Recipe, seed: int, *, reporter: Reporter | None = None, first: int = 0,
                    teacher_final_epochs: int | None = None, teacher_augment: bool = False,
-                   **trainer: Any) -> list[Graph]:
+                   done: Callable[[int, Graph], None] | None = None, **trainer: Any) -> list[Graph]:
     """``count`` dense networks under the shared recipe (:func:`train_dense`), network i built by
     ``make(i)`` and trained from seed ``seed + i * TEACHER_SEED_STRIDE``; the first is the
     reference, the others only teach. The reference gets ``dense_epochs`` + ``final_epochs`` (the
     final training every method gets); the others ``dense_epochs`` + ``teacher_final_epochs``
     (None: ``final_epochs`` too). ``teacher_augment``: the others train on randomly distorted
     images (:func:`affine_augment`) whatever the recipe says; the reference keeps the recipe's
-    data. ``first``: start at network ``first`` (those before it exist already). ``trainer``:
-    the :class:`Trainer`'s keyword arguments."""
+    data. ``first``: start at network ``first`` (those before it exist already; returns the
+    networks from ``first`` on). ``done(i, net)``: called as each network is trained (the run
+    directory saves it). ``trainer``: the :class:`Trainer`'s keyword arguments."""
     if teacher_augment and count > max(1, first):  # refused before any training
         require_images(data.x)
     nets = []
@@ -144,4 +145,6 @@ def train_teachers(count: int, make: Callable[[int], Graph], data: Dataset, dens
         nets.append(train_dense(Trainer(make(i), **trainer), data, dense_epochs, final_epochs if i == 0 else rest,
                                 recipe if i == 0 else taught, torch.Generator().manual_seed(s),
                                 label="dense" if i == 0 else f"dense teacher {i + 1}/{count}", reporter=reporter))
+        if done is not None:
+            done(i, nets[-1])
     return nets

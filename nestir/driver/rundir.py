@@ -10,6 +10,7 @@ from nestir.ir.errors import ArgumentError
 
 RUN_FILES = ("checkpoint.pt", "run.json", "report.json", "model.onnx", "model.pt", "history.csv", "history.png",
              "first_layer.png")
+FOLDERS = ("chain", "dense")  # the pruning chain's snapshots; the dense networks of an unfinished dense phase
 
 
 def check_out_dir(out: str, what: str = "--out") -> None:
@@ -36,7 +37,7 @@ def holds_run(out: str) -> bool:
 
 def clean_temp_files(out: str) -> None:
     """Remove what interrupted atomic writes left behind (``*.tmp`` beside the run's files)."""
-    for d in (out, os.path.join(out, "chain")):
+    for d in (out, *(os.path.join(out, f) for f in FOLDERS)):
         if os.path.isdir(d):
             for name in os.listdir(d):
                 if name.endswith(".tmp"):
@@ -50,12 +51,15 @@ def clear_run(out: str) -> None:
         if os.path.isfile(path):
             os.remove(path)
     clean_temp_files(out)
-    clear_chain(out)
+    for folder in FOLDERS:
+        clear_folder(out, folder)
 
 
-def clear_chain(out: str) -> None:
-    """Remove the pruning chain's snapshot files (and the folder when nothing else is in it)."""
-    d = os.path.join(out, "chain")
+def clear_folder(out: str, folder: str) -> None:
+    """Remove the run's files in ``out/folder`` (``chain``: the pruning chain's snapshots;
+    ``dense``: the dense networks saved while the dense phase goes on), and the folder when
+    nothing else is in it."""
+    d = os.path.join(out, folder)
     if not dist.is_main() or not os.path.isdir(d):
         return
     for name in os.listdir(d):

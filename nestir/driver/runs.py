@@ -16,6 +16,7 @@ from nestir.driver.decide import wilson
 from nestir.driver.loading import load_model, parse_shape
 from nestir.driver.recipe import train_teachers
 from nestir.driver.report import plot_first_layer, plot_history, write_history, write_json, write_models
+from nestir.driver.runstore import RunStore
 from nestir.driver.synthesis import SynthConfig, sparsify_seed
 from nestir.driver.zoo import ZOO
 from nestir.frontend.tracer import trace
@@ -168,21 +169,30 @@ def final_metrics(graph: Graph, prep: Prepared, device: torch.device,
 
 
 def dense_reference(prep: Prepared, spec: RunSpec, cfg: SynthConfig, *, dense_epochs: int,
-                    reporter: Any = None) -> dict[str, Any]:
+                    reporter: Any = None, store: RunStore | None = None) -> dict[str, Any]:
     """The dense reference under the shared recipe: ``dense_epochs`` on the training split
     (cosine-annealed; the same augmentation as every method), then the same final training as
     every method (``cfg.final_epochs`` more on train). It is the reported baseline, the teacher
     every method distils from and the reference every decision compares with, on validation
     images that neither it nor any candidate trained on. Returns it (``teacher`` and ``graph``)
-    and its metrics."""
+    and its metrics. ``store``: the run directory's; each dense network is saved there as it is
+    trained, and those an interrupted run saved are loaded instead of trained again (network i
+    trains from its own seed, so the networks are the ones an uninterrupted run makes)."""
     import time
 
     t0 = time.perf_counter()
     data = prep.splits.to(prep.device)
-    nets = train_teachers(cfg.teachers, lambda i: dense_graph(prep, spec), data.train, dense_epochs,
-                          cfg.final_epochs, cfg.recipe(), cfg.seed, reporter=reporter, device=prep.device,
-                          teacher_final_epochs=cfg.teacher_final_epochs, teacher_augment=cfg.teacher_augment,
-                          lr=cfg.lr, weight_decay=cfg.weight_decay)
+    saved = store.load_dense(cfg.teachers) if store is not None else []
+    if saved and reporter is not None:
+        reporter.message(f"the dense phase resumes: {len(saved)} of {cfg.teachers} dense networks were trained "
+                         "and saved before the run stopped")
+    nets = saved + train_teachers(cfg.teachers, lambda i: dense_graph(prep, spec), data.train, dense_epochs,
+                                  cfg.final_epochs, cfg.recipe(), cfg.seed, reporter=reporter, device=prep.device,
+                                  first=len(saved), teacher_final_epochs=cfg.teacher_final_epochs,
+                                  teacher_augment=cfg.teacher_augment,
+                                  done=store.save_dense if store is not None else None,
+                                  lr=cfg.lr, weight_decay=cfg.weight_decay)
+    nets = [g.to(prep.device) for g in nets]
     final = nets[0]
     s = stats(final)
     val = evaluate(final, data.val.x, data.val.y, device=prep.device).error

@@ -1,6 +1,8 @@
-"""A run directory's files while the run goes on: the checkpoint (checksummed, written after
-every step) and the pruning chain's snapshots (one file each, their digests in the run state).
-Everything is read without executing code; a missing, corrupt or tampered file is a clear error."""
+"""A run directory's files while the run goes on: the dense networks of the dense phase (one
+file each, checksummed, until the first checkpoint holds them), the checkpoint (checksummed,
+written after every step) and the pruning chain's snapshots (one file each, their digests in the
+run state). Everything is read without executing code; a missing, corrupt or tampered file is a
+clear error."""
 
 from __future__ import annotations
 
@@ -51,6 +53,33 @@ class RunStore:
             raise NestirError(f"checkpoint '{path}' failed its integrity check (SHA-256 mismatch); start a new run")
         return ck
 
+    def save_dense(self, index: int, graph: Graph) -> None:
+        """Dense network ``index`` of the dense phase (0: the reference), trained: saved with its
+        digest, so that an interrupted dense phase resumes after it."""
+        state = {"format": "nestir-dense", "index": index, "graph": graph_state(graph)}
+        state["sha256"] = digest_tree({k: v for k, v in state.items() if k != "sha256"})
+        if dist.is_main():
+            os.makedirs(os.path.join(self.out, "dense"), exist_ok=True)
+            atomic_save(state, os.path.join(self.out, "dense", f"{index:03d}.pt"))
+        dist.barrier()
+
+    def load_dense(self, count: int) -> list[Graph]:
+        """The dense networks an interrupted dense phase saved (0, 1, ... up to the first missing
+        one, at most ``count``), each checked."""
+        nets: list[Graph] = []
+        for i in range(count):
+            path = os.path.join(self.out, "dense", f"{i:03d}.pt")
+            if not os.path.isfile(path):
+                break
+            ck = read_run_file(path, f"'{path}' is missing", "the dense network")
+            if not isinstance(ck, dict) or ck.get("format") != "nestir-dense" or ck.get("index") != i:
+                raise NestirError(f"'{path}' is not dense network {i} of a nestir run; start a new run")
+            if ck.get("sha256") != digest_tree({k: v for k, v in ck.items() if k != "sha256"}):
+                raise NestirError(f"the dense network '{path}' failed its integrity check (SHA-256 mismatch); "
+                                  "start a new run")
+            nets.append(_graph(ck["graph"], f"the dense network '{path}'"))
+        return nets
+
     def save_snapshot(self, graph: Graph, index: int) -> dict[str, Any]:
         """``graph`` as chain element ``index``: its file and digest, for the run state."""
         state = graph_state(graph)
@@ -67,11 +96,16 @@ class RunStore:
         if digest_tree(state) != entry["sha256"]:
             raise NestirError(f"the pruning chain's '{path}' failed its integrity check (SHA-256 mismatch); "
                               "start a new run")
-        try:
-            g = graph_from_state(state)
-            g.verify()
-        except NestirError:
-            raise
-        except Exception as ex:
-            raise NestirError(f"the pruning chain's '{path}' does not hold a valid network ({ex})") from None
-        return g
+        return _graph(state, f"the pruning chain's '{path}'")
+
+
+def _graph(state: Any, what: str) -> Graph:
+    """A network from its saved state, verified; a clear error when it is not one."""
+    try:
+        g = graph_from_state(state)
+        g.verify()
+    except NestirError:
+        raise
+    except Exception as ex:
+        raise NestirError(f"{what} does not hold a valid network ({ex})") from None
+    return g

@@ -88,6 +88,47 @@ def test_force_clears_the_old_run_and_overshoot_resumes(tmp_path, capsys):
     assert (out / "report.json").read_bytes() == before
 
 
+def test_a_run_stopped_in_its_dense_phase_resumes_after_the_networks_it_saved(tmp_path, capsys):
+    """Interrupted while its second dense network trains: the first is saved (checksummed), run.json
+    says how to go on, and --resume trains only the second, then finishes with the network an
+    uninterrupted run ships. A corrupt saved network is a clear error that writes nothing."""
+    import nestir.driver.recipe as recipe
+
+    argv = [*TINY, "--teachers", "2"]
+    assert main(["synthesize", "lenet-300-100", "--out", str(tmp_path / "a"), *argv]) == 0
+    out = tmp_path / "b"
+    real, calls = recipe.train_dense, []
+
+    def train_dense(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    recipe.train_dense = train_dense
+    try:
+        capsys.readouterr()
+        assert main(["synthesize", "lenet-300-100", "--out", str(out), *argv]) == 2
+        err = capsys.readouterr().err
+        assert "interrupted in the dense phase" in err and f"--resume {out}" in err
+        assert (out / "dense" / "000.pt").exists() and not (out / "dense" / "001.pt").exists()
+        assert not (out / "checkpoint.pt").exists() and json.loads((out / "run.json").read_text())["baseline"] is None
+        good = (out / "dense" / "000.pt").read_bytes()
+        (out / "dense" / "000.pt").write_bytes(good[: len(good) // 2])
+        assert main(["synthesize", "--resume", str(out), "--quiet"]) == 2
+        assert "corrupt or truncated" in capsys.readouterr().err and not (out / "checkpoint.pt").exists()
+        (out / "dense" / "000.pt").write_bytes(good)
+        calls.clear()
+        assert main(["synthesize", "--resume", str(out), "--quiet"]) == 0
+    finally:
+        recipe.train_dense = real
+    assert len(calls) == 1  # only the second dense network trained again
+    assert (out / "model.pt").read_bytes() == (tmp_path / "a" / "model.pt").read_bytes()
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (tmp_path / "a", out))
+    assert rb["final"] == ra["final"] and rb["baseline"] == ra["baseline"]
+    assert not (out / "dense").exists() and not (out / "chain").exists()
+
+
 def test_bad_options_exit_2_before_work(tmp_path, capsys):
     out = str(tmp_path / "r")
     cases = [
