@@ -38,6 +38,7 @@ from nestir.driver.data import Dataset, Splits
 from nestir.driver.pipeline import as_batches
 from nestir.driver.recipe import Reporter, train_teachers
 from nestir.driver.rundir import check_out_dir, clear_run, holds_run
+from nestir.driver.runstore import RunStore, dense_key
 from nestir.driver.shards import union
 from nestir.driver.synthesis import SynthConfig, Synthesizer, score, sparsify_seed
 from nestir.frontend.tracer import trace
@@ -45,7 +46,7 @@ from nestir.ir.checks import check_batches, check_loss, check_seed, require_sing
 from nestir.ir.edit import connect_all
 from nestir.ir.errors import ArgumentError, DataError
 from nestir.ir.graph import Graph
-from nestir.ir.serialize import check_storable
+from nestir.ir.serialize import check_storable, graph_state
 from nestir.ir.stats import stats
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,8 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
     NeST only prunes it; 0.1 or so to grow), ``target_params`` / ``target_flops`` (a size target:
     the least pruned network within it is kept and its accuracy against dense reported),
     ``loader_epochs`` (True: each epoch one pass of ``train``, at the loader's batch size),
-    ``resume`` (continue the run in ``out``), ``force`` (start over in ``out``) and ``reporter``
+    ``resume`` (continue the run in ``out``, from its last checkpoint or, when it stopped in its
+    dense phase, after the last dense network saved), ``force`` (start over in ``out``) and ``reporter``
     (progress callbacks). Every option is checked before any training, and nothing is written to
     ``out`` before the checks pass. A target is never lowered: the report's ``target`` says what
     was asked, what the kept network reached and, when they differ, why."""
@@ -241,8 +243,8 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
     loader_epochs = bool(options.pop("loader_epochs", True))
     if out is not None:
         check_out_dir(out, "synthesize: out=")
-        if resume and not os.path.isfile(os.path.join(out, "checkpoint.pt")):
-            raise ArgumentError(f"synthesize: nothing to resume in '{out}' (no checkpoint.pt)")
+        if resume and not os.path.isfile(os.path.join(out, "checkpoint.pt")) and not RunStore(out).has_dense():
+            raise ArgumentError(f"synthesize: nothing to resume in '{out}' (no checkpoint.pt, no dense networks)")
         if not resume and not force and holds_run(out):
             raise ArgumentError(f"synthesize: '{out}' already holds a run: resume=True (CLI: --resume {out}, with "
                                 "the same MODEL and --data) to continue it, force=True (--force) to start over")
@@ -285,16 +287,30 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
     regression = metric is None and loss is not None and not _class_labels(splits.train.y)
     if regression:  # targets that are not class labels (regression, dense targets) and no metric
         metric, metric_name = _negative_loss(loss), "negative validation loss"
-    if resume:  # the checkpoint holds the dense reference, the configuration and the target
+    if resume and os.path.isfile(os.path.join(out, "checkpoint.pt")):  # type: ignore[arg-type]
+        # the checkpoint holds the dense reference, the configuration and the target
         return _resume(out, splits, dev, reporter, loss, metric, model, seed, metric_name, t0)  # type: ignore[arg-type]
 
-    # the dense reference: trained under the run's recipe (labels only), or the model as given
+    # the dense reference: trained under the run's recipe (labels only), or the model as given; with
+    # out=, each dense network is saved as it is trained, and a resumed dense phase loads those saved
+    store = None
+    if out is not None:
+        if dist.is_main():
+            if force:
+                clear_run(out)  # nothing of the old run may pass for the new one's
+            os.makedirs(out, exist_ok=True)
+        dist.barrier()
+        store = RunStore(out)
+    count = cfg.teachers if dense_epochs else 1  # dense_epochs 0: the model as given
+    key = dense_key(cfg.to_dict(), dense_epochs, graph_state(dense))
+    saved = store.load_dense(count, key) if store is not None and resume else []
     data = splits.to(dev)
-    nets = train_teachers(cfg.teachers if dense_epochs else 1,  # dense_epochs 0: the model as given
-                          lambda i: dense.copy() if i == 0 else _fresh(model, example_inputs), data.train,
-                          dense_epochs, cfg.final_epochs if dense_epochs else 0, cfg.recipe(), seed,
-                          teacher_final_epochs=cfg.teacher_final_epochs, teacher_augment=cfg.teacher_augment,
-                          reporter=reporter, device=dev, lr=cfg.lr, weight_decay=cfg.weight_decay, loss=loss)
+    nets = [g.to(dev) for g in saved] + train_teachers(
+        count, lambda i: dense.copy() if i == 0 else _fresh(model, example_inputs), data.train,
+        dense_epochs, cfg.final_epochs if dense_epochs else 0, cfg.recipe(), seed, first=len(saved),
+        teacher_final_epochs=cfg.teacher_final_epochs, teacher_augment=cfg.teacher_augment,
+        done=(lambda i, g: store.save_dense(i, g, key)) if store is not None else None,
+        reporter=reporter, device=dev, lr=cfg.lr, weight_decay=cfg.weight_decay, loss=loss)
     teacher = nets[0]
 
     if regression:
@@ -323,11 +339,6 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
             dist.barrier()
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-    if dist.is_main():
-        if force:
-            clear_run(out)  # nothing of the old run may pass for the new one's
-        os.makedirs(out, exist_ok=True)
-    dist.barrier()
     return _write(out, run(out))
 
 

@@ -31,8 +31,11 @@ def check_out_dir(out: str, what: str = "--out") -> None:
 
 
 def holds_run(out: str) -> bool:
-    """``out`` holds (part of) a run: a checkpoint, its description or its report."""
-    return any(os.path.isfile(os.path.join(out, n)) for n in ("checkpoint.pt", "run.json", "report.json"))
+    """``out`` holds (part of) a run: a checkpoint, its description, its report or the dense
+    networks of a dense phase that stopped."""
+    dense = os.path.join(out, "dense")
+    return (any(os.path.isfile(os.path.join(out, n)) for n in ("checkpoint.pt", "run.json", "report.json"))
+            or (os.path.isdir(dense) and any(n.endswith(".pt") for n in os.listdir(dense))))
 
 
 def clean_temp_files(out: str) -> None:

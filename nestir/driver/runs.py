@@ -16,7 +16,7 @@ from nestir.driver.decide import wilson
 from nestir.driver.loading import load_model, parse_shape
 from nestir.driver.recipe import train_teachers
 from nestir.driver.report import plot_first_layer, plot_history, write_history, write_json, write_models
-from nestir.driver.runstore import RunStore
+from nestir.driver.runstore import RunStore, dense_key
 from nestir.driver.synthesis import SynthConfig, sparsify_seed
 from nestir.driver.zoo import ZOO
 from nestir.frontend.tracer import trace
@@ -182,7 +182,8 @@ def dense_reference(prep: Prepared, spec: RunSpec, cfg: SynthConfig, *, dense_ep
 
     t0 = time.perf_counter()
     data = prep.splits.to(prep.device)
-    saved = store.load_dense(cfg.teachers) if store is not None else []
+    key = dense_key(cfg.to_dict(), dense_epochs, dict(spec.__dict__, device=None))
+    saved = store.load_dense(cfg.teachers, key) if store is not None else []
     if saved and reporter is not None:
         reporter.message(f"the dense phase resumes: {len(saved)} of {cfg.teachers} dense networks were trained "
                          "and saved before the run stopped")
@@ -190,7 +191,7 @@ def dense_reference(prep: Prepared, spec: RunSpec, cfg: SynthConfig, *, dense_ep
                                   cfg.final_epochs, cfg.recipe(), cfg.seed, reporter=reporter, device=prep.device,
                                   first=len(saved), teacher_final_epochs=cfg.teacher_final_epochs,
                                   teacher_augment=cfg.teacher_augment,
-                                  done=store.save_dense if store is not None else None,
+                                  done=(lambda i, g: store.save_dense(i, g, key)) if store is not None else None,
                                   lr=cfg.lr, weight_decay=cfg.weight_decay)
     nets = [g.to(prep.device) for g in nets]
     final = nets[0]

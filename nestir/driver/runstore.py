@@ -53,19 +53,25 @@ class RunStore:
             raise NestirError(f"checkpoint '{path}' failed its integrity check (SHA-256 mismatch); start a new run")
         return ck
 
-    def save_dense(self, index: int, graph: Graph) -> None:
+    def save_dense(self, index: int, graph: Graph, key: str) -> None:
         """Dense network ``index`` of the dense phase (0: the reference), trained: saved with its
-        digest, so that an interrupted dense phase resumes after it."""
-        state = {"format": "nestir-dense", "index": index, "graph": graph_state(graph)}
+        digest, so that an interrupted dense phase resumes after it. ``key``: what it was trained
+        under (:func:`dense_key`); a resume under another is refused."""
+        state = {"format": "nestir-dense", "index": index, "key": key, "graph": graph_state(graph)}
         state["sha256"] = digest_tree({k: v for k, v in state.items() if k != "sha256"})
         if dist.is_main():
             os.makedirs(os.path.join(self.out, "dense"), exist_ok=True)
             atomic_save(state, os.path.join(self.out, "dense", f"{index:03d}.pt"))
         dist.barrier()
 
-    def load_dense(self, count: int) -> list[Graph]:
+    def has_dense(self) -> bool:
+        """An interrupted dense phase saved networks here."""
+        d = os.path.join(self.out, "dense")
+        return os.path.isdir(d) and any(n.endswith(".pt") for n in os.listdir(d))
+
+    def load_dense(self, count: int, key: str) -> list[Graph]:
         """The dense networks an interrupted dense phase saved (0, 1, ... up to the first missing
-        one, at most ``count``), each checked."""
+        one, at most ``count``), each checked, all trained under ``key``."""
         nets: list[Graph] = []
         for i in range(count):
             path = os.path.join(self.out, "dense", f"{i:03d}.pt")
@@ -77,6 +83,9 @@ class RunStore:
             if ck.get("sha256") != digest_tree({k: v for k, v in ck.items() if k != "sha256"}):
                 raise NestirError(f"the dense network '{path}' failed its integrity check (SHA-256 mismatch); "
                                   "start a new run")
+            if ck.get("key") != key:
+                raise NestirError(f"the dense network '{path}' was trained for another run (other model, data "
+                                  "options or seed): resume with the options it was started with, or start over")
             nets.append(_graph(ck["graph"], f"the dense network '{path}'"))
         return nets
 
@@ -97,6 +106,12 @@ class RunStore:
             raise NestirError(f"the pruning chain's '{path}' failed its integrity check (SHA-256 mismatch); "
                               "start a new run")
         return _graph(state, f"the pruning chain's '{path}'")
+
+
+def dense_key(*parts: Any) -> str:
+    """What a dense phase's networks depend on (configuration, dense epochs, the model's initial
+    state ...), as one digest."""
+    return digest_tree(list(parts))
 
 
 def _graph(state: Any, what: str) -> Graph:

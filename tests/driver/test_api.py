@@ -230,3 +230,44 @@ def test_a_seed_as_large_as_the_budget_says_why_it_does_not_grow():
     r = nestir.synthesize(MLP(), ex, train=tr, val=va, reporter=rep, **FAST)  # seed_density 1.0: the model itself
     assert r.report["growth_stopped"] in ("FLOPs budget reached", "size budget reached")
     assert any("start from a sparse seed" in m for m in rep.messages)
+
+
+def test_an_interrupted_dense_phase_resumes_after_the_networks_it_saved(tmp_path):
+    """out=: each dense network is saved as it is trained; resume=True after an interrupt trains
+    only those not saved and ships what the uninterrupted run ships. Saved networks are refused to
+    a resume under other options, and a new run without force= does not overwrite them."""
+    import nestir.driver.recipe as recipe
+    from nestir.ir.errors import ArgumentError, NestirError
+
+    opts = {**FAST, "teachers": 2, "seed": 1, "max_prune_steps": 2}
+
+    def run(out, **kw):
+        torch.manual_seed(0)
+        tr, va, ex = loaders()
+        return nestir.synthesize(MLP(), ex, train=tr, val=va, out=str(tmp_path / out), **{**opts, **kw})
+
+    a = run("a")
+    real, calls = recipe.train_dense, []
+
+    def train_dense(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    recipe.train_dense = train_dense
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run("b")
+        assert (tmp_path / "b" / "dense" / "000.pt").exists() and not (tmp_path / "b" / "checkpoint.pt").exists()
+        with pytest.raises(ArgumentError, match="already holds a run"):
+            run("b")
+        with pytest.raises(NestirError, match="trained for another run"):
+            run("b", resume=True, tolerance=0.01)
+        calls.clear()
+        b = run("b", resume=True)
+    finally:
+        recipe.train_dense = real
+    assert len(calls) == 1  # the second dense network only
+    assert b.report["final"] == a.report["final"] and b.report["baseline"] == a.report["baseline"]
+    assert not (tmp_path / "b" / "dense").exists()
