@@ -3,6 +3,10 @@ through the IR executor, torch and ONNX) is public in :mod:`nestir.testing`; re-
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 from nestir.testing import check_pass, run_ir, run_onnx, run_torch  # noqa: F401
 
 # A user model file for CLI runs on `digits` (8x8): a tiny MLP, fast enough for fuzz and kill tests.
@@ -19,3 +23,25 @@ class MLP(nn.Module):
 def make():
     return MLP()
 '''
+
+
+@contextlib.contextmanager
+def dense_interrupted(at: int) -> Iterator[list[int]]:
+    """Inside it, nestir's dense phase raises KeyboardInterrupt (as Ctrl-C would) when it starts
+    training its ``at``-th dense network; yields the list of trainings started (clear it to count
+    afresh)."""
+    import nestir.driver.recipe as recipe
+
+    real, calls = recipe.train_dense, []
+
+    def train_dense(*args: Any, **kw: Any) -> Any:
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    recipe.train_dense = train_dense
+    try:
+        yield calls
+    finally:
+        recipe.train_dense = real

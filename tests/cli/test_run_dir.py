@@ -92,21 +92,12 @@ def test_a_run_stopped_in_its_dense_phase_resumes_after_the_networks_it_saved(tm
     """Interrupted while its second dense network trains: the first is saved (checksummed), run.json
     says how to go on, and --resume trains only the second, then finishes with the network an
     uninterrupted run ships. A corrupt saved network is a clear error that writes nothing."""
-    import nestir.driver.recipe as recipe
+    from harness import dense_interrupted
 
     argv = [*TINY, "--teachers", "2"]
     assert main(["synthesize", "lenet-300-100", "--out", str(tmp_path / "a"), *argv]) == 0
     out = tmp_path / "b"
-    real, calls = recipe.train_dense, []
-
-    def train_dense(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    recipe.train_dense = train_dense
-    try:
+    with dense_interrupted(2) as calls:
         capsys.readouterr()
         assert main(["synthesize", "lenet-300-100", "--out", str(out), *argv]) == 2
         err = capsys.readouterr().err
@@ -120,8 +111,6 @@ def test_a_run_stopped_in_its_dense_phase_resumes_after_the_networks_it_saved(tm
         (out / "dense" / "000.pt").write_bytes(good)
         calls.clear()
         assert main(["synthesize", "--resume", str(out), "--quiet"]) == 0
-    finally:
-        recipe.train_dense = real
     assert len(calls) == 1  # only the second dense network trained again
     assert (out / "model.pt").read_bytes() == (tmp_path / "a" / "model.pt").read_bytes()
     ra, rb = (json.loads((d / "report.json").read_text()) for d in (tmp_path / "a", out))

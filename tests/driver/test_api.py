@@ -236,7 +236,8 @@ def test_an_interrupted_dense_phase_resumes_after_the_networks_it_saved(tmp_path
     """out=: each dense network is saved as it is trained; resume=True after an interrupt trains
     only those not saved and ships what the uninterrupted run ships. Saved networks are refused to
     a resume under other options, and a new run without force= does not overwrite them."""
-    import nestir.driver.recipe as recipe
+    from harness import dense_interrupted
+
     from nestir.ir.errors import ArgumentError, NestirError
 
     opts = {**FAST, "teachers": 2, "seed": 1, "max_prune_steps": 2}
@@ -247,16 +248,7 @@ def test_an_interrupted_dense_phase_resumes_after_the_networks_it_saved(tmp_path
         return nestir.synthesize(MLP(), ex, train=tr, val=va, out=str(tmp_path / out), **{**opts, **kw})
 
     a = run("a")
-    real, calls = recipe.train_dense, []
-
-    def train_dense(*args, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    recipe.train_dense = train_dense
-    try:
+    with dense_interrupted(2) as calls:
         with pytest.raises(KeyboardInterrupt):
             run("b")
         assert (tmp_path / "b" / "dense" / "000.pt").exists() and not (tmp_path / "b" / "checkpoint.pt").exists()
@@ -266,8 +258,6 @@ def test_an_interrupted_dense_phase_resumes_after_the_networks_it_saved(tmp_path
             run("b", resume=True, tolerance=0.01)
         calls.clear()
         b = run("b", resume=True)
-    finally:
-        recipe.train_dense = real
     assert len(calls) == 1  # the second dense network only
     assert b.report["final"] == a.report["final"] and b.report["baseline"] == a.report["baseline"]
     assert not (tmp_path / "b" / "dense").exists()
