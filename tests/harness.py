@@ -45,3 +45,27 @@ def dense_interrupted(at: int) -> Iterator[list[int]]:
         yield calls
     finally:
         recipe.train_dense = real
+
+
+@contextlib.contextmanager
+def dense_stopped_in_training(at: int) -> Iterator[list[int]]:
+    """Inside it, nestir's dense phase saves the network in training after every epoch (not every
+    half minute) and raises KeyboardInterrupt (as Ctrl-C would) right after the ``at``-th save (0:
+    never); yields the list of saves, one per epoch trained (the network's index each)."""
+    import nestir.driver.runstore as runstore
+
+    real, every, saves = runstore.DenseRecord.save_partial, runstore.PARTIAL_EVERY, []
+
+    def save_partial(self: Any, index: int, state: Any) -> None:
+        real(self, index, state)
+        saves.append(index)
+        if len(saves) == at:
+            raise KeyboardInterrupt
+
+    runstore.PARTIAL_EVERY = 0.0
+    runstore.DenseRecord.save_partial = save_partial  # type: ignore[method-assign]
+    try:
+        yield saves
+    finally:
+        runstore.PARTIAL_EVERY = every
+        runstore.DenseRecord.save_partial = real  # type: ignore[method-assign]

@@ -309,7 +309,7 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
         count, lambda i: dense.copy() if i == 0 else _fresh(model, example_inputs), data.train,
         dense_epochs, cfg.final_epochs if dense_epochs else 0, cfg.recipe(), seed, first=len(saved),
         teacher_final_epochs=cfg.teacher_final_epochs, teacher_augment=cfg.teacher_augment,
-        done=(lambda i, g: store.save_dense(i, g, key)) if store is not None else None,
+        progress=store.dense_progress(key) if store is not None else None,
         reporter=reporter, device=dev, lr=cfg.lr, weight_decay=cfg.weight_decay, loss=loss)
     teacher = nets[0]
 

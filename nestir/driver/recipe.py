@@ -15,6 +15,7 @@ import torch
 from nestir.backends.train import Trainer, logits
 from nestir.driver.data import Dataset, affine_augment, require_images
 from nestir.ir.graph import Graph
+from nestir.ir.serialize import graph_state
 
 
 class Reporter(Protocol):
@@ -22,6 +23,17 @@ class Reporter(Protocol):
     def epoch(self, done: int, total: int, loss: float) -> None: ...
     def step(self, row: dict[str, Any]) -> None: ...
     def message(self, text: str) -> None: ...
+
+
+class DenseProgress(Protocol):
+    """Where the dense phase stands, kept in the run directory so that a stopped dense phase goes
+    on where it stopped: the networks trained (``done``) and, for the one in training, its state
+    after an epoch (``save_partial``; ``partial`` reads it back: the graph, the optimizer's state,
+    the random generators', the stage and the epochs done)."""
+
+    def partial(self, index: int) -> dict[str, Any] | None: ...
+    def save_partial(self, index: int, state: Callable[[], dict[str, Any]]) -> None: ...
+    def done(self, index: int, graph: Graph) -> None: ...
 
 
 @dataclass
@@ -68,30 +80,34 @@ class SoftTargets:
 
 def train_dense(trainer: Trainer, data: Dataset, dense_epochs: int, final_epochs: int, recipe: Recipe,
                 gen: torch.Generator, *, label: str = "dense", reporter: Reporter | None = None,
-                soft: SoftTargets | None = None) -> Graph:
+                soft: SoftTargets | None = None, at: tuple[int, int] = (0, 0),
+                after: Callable[[int, int], None] | None = None) -> Graph:
     """A dense network under the shared recipe: ``dense_epochs`` (cosine-annealed) then the final
     training every method gets (``final_epochs`` more, from the base learning rate). On labels
     only, or also distilling from ``soft`` under the recipe's ``alpha`` (a born-again student).
-    Returns a copy of the trained graph."""
+    ``at``: (stage, epochs done) to go on from (stage 0: the dense epochs, 1: the final training),
+    the trainer and ``gen`` holding the state they had there; ``after(stage, epochs done)`` is
+    called after every epoch. Returns a copy of the trained graph."""
     rec = recipe if soft is not None else dataclasses.replace(recipe, alpha=0.0)
     base = trainer.lr
-    if dense_epochs:
-        stint(trainer, data, dense_epochs, rec, gen, soft=soft, anneal=True, label=f"{label} training",
-              reporter=reporter)
-    if final_epochs:
+    for stage, (epochs, what) in enumerate(((dense_epochs, "training"), (final_epochs, "final training"))):
+        if not epochs or stage < at[0]:
+            continue
         trainer.set_lr(base)
-        stint(trainer, data, final_epochs, rec, gen, soft=soft, anneal=True, label=f"{label} final training",
-              reporter=reporter)
+        stint(trainer, data, epochs, rec, gen, soft=soft, anneal=True, label=f"{label} {what}", reporter=reporter,
+              first=at[1] if stage == at[0] else 0,
+              after=None if after is None else (lambda e, stage=stage: after(stage, e)))
     return trainer.graph.copy()
 
 
 def stint(trainer: Trainer, data: Dataset, epochs: int, recipe: Recipe, gen: torch.Generator, *,
           soft: SoftTargets | None = None, anneal: bool = False, label: str = "training",
-          reporter: Reporter | None = None) -> float:
+          reporter: Reporter | None = None, first: int = 0, after: Callable[[int], None] | None = None) -> float:
     """``epochs`` of training on ``data`` (on the trainer's device); returns the last epoch's
     mean loss. An epoch is a pass over ``data``, or over a fresh random draw (without
     replacement) of ``recipe.epoch_samples`` of its samples when it holds more. The learning
-    rate is restored afterwards."""
+    rate is restored afterwards. ``first``: epochs done already (a resumed stint starts after
+    them); ``after(epochs done)`` is called after every epoch."""
     if reporter is not None:
         reporter.phase(label, epochs)
     base = trainer.lr
@@ -99,7 +115,7 @@ def stint(trainer: Trainer, data: Dataset, epochs: int, recipe: Recipe, gen: tor
     trainer.distill = (recipe.alpha if soft is not None else 0.0, recipe.temperature)
     n = len(data)
     draw = 0 < recipe.epoch_samples < n and data.reread is None
-    for e in range(epochs):
+    for e in range(first, epochs):
         if anneal and recipe.anneal:
             f = recipe.floor
             trainer.set_lr(base * (f + (1 - f) / 2 * (1 + math.cos(math.pi * e / max(1, epochs)))))
@@ -114,6 +130,8 @@ def stint(trainer: Trainer, data: Dataset, epochs: int, recipe: Recipe, gen: tor
         loss = trainer.epoch(x, y, recipe.batch_size, generator=gen, soft=s)
         if reporter is not None:
             reporter.epoch(e + 1, epochs, loss)
+        if after is not None:
+            after(e + 1)
     trainer.set_lr(base)
     return loss
 
@@ -124,7 +142,7 @@ TEACHER_SEED_STRIDE = 7919  # dense network i of a run starts from seed + i * th
 def train_teachers(count: int, make: Callable[[int], Graph], data: Dataset, dense_epochs: int, final_epochs: int,
                    recipe: Recipe, seed: int, *, reporter: Reporter | None = None, first: int = 0,
                    teacher_final_epochs: int | None = None, teacher_augment: bool = False,
-                   done: Callable[[int, Graph], None] | None = None, **trainer: Any) -> list[Graph]:
+                   progress: DenseProgress | None = None, **trainer: Any) -> list[Graph]:
     """``count`` dense networks under the shared recipe (:func:`train_dense`), network i built by
     ``make(i)`` and trained from seed ``seed + i * TEACHER_SEED_STRIDE``; the first is the
     reference, the others only teach. The reference gets ``dense_epochs`` + ``final_epochs`` (the
@@ -132,8 +150,10 @@ def train_teachers(count: int, make: Callable[[int], Graph], data: Dataset, dens
     (None: ``final_epochs`` too). ``teacher_augment``: the others train on randomly distorted
     images (:func:`affine_augment`) whatever the recipe says; the reference keeps the recipe's
     data. ``first``: start at network ``first`` (those before it exist already; returns the
-    networks from ``first`` on). ``done(i, net)``: called as each network is trained (the run
-    directory saves it). ``trainer``: the :class:`Trainer`'s keyword arguments."""
+    networks from ``first`` on). ``progress``: the run directory's record (:class:`DenseProgress`):
+    each network is handed to it as it is trained, and its state after every epoch; network
+    ``first`` goes on from the state saved there, if any, as the uninterrupted training would have.
+    ``trainer``: the :class:`Trainer`'s keyword arguments."""
     if teacher_augment and count > max(1, first):  # refused before any training
         require_images(data.x)
     nets = []
@@ -142,9 +162,38 @@ def train_teachers(count: int, make: Callable[[int], Graph], data: Dataset, dens
     for i in range(first, count):
         s = seed + TEACHER_SEED_STRIDE * i
         torch.manual_seed(s)
-        nets.append(train_dense(Trainer(make(i), **trainer), data, dense_epochs, final_epochs if i == 0 else rest,
-                                recipe if i == 0 else taught, torch.Generator().manual_seed(s),
-                                label="dense" if i == 0 else f"dense teacher {i + 1}/{count}", reporter=reporter))
-        if done is not None:
-            done(i, nets[-1])
+        gen = torch.Generator().manual_seed(s)
+        part = progress.partial(i) if progress is not None and i == first else None
+        t = Trainer(make(i) if part is None else part["graph"], **trainer)
+        at = (0, 0)
+        if part is not None:  # the state an interrupted training saved after an epoch
+            t.optimizer.load_state_dict(part["optimizer"])
+            t.set_lr(t.lr)
+            gen.set_state(part["generator"])
+            torch.set_rng_state(part["rng"])
+            if part.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(part["cuda_rng"])
+            at = (int(part["stage"]), int(part["epoch"]))
+            if reporter is not None:
+                reporter.message(f"dense network {i + 1} of {count} goes on after epoch {at[1]} of its "
+                                 f"{'final ' if at[0] else ''}training, where the run stopped")
+        nets.append(train_dense(t, data, dense_epochs, final_epochs if i == 0 else rest,
+                                recipe if i == 0 else taught, gen,
+                                label="dense" if i == 0 else f"dense teacher {i + 1}/{count}", reporter=reporter,
+                                at=at, after=None if progress is None else _saver(progress, i, t, gen)))
+        if progress is not None:
+            progress.done(i, nets[-1])
     return nets
+
+
+def _saver(progress: DenseProgress, index: int, t: Trainer, gen: torch.Generator) -> Callable[[int, int], None]:
+    """After each epoch of dense network ``index``: its state, for ``progress`` to save (built
+    only when it saves)."""
+    def state(stage: int, epoch: int) -> dict[str, Any]:
+        cuda = torch.cuda.get_rng_state_all() if t.device.type == "cuda" else None  # dropout and the like on CUDA
+        return {"stage": stage, "epoch": epoch, "graph": graph_state(t.graph), "optimizer": t.optimizer.state_dict(),
+                "generator": gen.get_state(), "rng": torch.get_rng_state(), "cuda_rng": cuda}
+
+    def after(stage: int, epoch: int) -> None:
+        progress.save_partial(index, lambda: state(stage, epoch))
+    return after

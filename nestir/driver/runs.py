@@ -192,7 +192,7 @@ def dense_reference(prep: Prepared, spec: RunSpec, cfg: SynthConfig, *, dense_ep
                            cfg.final_epochs, cfg.recipe(), cfg.seed, reporter=reporter, device=prep.device,
                            first=len(saved), teacher_final_epochs=cfg.teacher_final_epochs,
                            teacher_augment=cfg.teacher_augment,
-                           done=(lambda i, g: store.save_dense(i, g, key)) if store is not None else None,
+                           progress=store.dense_progress(key) if store is not None else None,
                            lr=cfg.lr, weight_decay=cfg.weight_decay)
     final = nets[0]
     s = stats(final)

@@ -1,5 +1,6 @@
 """A run directory's files while the run goes on: the dense networks of the dense phase (one
-file each, checksummed, until the first checkpoint holds them), the checkpoint (checksummed,
+file each, checksummed, until the first checkpoint holds them, and the state of the one in
+training, saved after an epoch every half minute), the checkpoint (checksummed,
 written after every step) and the pruning chain's snapshots (one file each, their digests in the
 run state). Everything is read without executing code; a missing, corrupt or tampered file is a
 clear error."""
@@ -7,6 +8,8 @@ clear error."""
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,6 +20,7 @@ from nestir.ir.graph import Graph
 from nestir.ir.serialize import atomic_save, digest_tree, graph_from_state, graph_state
 
 CHECKPOINT = "checkpoint.pt"
+PARTIAL_EVERY = 30.0  # seconds between two saves of the dense network in training (each after an epoch)
 
 
 def read_run_file(path: str, missing: str, what: str) -> Any:
@@ -89,6 +93,10 @@ class RunStore:
             nets.append(_graph(ck["graph"], f"the dense network '{path}'"))
         return nets
 
+    def dense_progress(self, key: str) -> DenseRecord:
+        """The record of a dense phase trained under ``key`` (:class:`DenseRecord`)."""
+        return DenseRecord(self, key)
+
     def save_snapshot(self, graph: Graph, index: int) -> dict[str, Any]:
         """``graph`` as chain element ``index``: its file and digest, for the run state."""
         state = graph_state(graph)
@@ -106,6 +114,58 @@ class RunStore:
             raise NestirError(f"the pruning chain's '{path}' failed its integrity check (SHA-256 mismatch); "
                               "start a new run")
         return _graph(state, f"the pruning chain's '{path}'")
+
+
+class DenseRecord:
+    """A dense phase's progress in ``out/dense`` (:class:`nestir.driver.recipe.DenseProgress`): each
+    network as it is trained (``NNN.pt``), and the one in training after an epoch at most every
+    :data:`PARTIAL_EVERY` seconds (``NNN.partial.pt``: its graph, optimizer and random generators'
+    state, checksummed, with the run's key), so that a stop loses at most that much training."""
+
+    def __init__(self, store: RunStore, key: str) -> None:
+        self.store, self.key = store, key
+        self._last = time.monotonic()
+
+    def _path(self, index: int) -> str:
+        return os.path.join(self.store.out, "dense", f"{index:03d}.partial.pt")
+
+    def save_partial(self, index: int, state: Callable[[], dict[str, Any]]) -> None:
+        if time.monotonic() - self._last < PARTIAL_EVERY:
+            return
+        ck = {"format": "nestir-dense-partial", "index": index, "key": self.key, **state()}
+        ck["sha256"] = digest_tree({k: v for k, v in ck.items() if k != "sha256"})
+        if dist.is_main():
+            os.makedirs(os.path.join(self.store.out, "dense"), exist_ok=True)
+            atomic_save(ck, self._path(index))
+        dist.barrier()
+        self._last = time.monotonic()
+
+    def partial(self, index: int) -> dict[str, Any] | None:
+        """The state dense network ``index`` had when its training was last saved (None: none
+        saved); its graph verified. A corrupt file or one of another run is a clear error."""
+        path = self._path(index)
+        if not os.path.isfile(path):
+            return None
+        ck = read_run_file(path, f"'{path}' is missing", "the dense network in training")
+        if not isinstance(ck, dict) or ck.get("format") != "nestir-dense-partial" or ck.get("index") != index:
+            raise NestirError(f"'{path}' is not dense network {index} of a nestir run in training; start a new run")
+        if ck.get("sha256") != digest_tree({k: v for k, v in ck.items() if k != "sha256"}):
+            raise NestirError(f"the dense network in training '{path}' failed its integrity check (SHA-256 "
+                              "mismatch); start a new run")
+        if ck.get("key") != self.key:
+            raise NestirError(f"the dense network in training '{path}' was trained for another run (other model, "
+                              "data options or seed): resume with the options it was started with, or start over")
+        missing = [k for k in ("stage", "epoch", "graph", "optimizer", "generator", "rng") if k not in ck]
+        if missing:
+            raise NestirError(f"the dense network in training '{path}' lacks {', '.join(missing)}; start a new run")
+        return {**ck, "graph": _graph(ck["graph"], f"the dense network in training '{path}'")}
+
+    def done(self, index: int, graph: Graph) -> None:
+        """Dense network ``index`` is trained: saved whole; its state in training is no longer needed."""
+        self.store.save_dense(index, graph, self.key)
+        if dist.is_main() and os.path.isfile(self._path(index)):
+            os.remove(self._path(index))
+        self._last = time.monotonic()
 
 
 def dense_key(*parts: Any) -> str:

@@ -118,6 +118,36 @@ def test_a_run_stopped_in_its_dense_phase_resumes_after_the_networks_it_saved(tm
     assert not (out / "dense").exists() and not (out / "chain").exists()
 
 
+def test_a_run_stopped_while_a_dense_network_trains_goes_on_after_its_last_saved_epoch(tmp_path, capsys):
+    """Stopped in the middle of the reference's training: the state after its last epoch is saved
+    (checksummed); --resume trains only the epochs after it and ships, byte for byte, what the
+    uninterrupted run ships. A corrupt saved state is a clear error that writes nothing."""
+    from harness import dense_stopped_in_training
+
+    argv = [*TINY, "--teachers", "2", "--dense-epochs", "3"]
+    with dense_stopped_in_training(0) as whole:
+        assert main(["synthesize", "lenet-300-100", "--out", str(tmp_path / "a"), *argv]) == 0
+    out = tmp_path / "b"
+    with dense_stopped_in_training(2) as saves:
+        capsys.readouterr()
+        assert main(["synthesize", "lenet-300-100", "--out", str(out), *argv]) == 2
+        assert "interrupted in the dense phase" in capsys.readouterr().err
+        partial = out / "dense" / "000.partial.pt"
+        assert partial.exists() and not (out / "dense" / "000.pt").exists() and not (out / "checkpoint.pt").exists()
+        good = partial.read_bytes()
+        partial.write_bytes(good[: len(good) // 2])
+        assert main(["synthesize", "--resume", str(out), "--quiet"]) == 2
+        assert "corrupt or truncated" in capsys.readouterr().err and not (out / "checkpoint.pt").exists()
+        partial.write_bytes(good)
+        assert main(["synthesize", "--resume", str(out)]) == 0
+        assert "dense network 1 of 2 goes on after epoch 2 of its training" in capsys.readouterr().err
+    assert saves == whole  # every epoch trained once: the two before the stop, the rest after it
+    assert (out / "model.pt").read_bytes() == (tmp_path / "a" / "model.pt").read_bytes()
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (tmp_path / "a", out))
+    assert rb["final"] == ra["final"] and rb["baseline"] == ra["baseline"]
+    assert not (out / "dense").exists()
+
+
 def test_bad_options_exit_2_before_work(tmp_path, capsys):
     out = str(tmp_path / "r")
     cases = [

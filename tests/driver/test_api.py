@@ -261,3 +261,31 @@ def test_an_interrupted_dense_phase_resumes_after_the_networks_it_saved(tmp_path
     assert len(calls) == 1  # the second dense network only
     assert b.report["final"] == a.report["final"] and b.report["baseline"] == a.report["baseline"]
     assert not (tmp_path / "b" / "dense").exists()
+
+
+def test_a_dense_network_stopped_in_training_goes_on_after_its_last_saved_epoch(tmp_path):
+    """out=: the network in training is saved after its epochs; resume=True after a stop in the
+    middle of the second network trains only the epochs after the last save, and ships what the
+    uninterrupted run ships."""
+    from harness import dense_stopped_in_training
+
+    opts = {**FAST, "teachers": 2, "seed": 1, "max_prune_steps": 2}
+
+    def run(out, **kw):
+        torch.manual_seed(0)
+        tr, va, ex = loaders()
+        return nestir.synthesize(MLP(), ex, train=tr, val=va, out=str(tmp_path / out), **{**opts, **kw})
+
+    with dense_stopped_in_training(0) as whole:
+        a = run("a")
+    first = whole.count(0)  # the reference's epochs; the stop comes one epoch into the second network
+    with dense_stopped_in_training(first + 1) as saves:
+        with pytest.raises(KeyboardInterrupt):
+            run("b")
+        dense = tmp_path / "b" / "dense"
+        assert (dense / "000.pt").exists() and (dense / "001.partial.pt").exists()
+        assert not (dense / "000.partial.pt").exists()
+        b = run("b", resume=True)
+    assert saves == whole
+    assert b.report["final"] == a.report["final"] and b.report["baseline"] == a.report["baseline"]
+    assert not (tmp_path / "b" / "dense").exists()
