@@ -61,12 +61,8 @@ class RunStore:
         """Dense network ``index`` of the dense phase (0: the reference), trained: saved with its
         digest, so that an interrupted dense phase resumes after it. ``key``: what it was trained
         under (:func:`dense_key`); a resume under another is refused."""
-        state = {"format": "nestir-dense", "index": index, "key": key, "graph": graph_state(graph)}
-        state["sha256"] = digest_tree({k: v for k, v in state.items() if k != "sha256"})
-        if dist.is_main():
-            os.makedirs(os.path.join(self.out, "dense"), exist_ok=True)
-            atomic_save(state, os.path.join(self.out, "dense", f"{index:03d}.pt"))
-        dist.barrier()
+        _save_keyed(self.out, f"{index:03d}.pt", {"format": "nestir-dense", "index": index, "key": key,
+                                                  "graph": graph_state(graph)})
 
     def has_dense(self) -> bool:
         """An interrupted dense phase saved networks here."""
@@ -81,16 +77,7 @@ class RunStore:
             path = os.path.join(self.out, "dense", f"{i:03d}.pt")
             if not os.path.isfile(path):
                 break
-            ck = read_run_file(path, f"'{path}' is missing", "the dense network")
-            if not isinstance(ck, dict) or ck.get("format") != "nestir-dense" or ck.get("index") != i:
-                raise NestirError(f"'{path}' is not dense network {i} of a nestir run; start a new run")
-            if ck.get("sha256") != digest_tree({k: v for k, v in ck.items() if k != "sha256"}):
-                raise NestirError(f"the dense network '{path}' failed its integrity check (SHA-256 mismatch); "
-                                  "start a new run")
-            if ck.get("key") != key:
-                raise NestirError(f"the dense network '{path}' was trained for another run (other model, data "
-                                  "options or seed): resume with the options it was started with, or start over")
-            nets.append(_graph(ck["graph"], f"the dense network '{path}'"))
+            nets.append(_read_keyed(path, "nestir-dense", i, key, "")["graph"])
         return nets
 
     def dense_progress(self, key: str) -> DenseRecord:
@@ -132,12 +119,8 @@ class DenseRecord:
     def save_partial(self, index: int, state: Callable[[], dict[str, Any]]) -> None:
         if time.monotonic() - self._last < PARTIAL_EVERY:
             return
-        ck = {"format": "nestir-dense-partial", "index": index, "key": self.key, **state()}
-        ck["sha256"] = digest_tree({k: v for k, v in ck.items() if k != "sha256"})
-        if dist.is_main():
-            os.makedirs(os.path.join(self.store.out, "dense"), exist_ok=True)
-            atomic_save(ck, self._path(index))
-        dist.barrier()
+        _save_keyed(self.store.out, f"{index:03d}.partial.pt",
+                    {"format": "nestir-dense-partial", "index": index, "key": self.key, **state()})
         self._last = time.monotonic()
 
     def partial(self, index: int) -> dict[str, Any] | None:
@@ -146,19 +129,11 @@ class DenseRecord:
         path = self._path(index)
         if not os.path.isfile(path):
             return None
-        ck = read_run_file(path, f"'{path}' is missing", "the dense network in training")
-        if not isinstance(ck, dict) or ck.get("format") != "nestir-dense-partial" or ck.get("index") != index:
-            raise NestirError(f"'{path}' is not dense network {index} of a nestir run in training; start a new run")
-        if ck.get("sha256") != digest_tree({k: v for k, v in ck.items() if k != "sha256"}):
-            raise NestirError(f"the dense network in training '{path}' failed its integrity check (SHA-256 "
-                              "mismatch); start a new run")
-        if ck.get("key") != self.key:
-            raise NestirError(f"the dense network in training '{path}' was trained for another run (other model, "
-                              "data options or seed): resume with the options it was started with, or start over")
+        ck = _read_keyed(path, "nestir-dense-partial", index, self.key, " in training")
         missing = [k for k in ("stage", "epoch", "graph", "optimizer", "generator", "rng") if k not in ck]
         if missing:
             raise NestirError(f"the dense network in training '{path}' lacks {', '.join(missing)}; start a new run")
-        return {**ck, "graph": _graph(ck["graph"], f"the dense network in training '{path}'")}
+        return ck
 
     def done(self, index: int, graph: Graph) -> None:
         """Dense network ``index`` is trained: saved whole; its state in training is no longer needed."""
@@ -172,6 +147,30 @@ def dense_key(*parts: Any) -> str:
     """What a dense phase's networks depend on (configuration, dense epochs, the model's initial
     state ...), as one digest."""
     return digest_tree(list(parts))
+
+
+def _save_keyed(out: str, name: str, ck: dict[str, Any]) -> None:
+    """A dense-phase file ``out/dense/name``: ``ck`` with its digest, written atomically (rank 0)."""
+    ck["sha256"] = digest_tree({k: v for k, v in ck.items() if k != "sha256"})
+    if dist.is_main():
+        os.makedirs(os.path.join(out, "dense"), exist_ok=True)
+        atomic_save(ck, os.path.join(out, "dense", name))
+    dist.barrier()
+
+
+def _read_keyed(path: str, fmt: str, index: int, key: str, kind: str) -> dict[str, Any]:
+    """Dense network ``index`` (``kind``: "" trained, " in training") read from ``path``: of format
+    ``fmt``, intact, trained under ``key``, its graph verified; a clear error otherwise."""
+    what = f"the dense network{kind} '{path}'"
+    ck = read_run_file(path, f"'{path}' is missing", f"the dense network{kind}")
+    if not isinstance(ck, dict) or ck.get("format") != fmt or ck.get("index") != index:
+        raise NestirError(f"'{path}' is not dense network {index} of a nestir run{kind}; start a new run")
+    if ck.get("sha256") != digest_tree({k: v for k, v in ck.items() if k != "sha256"}):
+        raise NestirError(f"{what} failed its integrity check (SHA-256 mismatch); start a new run")
+    if ck.get("key") != key:
+        raise NestirError(f"{what} was trained for another run (other model, data options or seed): resume "
+                          "with the options it was started with, or start over")
+    return {**ck, "graph": _graph(ck.get("graph"), what)}
 
 
 def _graph(state: Any, what: str) -> Graph:
