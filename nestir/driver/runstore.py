@@ -117,10 +117,12 @@ class DenseRecord:
         return os.path.join(self.store.out, "dense", f"{index:03d}.partial.pt")
 
     def save_partial(self, index: int, state: Callable[[], dict[str, Any]]) -> None:
-        if time.monotonic() - self._last < PARTIAL_EVERY:
+        # rank 0 alone decides by its clock and writes, without a barrier: no rank reads the file
+        # before a resume, and ranks whose clocks disagree must not wait for one another
+        if not dist.is_main() or time.monotonic() - self._last < PARTIAL_EVERY:
             return
         _save_keyed(self.store.out, f"{index:03d}.partial.pt",
-                    {"format": "nestir-dense-partial", "index": index, "key": self.key, **state()})
+                    {"format": "nestir-dense-partial", "index": index, "key": self.key, **state()}, barrier=False)
         self._last = time.monotonic()
 
     def partial(self, index: int) -> dict[str, Any] | None:
@@ -149,13 +151,15 @@ def dense_key(*parts: Any) -> str:
     return digest_tree(list(parts))
 
 
-def _save_keyed(out: str, name: str, ck: dict[str, Any]) -> None:
-    """A dense-phase file ``out/dense/name``: ``ck`` with its digest, written atomically (rank 0)."""
+def _save_keyed(out: str, name: str, ck: dict[str, Any], barrier: bool = True) -> None:
+    """A dense-phase file ``out/dense/name``: ``ck`` with its digest, written atomically by rank 0
+    (then every rank waits for it, unless not ``barrier``)."""
     ck["sha256"] = digest_tree({k: v for k, v in ck.items() if k != "sha256"})
     if dist.is_main():
         os.makedirs(os.path.join(out, "dense"), exist_ok=True)
         atomic_save(ck, os.path.join(out, "dense", name))
-    dist.barrier()
+    if barrier:
+        dist.barrier()
 
 
 def _read_keyed(path: str, fmt: str, index: int, key: str, kind: str) -> dict[str, Any]:
