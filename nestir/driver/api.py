@@ -303,11 +303,10 @@ def synthesize(model: nn.Module, example_inputs: Any, *, train: Any, val: Any, l
         store = RunStore(out)
     count = cfg.teachers if dense_epochs else 1  # dense_epochs 0: the model as given
     key = dense_key(cfg.to_dict(), dense_epochs, graph_state(dense))
-    saved = store.load_dense(count, key) if store is not None and resume else []
     data = splits.to(dev)
-    nets = [g.to(dev) for g in saved] + train_teachers(
+    nets = train_teachers(
         count, lambda i: dense.copy() if i == 0 else _fresh(model, example_inputs), data.train,
-        dense_epochs, cfg.final_epochs if dense_epochs else 0, cfg.recipe(), seed, first=len(saved),
+        dense_epochs, cfg.final_epochs if dense_epochs else 0, cfg.recipe(), seed,
         teacher_final_epochs=cfg.teacher_final_epochs, teacher_augment=cfg.teacher_augment,
         progress=store.dense_progress(key) if store is not None else None,
         reporter=reporter, device=dev, lr=cfg.lr, weight_decay=cfg.weight_decay, loss=loss)

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import torch
 
+from nestir.backends.device import resolve_device
 from nestir.backends.train import Trainer, logits
 from nestir.driver.data import Dataset, affine_augment, require_images
 from nestir.ir.graph import Graph
@@ -29,8 +30,10 @@ class DenseProgress(Protocol):
     """Where the dense phase stands, kept in the run directory so that a stopped dense phase goes
     on where it stopped: the networks trained (``done``) and, for the one in training, its state
     after an epoch (``save_partial``; ``partial`` reads it back: the graph, the optimizer's state,
-    the random generators', the stage and the epochs done)."""
+    the random generators', the stage and the epochs done); ``trained`` reads back the networks
+    done (0, 1, ... up to the first missing one)."""
 
+    def trained(self, count: int) -> list[Graph]: ...
     def partial(self, index: int) -> dict[str, Any] | None: ...
     def save_partial(self, index: int, state: Callable[[], dict[str, Any]]) -> None: ...
     def done(self, index: int, graph: Graph) -> None: ...
@@ -151,19 +154,24 @@ def train_teachers(count: int, make: Callable[[int], Graph], data: Dataset, dens
     images (:func:`affine_augment`) whatever the recipe says; the reference keeps the recipe's
     data. ``first``: start at network ``first`` (those before it exist already; returns the
     networks from ``first`` on). ``progress``: the run directory's record (:class:`DenseProgress`):
-    each network is handed to it as it is trained, and its state after every epoch; network
-    ``first`` goes on from the state saved there, if any, as the uninterrupted training would have.
+    each network is handed to it as it is trained, and its state after every epoch; the networks
+    it holds are loaded instead of trained again, and the next goes on from the state saved
+    there, if any, as the uninterrupted training would have.
     ``trainer``: the :class:`Trainer`'s keyword arguments."""
     if teacher_augment and count > max(1, first):  # refused before any training
         require_images(data.x)
-    nets = []
+    nets = [] if progress is None else [g.to(resolve_device(trainer.get("device")))
+                                        for g in progress.trained(count)[first:]]
+    if nets and reporter is not None:
+        reporter.message(f"the dense phase resumes: {first + len(nets)} of {count} dense networks were trained "
+                         "and saved before the run stopped")
     rest = final_epochs if teacher_final_epochs is None else teacher_final_epochs
     taught = dataclasses.replace(recipe, augment=True) if teacher_augment else recipe
-    for i in range(first, count):
+    for i in range(first + len(nets), count):
         s = seed + TEACHER_SEED_STRIDE * i
         torch.manual_seed(s)
         gen = torch.Generator().manual_seed(s)
-        part = progress.partial(i) if progress is not None and i == first else None
+        part = progress.partial(i) if progress is not None and i == first + len(nets) else None
         t = Trainer(make(i) if part is None else part["graph"], **trainer)
         at = (0, 0)
         if part is not None:  # the state an interrupted training saved after an epoch

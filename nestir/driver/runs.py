@@ -183,17 +183,11 @@ def dense_reference(prep: Prepared, spec: RunSpec, cfg: SynthConfig, *, dense_ep
     t0 = time.perf_counter()
     data = prep.splits.to(prep.device)
     key = dense_key(cfg.to_dict(), dense_epochs, dict(spec.__dict__, device=None))
-    saved = store.load_dense(cfg.teachers, key) if store is not None else []
-    if saved and reporter is not None:
-        reporter.message(f"the dense phase resumes: {len(saved)} of {cfg.teachers} dense networks were trained "
-                         "and saved before the run stopped")
-    nets = [g.to(prep.device) for g in saved]
-    nets += train_teachers(cfg.teachers, lambda i: dense_graph(prep, spec), data.train, dense_epochs,
-                           cfg.final_epochs, cfg.recipe(), cfg.seed, reporter=reporter, device=prep.device,
-                           first=len(saved), teacher_final_epochs=cfg.teacher_final_epochs,
-                           teacher_augment=cfg.teacher_augment,
-                           progress=store.dense_progress(key) if store is not None else None,
-                           lr=cfg.lr, weight_decay=cfg.weight_decay)
+    nets = train_teachers(cfg.teachers, lambda i: dense_graph(prep, spec), data.train, dense_epochs,
+                          cfg.final_epochs, cfg.recipe(), cfg.seed, reporter=reporter, device=prep.device,
+                          teacher_final_epochs=cfg.teacher_final_epochs, teacher_augment=cfg.teacher_augment,
+                          progress=store.dense_progress(key) if store is not None else None,
+                          lr=cfg.lr, weight_decay=cfg.weight_decay)
     final = nets[0]
     s = stats(final)
     val = evaluate(final, data.val.x, data.val.y, device=prep.device).error

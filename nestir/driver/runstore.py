@@ -116,6 +116,9 @@ class DenseRecord:
     def _path(self, index: int) -> str:
         return os.path.join(self.store.out, "dense", f"{index:03d}.partial.pt")
 
+    def trained(self, count: int) -> list[Graph]:
+        return self.store.load_dense(count, self.key)
+
     def save_partial(self, index: int, state: Callable[[], dict[str, Any]]) -> None:
         # rank 0 alone decides by its clock and writes, without a barrier: no rank reads the file
         # before a resume, and ranks whose clocks disagree must not wait for one another
