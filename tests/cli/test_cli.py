@@ -210,3 +210,21 @@ def test_disk_full_during_a_run_is_a_clear_error(tmp_path, capsys, monkeypatch):
     first = (out / "model.pt").read_bytes()
     assert main(argv) == 0
     assert (out / "model.pt").read_bytes() == first  # identical runs, byte-identical model.pt
+
+
+def test_a_log_file_gets_a_progress_line_every_30_seconds_of_a_long_phase(capsys):
+    from nestir.cli.run import RichReporter
+
+    times = iter([0, 10, 31, 40, 62, 65, 70, 71, 72, 73])
+    with RichReporter() as rep:  # stderr is captured: not a terminal, so no bar to watch
+        rep.clock = lambda: next(times)
+        rep.phase("dense reference", 5)
+        for e in range(5):
+            rep.epoch(e + 1, 5, 0.5 - 0.1 * e)
+        rep.phase("prune step 3 retraining", 3)  # a short phase: its step line says enough
+        for e in range(3):
+            rep.epoch(e + 1, 3, 0.1)
+    lines = [ln.strip() for ln in capsys.readouterr().err.splitlines() if "epoch" in ln]
+    assert lines == ["dense reference: epoch 2/5, loss 0.4000, 0:31",
+                     "dense reference: epoch 4/5, loss 0.2000, 1:02",
+                     "dense reference: epoch 5/5, loss 0.1000, 1:05"]
