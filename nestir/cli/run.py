@@ -564,8 +564,9 @@ def _synth_knobs(p: argparse.ArgumentParser) -> None:
                    help="selection: trial-refit this many chain steps one by one from the most pruned down, "
                         f"then stride 2, 4, ... (default {_D.max_trials})")
     p.add_argument("--max-compression", dest="max_compression", type=float,
-                   help="the pruning chain stops at this many times fewer parameters than its start "
-                        f"(default {_D.max_compression:g})")
+                   help="the pruning chain stops past this many times fewer parameters than its start, and "
+                        "no network past it is kept (default "
+                        f"{'; '.join([f'{_D.max_compression:g}', *_presets('max_compression')])})")
     p.add_argument("--grow-maps", dest="grow_maps", type=int, help="feature maps added per conv per growth step")
     p.add_argument("--grow-neurons", dest="grow_neurons", type=int, help="neurons bridged per FC layer per growth step")
     p.add_argument("--max-growth-steps", dest="max_growth_steps", type=int)

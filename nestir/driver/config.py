@@ -47,7 +47,8 @@ class SynthConfig:
     max_growth_steps: int = 20
     growth_patience: int = 2  # stop growing when this many steps in a row did not improve validation error
     max_prune_steps: int = 80  # the longest pruning chain (10% steps: 0.9^80, 4,600x fewer parameters)
-    max_compression: float = 400.0  # the chain stops at this many times fewer parameters than its start
+    max_compression: float = 400.0  # the chain stops past this many times fewer parameters than its start,
+    # and the selection keeps no network past it
     chain_slack: float = 0.015  # ... or after 2 networks in a row this much less accurate (before refit)
     scan_slack: float = 0.004  # the selection scan starts at the most pruned step at most this much less
     # accurate than the reference before its refit. 0.004 (was 0.01): in 19 full-MNIST runs (benchmarks/README.md,

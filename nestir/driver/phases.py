@@ -202,9 +202,13 @@ def chain_stop(s: Synthesizer) -> str:
 
 def scan_start(s: Synthesizer) -> int:
     """The most pruned chain step whose error before its refit is within ``scan_slack`` of the
-    reference (steps beyond it do not recover enough in a trial refit to be worth judging)."""
-    st, ref = s.state, s.reference_error()
-    ok = [i for i, e in enumerate(st.chain) if st.history[e["row"]]["val_error"] <= ref + s.cfg.scan_slack]
+    reference (steps beyond it do not recover enough in a trial refit to be worth judging) and
+    that is at most ``max_compression`` times smaller than the chain's start (the chain stops at
+    the first step past it; the selection keeps none past it)."""
+    st, c, ref = s.state, s.cfg, s.reference_error()
+    rows = [st.history[e["row"]] for e in st.chain]
+    ok = [i for i, r in enumerate(rows) if r["val_error"] <= ref + c.scan_slack
+          and rows[0]["params"] <= c.max_compression * r["params"]]
     return max(ok, default=0)
 
 

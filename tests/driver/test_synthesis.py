@@ -298,12 +298,24 @@ def test_scan_starts_at_the_most_pruned_step_within_the_slack(tmp_path):
     s = Synthesizer(prep.graph, prep.splits, cfg, str(tmp_path))
     errs = [0.05, 0.052, 0.09, 0.058, 0.2]  # before refit; the target's error is 0.05
     s.state.target = 0.95
-    s.state.history = [{"val_error": e} for e in errs]
+    params = [1000, 500, 250, 125, 60]
+    s.state.history = [{"val_error": e, "params": n} for e, n in zip(errs, params, strict=True)]
     s.state.chain = [{"row": i} for i in range(len(errs))]
     assert scan_start(s) == 3  # the most pruned within 1 point, even past a worse step
-    s.state.history = [{"val_error": e} for e in (0.05, 0.2, 0.3)]
+    s.cfg.max_compression = 7.9  # step 3 is 8x smaller than the chain's start: never kept, so never judged
+    assert scan_start(s) == 1
+    s.cfg.max_compression = 8.0
+    assert scan_start(s) == 3
+    s.state.history = [{"val_error": e, "params": 100} for e in (0.05, 0.2, 0.3)]
     s.state.chain = [{"row": i} for i in range(3)]
     assert scan_start(s) == 0
+
+
+def test_the_zoo_lenet5_keeps_at_most_120x():
+    from nestir.driver.zoo import ZOO
+
+    assert dict(ZOO["lenet-5"].defaults)["max_compression"] == 120.0
+    assert "max_compression" not in dict(ZOO["lenet-300-100"].defaults)
 
 
 def test_pooled_selection_accepts_a_step_whose_block_passes():
