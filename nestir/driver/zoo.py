@@ -128,7 +128,7 @@ class ZooEntry:
 # chain starts from the dense reference even when growth passes: on held-out seed 30, same teachers and rule, the
 # chain from the grown network kept 52.9x / 27.9x FLOPs and the one from dense 107.1x / 34.6x (test 0.69% and
 # 0.72%, dense 0.72%); seed 25's chain from a grown network kept 64.1x ("Where the chain starts" has older runs).
-# LeNet-5 keeps at most 120x fewer parameters: on validation its chains fall off past 120x (judged steps of ten
+# LeNet-5 keeps at most 120x fewer parameters: on validation its chains fall off past 120x (judged steps of eight
 # full-MNIST runs: median +0.07 to +0.09 points at 80-120x, +0.19 at 120-140x, +0.24 at 140-170x; 3 of the 20 past
 # 120x passed, most likely by luck), and a network kept there is one a fresh test set often puts past the
 # tolerance (benchmarks/README.md "LeNet-5 keeps at most 120x")
