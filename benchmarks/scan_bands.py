@@ -1,9 +1,9 @@
 """How the judged chain steps measure by size: from finished run directories' ``history.csv``
-(validation errors only), every step the selection judged, its compression (dense parameters over
-its parameters) and its paired error difference from the dense reference after the trial refit,
-grouped in bands of compression. It shows where a model's chain falls off on validation, and so
-how often a step far out can pass by luck: the selection keeps the most pruned step that passes.
-Reads no test data.
+(validation errors only), every step the selection judged, its compression (the chain start's
+parameters over its own: the dense reference's, for a chain from dense) and its paired error
+difference from the dense reference after the trial refit, grouped in bands of compression. It
+shows where a model's chain falls off on validation, and so how often a step far out can pass by
+luck: the selection keeps the most pruned step that passes. Reads no test data.
 
     python benchmarks/scan_bands.py RUN_DIR... [--bands 80,100,120,150] [--out results/x.json]
 """
@@ -11,28 +11,13 @@ Reads no test data.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import re
 import statistics
+import sys
 
-_ERR = re.compile(r"error ([+-]\d+\.\d+) pts vs reference, bound ([+-]\d+\.\d+) \(\+(\d+\.\d+)\)")
-_STEP = re.compile(r"chain step (\d+) after")
-
-
-def judged(path: str) -> list[dict[str, float]]:
-    """One run's judged steps: compression, paired difference and its standard error (points)."""
-    with open(os.path.join(path, "history.csv")) as f:
-        rows = list(csv.DictReader(f))
-    dense = next((float(r["params"]) for r in rows if r["phase"] == "dense"), None)
-    out = []
-    for r in rows:
-        m = _ERR.search(r["note"]) if r["phase"] == "select" and _STEP.match(r["note"]) else None
-        if m is None or dense is None:
-            continue
-        out.append({"x": round(dense / float(r["params"]), 1), "delta": float(m.group(1)), "se": float(m.group(3))})
-    return out
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from scan_start import judged  # noqa: E402  (one reader of the runs' judged steps)
 
 
 def main() -> None:
@@ -43,7 +28,8 @@ def main() -> None:
     ap.add_argument("--out")
     a = ap.parse_args()
     edges = [0.0, *map(float, a.bands.split(",")), float("inf")]
-    steps = {os.path.basename(p.rstrip("/")): judged(p) for p in a.runs}
+    steps = {os.path.basename(p.rstrip("/")): [{"x": j["x"], "delta": j["after"], "se": j["se"]} for j in judged(p)]
+             for p in a.runs}
     table = []
     for lo, hi in zip(edges, edges[1:], strict=False):
         d = [s for v in steps.values() for s in v if lo <= s["x"] < hi]

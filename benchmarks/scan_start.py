@@ -15,13 +15,14 @@ import json
 import os
 import re
 
-_DELTA = re.compile(r"error ([+-]\d+\.\d+) pts vs reference")
+_DELTA = re.compile(r"error ([+-]\d+\.\d+) pts vs reference(?:, bound [+-]\d+\.\d+ \(\+(\d+\.\d+)\))?")
 _STEP = re.compile(r"chain step (\d+) after")
 
 
 def judged(path: str) -> list[dict[str, float]]:
     """The scan's judged steps of one run: chain index, error before the refit minus the
-    reference's, paired error difference after it (both in points)."""
+    reference's, paired error difference after it and its standard error (points), and
+    compression (the chain start's parameters over the step's)."""
     with open(os.path.join(path, "history.csv")) as f:
         rows = list(csv.DictReader(f))
     prune = [i for i, r in enumerate(rows) if r["phase"] == "prune"]
@@ -36,7 +37,9 @@ def judged(path: str) -> list[dict[str, float]]:
             continue
         k, delta = int(m.group(1)), float(d.group(1))
         ref = 100 * float(r["val_error"]) - delta  # the reference's validation error, points
-        out.append({"index": k, "before": round(100 * float(chain[k]["val_error"]) - ref, 2), "after": delta})
+        out.append({"index": k, "before": round(100 * float(chain[k]["val_error"]) - ref, 2), "after": delta,
+                    "se": float(d.group(2)) if d.group(2) else None,
+                    "x": round(float(chain[0]["params"]) / float(r["params"]), 1)})
     return out
 
 
